@@ -1,0 +1,26 @@
+# The two commands of the README: `make demo` (the main job) and `make test` (the test suite).
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.ecd2g-installed
+
+.PHONY: env demo test bench lint clean
+
+$(STAMP): pyproject.toml setup.py scripts/setup_env.sh $(wildcard csrc/*.cpp csrc/*/*.cpp csrc/*/*.cu csrc/*.h csrc/*/*.h)
+	VENV=$(VENV) bash scripts/setup_env.sh
+
+env: $(STAMP)
+
+demo: $(STAMP)
+	$(PY) examples/transport_1d.py
+
+test: $(STAMP)
+	$(PY) -m pytest -q tests
+
+bench: $(STAMP)
+	$(PY) -m pytest -q benchmarks --benchmark-only
+
+lint:
+	$(PY) -m ruff check . && $(PY) -m ruff format --check .
+
+clean:
+	rm -rf build *.egg-info ecd2g_fast/_C*.so

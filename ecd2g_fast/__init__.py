@@ -1,0 +1,22 @@
+"""ecd2g_fast: Electric Current Discrete Data Generation (ECD2G) in PyTorch.
+
+Public API: :class:`Circuit` (closed-form potentials and currents), :class:`ExactField` (the
+analytic current field of given pmfs), :func:`sample` (the movement-rule walk) and
+:func:`exact_output_distribution` (the walk's output law without sampling noise).
+"""
+
+from .circuit import Circuit
+from .fields import ExactField, Field, PotentialField
+from .sampling import FieldError, OutputDistribution, exact_output_distribution, sample
+
+__all__ = [
+    "Circuit",
+    "ExactField",
+    "Field",
+    "FieldError",
+    "OutputDistribution",
+    "PotentialField",
+    "exact_output_distribution",
+    "sample",
+]
+__version__ = "0.1.0"

@@ -1,0 +1,86 @@
+"""Input checks shared by the public API.
+
+Every public function validates its arguments once, here, and raises ``TypeError`` (wrong kind
+of object or dtype) or ``ValueError`` (wrong shape or value) with a message that names the
+argument and states what was expected.
+"""
+
+from __future__ import annotations
+
+import torch
+
+#: Enumeration-only methods (full potential tables, exact output distributions, the samplers
+#: that visit every neighbour state) refuse circuits with more states than this.
+MAX_ENUMERABLE_STATES = 2**24
+#: ``Circuit.currents`` materialises ``L * M * M`` float64 values; it refuses more than this.
+MAX_DENSE_CURRENT_ENTRIES = 2**28
+#: ``|sum(p) - 1|`` must not exceed this for a pmf argument.
+PMF_SUM_TOLERANCE = 1e-6
+
+
+def check_int(name: str, value: object, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    return value
+
+
+def check_tensor(name: str, value: object) -> torch.Tensor:
+    if not isinstance(value, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
+    return value
+
+
+def check_states(name: str, states: object, num_categories: int, dim: int) -> torch.Tensor:
+    """Check a ``(B, D)`` int64 tensor of states with entries in ``[0, K)``."""
+    states = check_tensor(name, states)
+    if states.dtype != torch.int64:
+        raise TypeError(f"{name} must have dtype torch.int64, got {states.dtype}")
+    if states.dim() != 2 or states.shape[1] != dim:
+        raise ValueError(f"{name} must have shape (B, {dim}) (D = {dim}), got {tuple(states.shape)}")
+    if states.numel() and (int(states.min()) < 0 or int(states.max()) >= num_categories):
+        raise ValueError(
+            f"{name} must hold states in [0, {num_categories}) (K = {num_categories}), "
+            f"got values in [{int(states.min())}, {int(states.max())}]"
+        )
+    return states
+
+
+def check_pmf(name: str, pmf: object, num_states: int) -> torch.Tensor:
+    """Check a probability vector of length M; return it as float64."""
+    pmf = check_tensor(name, pmf)
+    if not pmf.is_floating_point():
+        raise TypeError(f"{name} must be a floating-point tensor, got {pmf.dtype}")
+    if pmf.dim() != 1 or pmf.shape[0] != num_states:
+        raise ValueError(f"{name} must have shape ({num_states},) (M = K**D), got {tuple(pmf.shape)}")
+    pmf = pmf.to(torch.float64)
+    if not bool(torch.isfinite(pmf).all()):
+        raise ValueError(f"{name} must be finite")
+    if bool((pmf < 0).any()):
+        raise ValueError(f"{name} must be non-negative, got minimum {float(pmf.min())}")
+    total = float(pmf.sum())
+    if abs(total - 1.0) > PMF_SUM_TOLERANCE:
+        raise ValueError(f"{name} must sum to 1 (within {PMF_SUM_TOLERANCE}), got {total!r}")
+    return pmf
+
+
+def check_enumerable(what: str, num_states: int) -> None:
+    if num_states > MAX_ENUMERABLE_STATES:
+        raise ValueError(
+            f"{what} enumerates all M = K**D states and supports M <= {MAX_ENUMERABLE_STATES} "
+            f"(2**24); this circuit has M = {_short_int(num_states)}"
+        )
+
+
+def check_choice(name: str, value: object, choices: tuple[str, ...]) -> str:
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(map(repr, choices))}, got {value!r}")
+    return value  # type: ignore[return-value]
+
+
+def _short_int(n: int) -> str:
+    # str() of a huge int is slow and limited (sys.get_int_max_str_digits); print a magnitude.
+    if n.bit_length() <= 64:
+        return str(n)
+    return f"~2**{n.bit_length() - 1}"

@@ -1,0 +1,134 @@
+"""The exact output distribution of the walk, by propagating probability mass (no sampling).
+
+Transient states are the ``(L+1) M`` vertices; the walk moves mass along the normalised positive
+out-currents, and the sink at layer L absorbs it. Mass is propagated move by move, all layers at
+once, until less than ``tol`` remains in the circuit; for a potential field this is exact after at
+most ``(L+1) M`` moves and in practice reaches ``tol = 1e-15`` after a few dozen.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .._validation import MAX_DENSE_CURRENT_ENTRIES, check_choice, check_enumerable, check_pmf
+from ..fields import Field
+from .reference import MODES, FieldError, describe_vertex
+
+
+@dataclass(frozen=True)
+class OutputDistribution:
+    """Result of :func:`exact_output_distribution`.
+
+    Attributes:
+        pmf: ``(M,)`` float64, the law of the terminal state.
+        expected_moves: mean number of edge moves per walker (the sink exit is not a move).
+        residual_mass: mass still inside the circuit when propagation stopped (``<= tol``).
+    """
+
+    pmf: torch.Tensor
+    expected_moves: float
+    residual_mass: float
+
+
+def transition_tables(field: Field, mode: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Positive out-current tables of every vertex.
+
+    Returns:
+        forward ``(L, M, M)`` (``[l, z, w]``: weight of ``(l, z) -> (l+1, w)``), backward
+        ``(L, M, M)`` (``[l-1, z, w]``: weight of ``(l, z) -> (l-1, w)``), sink ``(M,)``, and the
+        total outflow ``(L+1, M)``; all float64, unnormalised. In forward mode the backward and
+        sink tables are zero and the layer-L totals are 1 (walkers stop there).
+    """
+    c = field.circuit
+    M, L = c.num_states, c.num_layers
+    dev = field.device
+    states = torch.arange(M, device=dev)
+    forward = torch.empty((L, M, M), dtype=torch.float64, device=dev)
+    backward = torch.zeros((L, M, M), dtype=torch.float64, device=dev)
+    sink = torch.zeros(M, dtype=torch.float64, device=dev)
+    for l in range(L):
+        layer = torch.full((M,), l, device=dev)
+        forward[l] = field.currents_to_next(layer, states, 0, M).to(torch.float64)
+        if mode == "bidirectional":
+            backward[l] = -field.currents_from_prev(layer + 1, states, 0, M).to(torch.float64)
+    if mode == "bidirectional":
+        sink = field.sink_currents(states).to(torch.float64)
+    for name, table in (("forward", forward), ("backward", backward), ("sink", sink)):
+        if not bool(torch.isfinite(table).all()):
+            raise FieldError(f"field returned non-finite {name} currents")
+    forward.clamp_min_(0.0)
+    backward.clamp_min_(0.0)
+    sink = sink.clamp_min(0.0)
+    total = torch.zeros((L + 1, M), dtype=torch.float64, device=dev)
+    total[:-1] += forward.sum(2)
+    total[1:] += backward.sum(2)
+    total[-1] += sink if mode == "bidirectional" else 1.0
+    return forward, backward, sink, total
+
+
+def exact_output_distribution(
+    field: Field,
+    p0: torch.Tensor,
+    mode: str = "bidirectional",
+    *,
+    tol: float = 1e-15,
+    max_moves: int | None = None,
+) -> OutputDistribution:
+    """Law of the walk's terminal state when it starts at ``(0, x)``, ``x ~ p0``.
+
+    Args:
+        field: any field over a circuit with ``M <= 2**24`` and ``L M^2 <= 2**28``.
+        p0: ``(M,)`` start pmf (float, non-negative, sums to 1).
+        mode: ``"bidirectional"`` or ``"forward"``.
+        tol: stop once the mass left inside the circuit is below this.
+        max_moves: give up (``RuntimeError``) after this many moves; default ``100 (L+1) + 10**4``.
+
+    Returns:
+        :class:`OutputDistribution`.
+
+    Raises:
+        ValueError: bad ``p0`` or ``mode``; circuit too large; ``FieldError`` when mass reaches a
+            vertex without positive outflow.
+        RuntimeError: mass still circulating after ``max_moves`` (a current cycle).
+    """
+    check_choice("mode", mode, MODES)
+    c = field.circuit
+    M, L = c.num_states, c.num_layers
+    check_enumerable("exact_output_distribution", M)
+    if 2 * L * M * M > MAX_DENSE_CURRENT_ENTRIES:
+        raise ValueError(
+            f"exact_output_distribution holds 2*L*M*M = {2 * L * M * M} float64 values and supports "
+            f"at most {MAX_DENSE_CURRENT_ENTRIES} (2**28)"
+        )
+    p0 = check_pmf("p0", p0, M).to(field.device)
+    forward, backward, sink, total = transition_tables(field, mode)
+    if max_moves is None:
+        max_moves = 100 * (L + 1) + 10**4
+    safe_total = torch.where(total > 0, total, torch.ones_like(total))
+    forward /= safe_total[:-1, :, None]
+    backward /= safe_total[1:, :, None]
+    sink_prob = sink / safe_total[-1] if mode == "bidirectional" else torch.ones_like(sink)
+    stuck = total <= 0
+
+    mass = torch.zeros((L + 1, M), dtype=torch.float64, device=field.device)
+    mass[0] = p0
+    out = torch.zeros(M, dtype=torch.float64, device=field.device)
+    expected_moves = 0.0
+    for _ in range(max_moves):
+        if bool((stuck & (mass > 0)).any()):
+            l, z = (int(v) for v in torch.nonzero(stuck & (mass > 0))[0])
+            raise FieldError(f"probability mass reaches {describe_vertex(field, l, z)}, which has no positive outflow")
+        absorbed = mass[-1] * sink_prob
+        out += absorbed
+        expected_moves += float(mass.sum() - absorbed.sum())
+        new = torch.zeros_like(mass)
+        # transition probabilities already include the sink share in their normalisation
+        new[1:] += torch.bmm(mass[:-1].unsqueeze(1), forward).squeeze(1)
+        new[:-1] += torch.bmm(mass[1:].unsqueeze(1), backward).squeeze(1)
+        mass = new
+        residual = float(mass.sum())
+        if residual <= tol:
+            return OutputDistribution(out, expected_moves, residual)
+    raise RuntimeError(f"mass {residual:.3g} still inside the circuit after {max_moves} moves (a current cycle?)")
