@@ -2,12 +2,14 @@
 
 Public API: :class:`Circuit` (closed-form potentials and currents), :class:`ExactField` (the
 analytic current field of given pmfs), :func:`sample` (the movement-rule walk) and
-:func:`exact_output_distribution` (the walk's output law without sampling noise).
+:func:`exact_output_distribution` (the walk's output law without sampling noise),
+:func:`current_targets` / :func:`potential_targets` (Monte-Carlo training targets, eq. 13).
 """
 
 from .circuit import Circuit
 from .fields import ExactField, Field, PotentialField
 from .sampling import FieldError, OutputDistribution, exact_output_distribution, sample
+from .targets import current_targets, potential_targets
 
 __all__ = [
     "Circuit",
@@ -16,7 +18,9 @@ __all__ = [
     "FieldError",
     "OutputDistribution",
     "PotentialField",
+    "current_targets",
     "exact_output_distribution",
+    "potential_targets",
     "sample",
 ]
 __version__ = "0.1.0"

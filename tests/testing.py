@@ -1,0 +1,72 @@
+"""Shared test axes and helpers: devices, statistical tests, fast-path vs reference comparison."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+
+def devices() -> list:
+    """CPU always; CUDA as a cleanly skipped case when absent (CUDA is never touched at import)."""
+    return [
+        "cpu",
+        pytest.param("cuda", marks=pytest.mark.skipif("not __import__('torch').cuda.is_available()")),
+    ]
+
+
+def chi_square_critical(dof: int, z: float = 4.753) -> float:
+    """Upper critical value of chi^2 with ``dof`` degrees of freedom (Wilson-Hilferty).
+
+    ``z = 4.753`` is the standard-normal quantile of ``1 - 1e-6``: a test that rejects above this
+    value fails falsely with probability about 1e-6.
+    """
+    k = float(dof)
+    return k * (1.0 - 2.0 / (9.0 * k) + z * math.sqrt(2.0 / (9.0 * k))) ** 3
+
+
+def assert_samples_follow(counts: torch.Tensor, pmf: torch.Tensor, min_expected: float = 5.0) -> None:
+    """Pearson chi-square goodness of fit of integer ``counts`` (M,) to ``pmf`` (M,), false-failure
+    rate about 1e-6. Cells with expected count below ``min_expected`` are pooled into one cell."""
+    counts = counts.to(torch.float64).cpu()
+    pmf = pmf.to(torch.float64).cpu()
+    n = float(counts.sum())
+    expected = n * pmf
+    big = expected >= min_expected
+    if bool((counts[expected == 0] > 0).any()):
+        raise AssertionError("samples landed on states of probability 0")
+    obs = torch.cat([counts[big], counts[~big].sum().reshape(1)])
+    exp = torch.cat([expected[big], expected[~big].sum().reshape(1)])
+    keep = exp > 0
+    obs, exp = obs[keep], exp[keep]
+    stat = float(((obs - exp) ** 2 / exp).sum())
+    dof = max(int(keep.sum()) - 1, 1)
+    critical = chi_square_critical(dof)
+    assert stat <= critical, f"chi-square {stat:.1f} > critical {critical:.1f} (dof {dof}, n {n:.0f})"
+
+
+def total_variation(a: torch.Tensor, b: torch.Tensor) -> float:
+    return 0.5 * float((a.to(torch.float64) - b.to(torch.float64)).abs().sum())
+
+
+def assert_close_to_reference(
+    actual: torch.Tensor, reference: torch.Tensor, *, rtol: float, scale: torch.Tensor | float | None = None
+) -> None:
+    """``|actual - reference| <= rtol * scale`` elementwise (``scale`` defaults to ``|reference|``);
+    the failure message shows the max error, mismatch count and first mismatching indices."""
+    actual = actual.to(torch.float64).cpu()
+    reference = reference.to(torch.float64).cpu()
+    assert actual.shape == reference.shape, f"shape {tuple(actual.shape)} != {tuple(reference.shape)}"
+    if scale is None:
+        scale = reference.abs()
+    scale = torch.as_tensor(scale, dtype=torch.float64).cpu()
+    err = (actual - reference).abs()
+    bad = err > rtol * scale
+    if bool(bad.any()):
+        idx = torch.nonzero(bad)[:5].tolist()
+        raise AssertionError(
+            f"{int(bad.sum())} of {bad.numel()} values differ beyond rtol={rtol}: max abs error "
+            f"{float(err.max()):.3e}, max relative {float((err / scale.clamp_min(1e-300)).max()):.3e}; "
+            f"first at {idx}"
+        )
