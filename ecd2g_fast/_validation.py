@@ -39,11 +39,13 @@ def check_states(name: str, states: object, num_categories: int, dim: int) -> to
         raise TypeError(f"{name} must have dtype torch.int64, got {states.dtype}")
     if states.dim() != 2 or states.shape[1] != dim:
         raise ValueError(f"{name} must have shape (B, {dim}) (D = {dim}), got {tuple(states.shape)}")
-    if states.numel() and (int(states.min()) < 0 or int(states.max()) >= num_categories):
-        raise ValueError(
-            f"{name} must hold states in [0, {num_categories}) (K = {num_categories}), "
-            f"got values in [{int(states.min())}, {int(states.max())}]"
-        )
+    if states.numel():
+        low, high = (int(v) for v in torch.aminmax(states))
+        if low < 0 or high >= num_categories:
+            raise ValueError(
+                f"{name} must hold states in [0, {num_categories}) (K = {num_categories}), "
+                f"got values in [{low}, {high}]"
+            )
     return states
 
 

@@ -70,3 +70,18 @@ def assert_close_to_reference(
             f"{float(err.max()):.3e}, max relative {float((err / scale.clamp_min(1e-300)).max()):.3e}; "
             f"first at {idx}"
         )
+
+
+def assert_equal_to_reference(actual: torch.Tensor, reference: torch.Tensor) -> None:
+    """Exact equality of integer results (counts, indices); the failure message shows the
+    mismatch count, the largest difference and the first mismatching indices with both values."""
+    actual, reference = actual.cpu(), reference.cpu()
+    assert actual.shape == reference.shape, f"shape {tuple(actual.shape)} != {tuple(reference.shape)}"
+    bad = actual != reference
+    if bool(bad.any()):
+        idx = torch.nonzero(bad)[:5]
+        first = [(i, actual[tuple(i)].item(), reference[tuple(i)].item()) for i in idx.tolist()]
+        raise AssertionError(
+            f"{int(bad.sum())} of {bad.numel()} values differ: max |difference| "
+            f"{(actual - reference).abs().max().item()}; first (index, actual, reference): {first}"
+        )

@@ -14,17 +14,41 @@ import torch
 from .. import backends
 from .._validation import check_int, check_states, check_tensor
 from ..circuit import Circuit
+from . import triton as _triton
+from .packed import current_targets_torch, potential_targets_torch
 from .reference import current_targets_reference, potential_targets_reference
 
 __all__ = ["current_targets", "potential_targets"]
 
 backends.register("current_targets", "reference", current_targets_reference)
 backends.register("potential_targets", "reference", potential_targets_reference)
+backends.register("current_targets", "torch", current_targets_torch)
+backends.register("potential_targets", "torch", potential_targets_torch)
+backends.register(
+    "current_targets",
+    "triton",
+    _triton.current_targets_triton,
+    _triton.is_available,
+    _triton.UNAVAILABLE_REASON,
+)
+backends.register(
+    "potential_targets",
+    "triton",
+    _triton.potential_targets_triton,
+    _triton.is_available,
+    _triton.UNAVAILABLE_REASON,
+)
+for _op in ("current_targets", "potential_targets"):
+    # On CPU the Triton interpreter is for testing only: it runs when named explicitly.
+    backends.set_auto_order(_op, "cuda", ("triton", "torch", "reference"))
+    backends.set_auto_order(_op, "cpu", ("torch", "reference"))
 
 
-def _check_common(circuit: Circuit, layer, x, y, layer_max: int, num_queries: int):
+def _check_common(circuit: Circuit, layer, x, y, edges: bool, num_queries: int):
+    # edges: layers index edge tails, [0, L-1]; otherwise vertices, [0, L].
     if not isinstance(circuit, Circuit):
         raise TypeError(f"circuit must be an ecd2g_fast.Circuit, got {type(circuit).__name__}")
+    layer_max = circuit.num_layers - 1 if edges else circuit.num_layers
     K, D = circuit.num_categories, circuit.dim
     layer = check_tensor("layer", layer)
     if layer.dtype != torch.int64:
@@ -32,7 +56,9 @@ def _check_common(circuit: Circuit, layer, x, y, layer_max: int, num_queries: in
     if layer.shape != (num_queries,):
         raise ValueError(f"layer must have shape (Q,) = ({num_queries},), got {tuple(layer.shape)}")
     if layer.numel() and (int(layer.min()) < 0 or int(layer.max()) > layer_max):
-        raise ValueError(f"layer must hold layer indices in [0, {layer_max}], got [{int(layer.min())}, {int(layer.max())}]")
+        raise ValueError(
+            f"layer must hold layer indices in [0, {layer_max}], got [{int(layer.min())}, {int(layer.max())}]"
+        )
     x = check_states("x", x, K, D)
     y = check_states("y", y, K, D)
     check_int("x.shape[0] (batch size)", x.shape[0], 1)
@@ -65,7 +91,10 @@ def current_targets(
         w: ``(Q, D)`` int64 head states (at ``layer + 1``).
         x: ``(B, D)`` int64 source samples; ``y``: ``(B', D)`` int64 target samples (usually
             ``B' = B``, the two halves of a coupling's batch). All on one device.
-        backend: ``"auto"``, ``"reference"``, ``"torch"`` or ``"triton"`` where registered.
+        backend: ``"auto"`` (CUDA: ``"triton"``, ``"torch"``, ``"reference"``, the first available;
+            CPU: ``"torch"``), ``"reference"`` (pairwise, ``O(Q B D)``), ``"torch"`` (sorted
+            batch, ``O((Q + B) log B)``) or ``"triton"`` (one fused kernel; CUDA, or CPU with
+            ``TRITON_INTERPRET=1``).
 
     Returns:
         ``(Q,)`` float64 physical currents (units of the total current 1).
@@ -77,7 +106,7 @@ def current_targets(
     """
     z = check_tensor("z", z)
     Q = z.shape[0] if z.dim() >= 1 else -1
-    layer, x, y = _check_common(circuit, layer, x, y, circuit.num_layers - 1, Q)
+    layer, x, y = _check_common(circuit, layer, x, y, True, Q)
     z = check_states("z", z, circuit.num_categories, circuit.dim)
     w = check_states("w", w, circuit.num_categories, circuit.dim)
     if w.shape != z.shape:
@@ -115,7 +144,7 @@ def potential_targets(
     """
     z = check_tensor("z", z)
     Q = z.shape[0] if z.dim() >= 1 else -1
-    layer, x, y = _check_common(circuit, layer, x, y, circuit.num_layers, Q)
+    layer, x, y = _check_common(circuit, layer, x, y, False, Q)
     z = check_states("z", z, circuit.num_categories, circuit.dim)
     if z.device != layer.device:
         raise ValueError(f"z must be on layer's device {layer.device}, got {z.device}")

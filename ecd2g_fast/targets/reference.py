@@ -35,7 +35,8 @@ def potential_from_counts(
 ) -> torch.Tensor:
     """``phi_layer(z)`` of eq. (12) with ``p(z) = count_x / nx``, ``q(z) = count_y / ny``; float64."""
     dev = layer.device
-    uniform = 1.0 / circuit.num_states
+    # int / int rounds correctly and underflows to 0.0 for huge M; float(M) would overflow
+    uniform = 1 / circuit.num_states
     a = circuit.a.to(dev)[layer]
     b = circuit.b.to(dev)[layer]
     p_hat = count_x.to(torch.float64) / nx
@@ -56,8 +57,8 @@ def current_from_counts(
     drop = potential_from_counts(circuit, layer, cxz, cyz, nx, ny) - potential_from_counts(
         circuit, layer + 1, cxw, cyw, nx, ny
     )
-    conductance = torch.where(same, circuit.g, circuit.G)
-    return conductance * drop
+    # Not torch.where(same, g, G): Python-scalar branches give a float32 (default dtype) tensor.
+    return torch.where(same, circuit.g * drop, circuit.G * drop)
 
 
 def current_targets_reference(

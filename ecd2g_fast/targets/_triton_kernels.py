@@ -1,0 +1,118 @@
+"""Triton kernel of the current-target pass; loaded only by :mod:`ecd2g_fast.targets.triton`.
+
+``@triton.jit`` chooses between compiling and interpreting (``TRITON_INTERPRET``) when it
+decorates, so the launcher loads this file once per mode instead of importing it. For the same
+reason the kernels call only Triton builtins (``tl.full``, ``tl.reduce``, ...), never the
+``@jit`` helpers of ``triton.language.standard`` (``tl.sum``, ``tl.zeros_like``): those were
+decorated in whatever mode was active when ``triton`` was first imported.
+"""
+
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _add(a, b):
+    return a + b
+
+
+# tl.sum's combine function: the interpreter recognises it and sums with numpy; any other combine
+# function runs element by element in Python (a hashed pass of 257 queries: 25 s instead of 0.8 s).
+_sum_combine = getattr(tl.standard, "_sum_combine", _add)
+
+
+@triton.jit
+def _rows_equal(a_ptr, a_row, b_ptr, b_row, D, mask, BLOCK_Q: tl.constexpr, BLOCK_D: tl.constexpr):
+    # a_row, b_row: (BLOCK_Q,) int64 row indices; lanes outside mask compare as unequal.
+    ndiff = tl.full([BLOCK_Q], 0, tl.int32)
+    for d0 in range(0, D, BLOCK_D):
+        d = d0 + tl.arange(0, BLOCK_D)
+        m = mask[:, None] & (d < D)[None, :]
+        va = tl.load(a_ptr + a_row[:, None] * D + d[None, :], mask=m, other=0)
+        vb = tl.load(b_ptr + b_row[:, None] * D + d[None, :], mask=m, other=0)
+        ndiff += tl.reduce((va != vb).to(tl.int32), 1, _sum_combine)
+    return mask & (ndiff == 0)
+
+
+@triton.jit
+def _count(
+    key, q, q_rows, mask, keys, counts, runs, num_iter, rep, amb, rows, D,
+    HASHED: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_D: tl.constexpr,
+):  # fmt: skip
+    """How many rows of one sorted batch equal each query: ``(count, flag)``, ``(BLOCK_Q,)``.
+
+    ``keys``, ``counts``: the batch's ``runs`` run keys (sorted) and lengths; ``num_iter =
+    bit_length(runs)`` halvings find the lower bound. Hashed keys only: ``rep`` (first row of each
+    run), ``amb`` (int8 ambiguous-run flags) and ``rows`` (the batch, ``(B, D)``) for verification
+    against the query rows ``q_rows[q]``; ``flag`` marks queries needing an exact recount.
+    """
+    lo = tl.full([BLOCK_Q], 0, tl.int64)
+    hi = lo + runs
+    for _ in range(num_iter):
+        active = mask & (lo < hi)
+        mid = (lo + hi) // 2
+        v = tl.load(keys + mid, mask=active, other=0)
+        lo = tl.where(active & (v < key), mid + 1, lo)
+        hi = tl.where(active & (v >= key), mid, hi)
+    inside = mask & (lo < runs)
+    key_hit = inside & (tl.load(keys + lo, mask=inside, other=0) == key)
+    count = tl.load(counts + lo, mask=key_hit, other=0)
+    flag = key_hit & (count < 0)
+    if HASHED:
+        first = tl.load(rep + lo, mask=key_hit, other=0)
+        count = tl.where(_rows_equal(q_rows, q, rows, first, D, key_hit, BLOCK_Q, BLOCK_D), count, 0)
+        flag = key_hit & (tl.load(amb + lo, mask=key_hit, other=0) != 0)
+    return count, flag
+
+
+@triton.jit
+def _potential(layer, count_x, count_y, nx, ny, a, b, s, uniform, mask):
+    # Same operation order as reference.potential_from_counts.
+    a_l = tl.load(a + layer, mask=mask, other=0.0)
+    b_l = tl.load(b + layer, mask=mask, other=0.0)
+    p_hat = count_x.to(tl.float64) / nx
+    q_hat = count_y.to(tl.float64) / ny
+    return -layer.to(tl.float64) * s + a_l * (p_hat - uniform) - b_l * (q_hat - uniform)
+
+
+@triton.jit
+def targets_kernel(
+    out, flag_out, params, a, b, layer_in, zk, z, wk, w,
+    xk, xc, xruns, xiter, xrep, xamb, x, nx,
+    yk, yc, yruns, yiter, yrep, yamb, y, ny,
+    Q, D,
+    CURRENT: tl.constexpr, HASHED: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_D: tl.constexpr,
+):  # fmt: skip
+    """One query per lane: four counts, then eq. (12) (potential) or (13) (current).
+
+    Pointers: ``out`` ``(Q,)`` float64; ``flag_out`` ``(Q,)`` int8 (hashed keys only);
+    ``params`` float64 ``(s, 1/M, g, G)`` (a float scalar argument would be float32); ``a``,
+    ``b`` ``(L+1,)`` float64; ``layer_in`` ``(Q,)``; ``zk``, ``wk`` ``(Q,)`` int64 keys of the
+    ``(Q, D)`` states ``z``, ``w`` (``w`` unused unless ``CURRENT``); per batch ``x`` / ``y``
+    ``(B, D)``: run keys, run counts, number of runs, search steps, first row and ambiguous flag
+    of each run, and the batch size.
+    """
+    q = tl.program_id(0).to(tl.int64) * BLOCK_Q + tl.arange(0, BLOCK_Q)
+    mask = q < Q
+    s = tl.load(params)
+    uniform = tl.load(params + 1)
+    layer = tl.load(layer_in + q, mask=mask, other=0)
+    kz = tl.load(zk + q, mask=mask, other=0)
+    cxz, fxz = _count(kz, q, z, mask, xk, xc, xruns, xiter, xrep, xamb, x, D, HASHED, BLOCK_Q, BLOCK_D)
+    cyz, fyz = _count(kz, q, z, mask, yk, yc, yruns, yiter, yrep, yamb, y, D, HASHED, BLOCK_Q, BLOCK_D)
+    result = _potential(layer, cxz, cyz, nx, ny, a, b, s, uniform, mask)
+    flag = fxz | fyz
+    if CURRENT:
+        kw = tl.load(wk + q, mask=mask, other=0)
+        cxw, fxw = _count(kw, q, w, mask, xk, xc, xruns, xiter, xrep, xamb, x, D, HASHED, BLOCK_Q, BLOCK_D)
+        cyw, fyw = _count(kw, q, w, mask, yk, yc, yruns, yiter, yrep, yamb, y, D, HASHED, BLOCK_Q, BLOCK_D)
+        phi_w = _potential(layer + 1, cxw, cyw, nx, ny, a, b, s, uniform, mask)
+        same = mask & (kz == kw)
+        if HASHED:
+            same = _rows_equal(z, q, w, q, D, same, BLOCK_Q, BLOCK_D)
+        conductance = tl.where(same, tl.load(params + 2), tl.load(params + 3))
+        result = conductance * (result - phi_w)
+        flag = flag | fxw | fyw
+    tl.store(out + q, result, mask=mask)
+    if HASHED:
+        tl.store(flag_out + q, flag.to(tl.int8), mask=mask)

@@ -1,0 +1,303 @@
+"""Sorted-batch counting for the current-target pass, and the plain-torch ``"torch"`` backend.
+
+Each ``(D,)`` state row becomes one int64 *key*:
+
+* **exact** when ``M = K**D < 2**63``: the canonical row-major index ``sum_d z[d] K**(D-1-d)``,
+  so equal keys mean equal states;
+* **hashed** otherwise: ``sum_d z[d] h_d  (mod 2**64)`` with fixed pseudo-random odd 64-bit
+  multipliers ``h_d``. Two distinct rows collide with probability at most about ``2**-48``
+  per pair (for ``K <= 2**16``, over the choice of the ``h_d``), and a collision can never
+  change a count: every key match is verified against the full row, and a run of equal keys
+  holding distinct rows is flagged *ambiguous* and counted row by row.
+
+A batch is sorted once and collapsed into runs of equal keys (:class:`SortedBatch`); a query's
+count is the length of its run, found by one ``searchsorted``. The pass costs
+``O((Q + B) log B + (Q + B) D)`` instead of the reference's ``O(Q B D)``. The Triton backend
+(:mod:`ecd2g_fast.targets.triton`) uses the same keys and sorted batches.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from ..circuit import Circuit
+from .reference import current_from_counts, potential_from_counts
+
+#: Bound on the elements of the ``(rows, D)`` temporaries built while hashing or comparing rows.
+_CHUNK_ELEMENTS = 2**22
+_HASH_SEED = 0x5EED_EC02
+
+HashFn = Callable[[torch.Tensor], torch.Tensor]
+
+
+@functools.lru_cache(maxsize=64)
+def _weights(num_categories: int, dim: int, exact: bool, device: torch.device) -> torch.Tensor:
+    if exact:
+        powers = [num_categories ** (dim - 1 - d) for d in range(dim)]
+        return torch.tensor(powers, dtype=torch.int64, device=device)
+    generator = torch.Generator().manual_seed(_HASH_SEED)
+    multipliers = torch.randint(-(2**63), 2**63 - 1, (dim,), generator=generator, dtype=torch.int64)
+    # Odd multipliers: a difference in one coordinate alone can then never vanish mod 2**64.
+    return (multipliers | 1).to(device)
+
+
+def _weighted_row_sums(states: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """``(N,)`` int64 ``sum_d states[:, d] * weights[d]``, wrapping mod ``2**64``."""
+    if states.device.type == "cpu":
+        # Integer matmul exists on CPU only (not CUDA); 6x faster than mul + sum at D = 64.
+        return states @ weights
+    return _weighted_row_sums_chunked(states, weights)
+
+
+def _weighted_row_sums_chunked(states: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    num_rows, dim = states.shape
+    out = torch.empty(num_rows, dtype=torch.int64, device=states.device)
+    step = max(1, _CHUNK_ELEMENTS // dim)
+    for start in range(0, num_rows, step):
+        out[start : start + step] = (states[start : start + step] * weights).sum(dim=1)
+    return out
+
+
+def rows_equal(
+    a: torch.Tensor, a_index: torch.Tensor | None, b: torch.Tensor, b_index: torch.Tensor
+) -> torch.Tensor:
+    """``(N,)`` bool: ``a[a_index[i]] == b[b_index[i]]`` for whole rows, in bounded memory.
+
+    Args:
+        a, b: ``(Na, D)`` and ``(Nb, D)`` int64 states.
+        a_index: ``(N,)`` int64 row indices into ``a``, or ``None`` for ``arange(N)``.
+        b_index: ``(N,)`` int64 row indices into ``b``.
+    """
+    n, dim = b_index.shape[0], b.shape[1]
+    out = torch.empty(n, dtype=torch.bool, device=b.device)
+    step = max(1, _CHUNK_ELEMENTS // dim)
+    for start in range(0, n, step):
+        stop = min(start + step, n)
+        rows_a = a[start:stop] if a_index is None else a[a_index[start:stop]]
+        out[start:stop] = (rows_a == b[b_index[start:stop]]).all(dim=1)
+    return out
+
+
+@dataclass(frozen=True)
+class StateKeys:
+    """The map from ``(N, D)`` int64 states to ``(N,)`` int64 keys used for one pass.
+
+    Attributes:
+        exact: keys are canonical indices (equal keys <=> equal states); otherwise hashes that
+            must be verified against the rows.
+        weights: ``(D,)`` int64 multipliers of the weighted row sum.
+        hash_fn: replaces the weighted sum when given (tests force collisions with a weak one).
+    """
+
+    exact: bool
+    weights: torch.Tensor
+    hash_fn: HashFn | None = None
+
+    @classmethod
+    def for_circuit(cls, circuit: Circuit, device: torch.device, hash_fn: HashFn | None = None) -> StateKeys:
+        """Exact keys when ``circuit.num_states < 2**63`` and no ``hash_fn`` is given, else hashed."""
+        exact = hash_fn is None and circuit.num_states < 2**63
+        return cls(exact, _weights(circuit.num_categories, circuit.dim, exact, device), hash_fn)
+
+    def __call__(self, states: torch.Tensor) -> torch.Tensor:
+        if self.hash_fn is not None:
+            return self.hash_fn(states).to(torch.int64).contiguous()
+        return _weighted_row_sums(states, self.weights)
+
+
+@dataclass(frozen=True)
+class SortedBatch:
+    """A batch of states sorted by key and collapsed into runs of equal keys.
+
+    Shapes: ``B`` rows, ``U <= B`` runs. The last four fields are ``None`` for exact keys.
+
+    Attributes:
+        keys: ``(U,)`` int64 run keys, strictly increasing.
+        counts: ``(U,)`` int64 run lengths (``sum = B``).
+        size: ``B``.
+        states: ``(B, D)`` int64 the batch as given.
+        order: ``(B,)`` int64 ``states[order]`` is sorted by key.
+        starts: ``(U,)`` int64 position in ``order`` of each run's first row.
+        ambiguous: ``(U,)`` bool: the run holds distinct rows (a hash collision inside the batch).
+    """
+
+    keys: torch.Tensor
+    counts: torch.Tensor
+    size: int
+    states: torch.Tensor | None = None
+    order: torch.Tensor | None = None
+    starts: torch.Tensor | None = None
+    ambiguous: torch.Tensor | None = None
+
+    @property
+    def exact(self) -> bool:
+        return self.states is None
+
+    @property
+    def representatives(self) -> torch.Tensor:
+        """``(U,)`` int64 row of ``states`` that a query matching a run's key is compared with."""
+        return self.order[self.starts]
+
+
+def sort_batch(states: torch.Tensor, state_keys: StateKeys) -> SortedBatch:
+    """Sort a ``(B, D)`` int64 batch by key and find its runs (and, for hashes, ambiguous runs)."""
+    sorted_keys, order = torch.sort(state_keys(states))
+    keys, counts = torch.unique_consecutive(sorted_keys, return_counts=True)
+    if state_keys.exact:
+        return SortedBatch(keys, counts, states.shape[0])
+    starts = torch.cumsum(counts, 0) - counts
+    run_of_position = torch.repeat_interleave(torch.arange(keys.shape[0], device=keys.device), counts)
+    # Only rows in runs of length > 1 can differ from their run's first row.
+    shared = torch.nonzero(counts[run_of_position] > 1).squeeze(1)
+    first = order[starts[run_of_position[shared]]]
+    differs = ~rows_equal(states, order[shared], states, first)
+    ambiguous = torch.zeros(keys.shape[0], dtype=torch.bool, device=keys.device)
+    ambiguous[run_of_position[shared[differs]]] = True
+    return SortedBatch(keys, counts, states.shape[0], states, order, starts, ambiguous)
+
+
+def find_runs(batch: SortedBatch, keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Run index of each query key: ``(run, key_hit)``, both ``(Q,)``; ``run`` valid where hit."""
+    run = torch.searchsorted(batch.keys, keys).clamp_(max=batch.keys.shape[0] - 1)
+    return run, batch.keys[run] == keys
+
+
+def count_states(batch: SortedBatch, keys: torch.Tensor, states: torch.Tensor) -> torch.Tensor:
+    """``(Q,)`` int64: how many rows of the batch equal each query state, exactly.
+
+    Args:
+        batch: the sorted batch.
+        keys: ``(Q,)`` int64 keys of ``states`` (the same :class:`StateKeys` as the batch).
+        states: ``(Q, D)`` int64 query states (read only for hashed keys).
+    """
+    run, key_hit = find_runs(batch, keys)
+    counts = torch.where(key_hit, batch.counts[run], 0)
+    if batch.exact:
+        return counts
+    hit = torch.nonzero(key_hit).squeeze(1)
+    mismatch = hit[~rows_equal(states, hit, batch.states, batch.representatives[run[hit]])]
+    counts[mismatch] = 0
+    return fix_ambiguous(batch, run, key_hit, states, counts)
+
+
+def fix_ambiguous(
+    batch: SortedBatch, run: torch.Tensor, key_hit: torch.Tensor, states: torch.Tensor, counts: torch.Tensor
+) -> torch.Tensor:
+    """Recount, row by row, the queries whose key falls in an ambiguous run; ``counts`` in place."""
+    flagged = torch.nonzero(key_hit & batch.ambiguous[run]).squeeze(1)
+    if flagged.numel() == 0:
+        return counts
+    lengths = batch.counts[run[flagged]]
+    owner = torch.repeat_interleave(torch.arange(flagged.shape[0], device=counts.device), lengths)
+    offset = torch.arange(owner.shape[0], device=counts.device) - (torch.cumsum(lengths, 0) - lengths)[owner]
+    members = batch.order[batch.starts[run[flagged]][owner] + offset]
+    equal = rows_equal(states, flagged[owner], batch.states, members)
+    counts[flagged] = torch.zeros_like(lengths).index_add_(0, owner, equal.to(torch.int64))
+    return counts
+
+
+def same_states(
+    state_keys: StateKeys, z: torch.Tensor, w: torch.Tensor, kz: torch.Tensor, kw: torch.Tensor
+) -> torch.Tensor:
+    """``(Q,)`` bool ``z == w`` row-wise, from their keys when exact."""
+    same = kz == kw
+    if state_keys.exact:
+        return same
+    candidates = torch.nonzero(same).squeeze(1)
+    same[candidates[~rows_equal(z, candidates, w, candidates)]] = False
+    return same
+
+
+@dataclass(frozen=True)
+class PreparedBatches:
+    """Everything the pass needs from ``x`` and ``y``: the key map and both sorted batches."""
+
+    state_keys: StateKeys
+    x: SortedBatch
+    y: SortedBatch
+
+
+def prepare(
+    circuit: Circuit, x: torch.Tensor, y: torch.Tensor, hash_fn: HashFn | None = None
+) -> PreparedBatches:
+    """Key and sort the two batches ``x`` ``(B, D)`` and ``y`` ``(B', D)`` (int64, one device)."""
+    state_keys = StateKeys.for_circuit(circuit, x.device, hash_fn)
+    return PreparedBatches(state_keys, sort_batch(x, state_keys), sort_batch(y, state_keys))
+
+
+def currents_from_prepared(
+    circuit: Circuit,
+    prepared: PreparedBatches,
+    layer: torch.Tensor,
+    z: torch.Tensor,
+    w: torch.Tensor,
+    kz: torch.Tensor,
+    kw: torch.Tensor,
+) -> torch.Tensor:
+    """``(Q,)`` float64 current targets from prepared batches and the query keys ``kz``, ``kw``."""
+    bx, by = prepared.x, prepared.y
+    counts = (
+        count_states(bx, kz, z),
+        count_states(by, kz, z),
+        count_states(bx, kw, w),
+        count_states(by, kw, w),
+    )
+    same = same_states(prepared.state_keys, z, w, kz, kw)
+    return current_from_counts(circuit, layer, same, counts, bx.size, by.size)
+
+
+def potentials_from_prepared(
+    circuit: Circuit, prepared: PreparedBatches, layer: torch.Tensor, z: torch.Tensor, kz: torch.Tensor
+) -> torch.Tensor:
+    """``(Q,)`` float64 potential targets from prepared batches and the query keys ``kz``."""
+    bx, by = prepared.x, prepared.y
+    return potential_from_counts(
+        circuit, layer, count_states(bx, kz, z), count_states(by, kz, z), bx.size, by.size
+    )
+
+
+def current_targets_torch(
+    circuit: Circuit,
+    layer: torch.Tensor,
+    z: torch.Tensor,
+    w: torch.Tensor,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    hash_fn: HashFn | None = None,
+) -> torch.Tensor:
+    """The ``"torch"`` backend of :func:`ecd2g_fast.targets.current_targets` (checked inputs).
+
+    Args:
+        circuit: the circuit.
+        layer: ``(Q,)`` int64 in ``[0, L)``; ``z``, ``w``: ``(Q, D)`` int64 states.
+        x, y: ``(B, D)``, ``(B', D)`` int64 batches.
+        hash_fn: replaces the row hash and forces hashed keys (for testing collisions).
+
+    Returns:
+        ``(Q,)`` float64 current targets.
+    """
+    prepared = prepare(circuit, x, y, hash_fn)
+    keys = prepared.state_keys
+    return currents_from_prepared(circuit, prepared, layer, z, w, keys(z), keys(w))
+
+
+def potential_targets_torch(
+    circuit: Circuit,
+    layer: torch.Tensor,
+    z: torch.Tensor,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    hash_fn: HashFn | None = None,
+) -> torch.Tensor:
+    """The ``"torch"`` backend of :func:`ecd2g_fast.targets.potential_targets` (checked inputs).
+
+    Args and Returns as :func:`current_targets_torch`, with ``layer`` in ``[0, L]`` and no ``w``.
+    """
+    prepared = prepare(circuit, x, y, hash_fn)
+    return potentials_from_prepared(circuit, prepared, layer, z, prepared.state_keys(z))

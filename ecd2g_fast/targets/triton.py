@@ -1,0 +1,222 @@
+"""The ``"triton"`` backend of the current-target pass: one fused kernel per pass.
+
+The batches are keyed, sorted and collapsed into runs by the same torch code as the ``"torch"``
+backend (:func:`ecd2g_fast.targets.packed.prepare`, ``O(B log B)``). One kernel launch then
+handles every query: for ``z`` and ``w`` it binary-searches the run keys of ``x`` and ``y``
+(four counts), gathers ``a_l, b_l, a_{l+1}, b_{l+1}`` and writes the target, in one pass.
+
+Hashed keys (``M >= 2**63``) stay in the kernel: it compares each key match with the run's first
+row, so a collision between a query and a batch row counts 0, and it flags queries whose key
+falls in an *ambiguous* run (distinct batch rows with one hash, about ``2**-48`` per pair of
+rows). Only those flagged queries, normally none, are recounted by the torch path.
+
+Available for CUDA tensors with Triton installed, and for CPU tensors when ``TRITON_INTERPRET``
+is set (Triton's interpreter; slow, for testing). ``triton`` is imported on first use.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import os
+import sys
+from types import ModuleType
+
+import torch
+
+from ..circuit import Circuit
+from .packed import (
+    HashFn,
+    PreparedBatches,
+    SortedBatch,
+    currents_from_prepared,
+    potentials_from_prepared,
+    prepare,
+)
+
+UNAVAILABLE_REASON = "needs the triton package, and a CUDA tensor or TRITON_INTERPRET=1 for CPU tensors"
+
+# Queries per program and int64 columns per step of the row comparison (hashed keys only).
+# Conventional sizes, not yet tuned on a GPU; larger BLOCK_Q also means fewer interpreted programs.
+_BLOCK_Q = 128
+_BLOCK_D = 32
+
+_KERNEL_MODULES: dict[bool, ModuleType] = {}
+
+
+def _import_triton() -> ModuleType | None:
+    try:
+        import triton
+    except ImportError:
+        return None
+    return triton
+
+
+def _interpret_requested(triton: ModuleType) -> bool:
+    """``TRITON_INTERPRET`` as Triton reads it now (not when ``triton`` was imported)."""
+    knobs = getattr(triton, "knobs", None)
+    if knobs is not None:
+        return bool(knobs.runtime.interpret)
+    return os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "on", "yes")
+
+
+def is_available(device: torch.device) -> bool:
+    """Whether the Triton backend can run on ``device`` now (reads ``TRITON_INTERPRET``)."""
+    triton = _import_triton()
+    if triton is None:
+        return False
+    if device.type == "cuda":
+        return True
+    return device.type == "cpu" and _interpret_requested(triton)
+
+
+@contextlib.contextmanager
+def _decorating_mode(triton: ModuleType, interpret: bool):
+    knobs = getattr(triton, "knobs", None)
+    if knobs is not None:
+        with knobs.runtime.scope():
+            knobs.runtime.interpret = interpret
+            yield
+        return
+    previous = os.environ.get("TRITON_INTERPRET")
+    os.environ["TRITON_INTERPRET"] = "1" if interpret else "0"
+    try:
+        yield
+    finally:
+        if previous is None:
+            del os.environ["TRITON_INTERPRET"]
+        else:
+            os.environ["TRITON_INTERPRET"] = previous
+
+
+def _kernels(interpret: bool) -> ModuleType:
+    """The kernel module compiled (``False``) or interpreted (``True``); loaded once per mode."""
+    module = _KERNEL_MODULES.get(interpret)
+    if module is None:
+        import triton
+
+        name = f"{__package__}._triton_kernels_{'interpreted' if interpret else 'compiled'}"
+        path = os.path.join(os.path.dirname(__file__), "_triton_kernels.py")
+        spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(spec)
+        with _decorating_mode(triton, interpret):
+            sys.modules[name] = module  # importlib's recipe: the module is findable by its name
+            spec.loader.exec_module(module)
+        _KERNEL_MODULES[interpret] = module
+    return module
+
+
+def _batch_args(batch: SortedBatch, dummy: torch.Tensor) -> tuple:
+    runs = batch.keys.shape[0]
+    if batch.exact:
+        extras = (dummy, dummy, dummy)
+    else:
+        extras = (batch.representatives, batch.ambiguous.to(torch.int8), batch.states)
+    return (batch.keys, batch.counts, runs, runs.bit_length(), *extras, batch.size)
+
+
+def _launch(
+    circuit: Circuit,
+    prepared: PreparedBatches,
+    layer: torch.Tensor,
+    z: torch.Tensor,
+    kz: torch.Tensor,
+    w: torch.Tensor | None,
+    kw: torch.Tensor | None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Run the kernel; returns ``(out (Q,) float64, flag (Q,) int8 or None for exact keys)``."""
+    device = layer.device
+    num_queries, dim = z.shape
+    hashed = not prepared.state_keys.exact
+    out = torch.empty(num_queries, dtype=torch.float64, device=device)
+    flag = torch.zeros(num_queries, dtype=torch.int8, device=device) if hashed else out
+    current = w is not None
+    params = torch.tensor(
+        [circuit.s, 1 / circuit.num_states, circuit.g, circuit.G], dtype=torch.float64, device=device
+    )
+    # CPU tensors can only be interpreted; CUDA ones are when TRITON_INTERPRET asks for it.
+    interpret = device.type == "cpu" or _interpret_requested(_import_triton())
+    kernel = _kernels(interpret).targets_kernel
+    grid = (-(-num_queries // _BLOCK_Q),)
+    kernel[grid](
+        out,
+        flag,
+        params,
+        circuit.a.to(device),
+        circuit.b.to(device),
+        layer,
+        kz,
+        z,
+        kw if current else kz,
+        w if current else z,
+        *_batch_args(prepared.x, kz),
+        *_batch_args(prepared.y, kz),
+        num_queries,
+        dim,
+        CURRENT=current,
+        HASHED=hashed,
+        BLOCK_Q=_BLOCK_Q,
+        BLOCK_D=_BLOCK_D,
+    )
+    return out, (flag if hashed else None)
+
+
+def current_targets_triton(
+    circuit: Circuit,
+    layer: torch.Tensor,
+    z: torch.Tensor,
+    w: torch.Tensor,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    hash_fn: HashFn | None = None,
+) -> torch.Tensor:
+    """The ``"triton"`` backend of :func:`ecd2g_fast.targets.current_targets` (checked inputs).
+
+    Args:
+        circuit: the circuit.
+        layer: ``(Q,)`` int64 in ``[0, L)``; ``z``, ``w``: ``(Q, D)`` int64 states.
+        x, y: ``(B, D)``, ``(B', D)`` int64 batches, on the same device.
+        hash_fn: replaces the row hash and forces hashed keys (for testing collisions).
+
+    Returns:
+        ``(Q,)`` float64 current targets.
+    """
+    z, w, layer = z.contiguous(), w.contiguous(), layer.contiguous()
+    prepared = prepare(circuit, x.contiguous(), y.contiguous(), hash_fn)
+    keys = prepared.state_keys
+    kz, kw = keys(z), keys(w)
+    if z.shape[0] == 0:
+        return torch.empty(0, dtype=torch.float64, device=layer.device)
+    out, flag = _launch(circuit, prepared, layer, z, kz, w, kw)
+    if flag is not None:
+        fix = torch.nonzero(flag).squeeze(1)
+        if fix.numel():
+            out[fix] = currents_from_prepared(circuit, prepared, layer[fix], z[fix], w[fix], kz[fix], kw[fix])
+    return out
+
+
+def potential_targets_triton(
+    circuit: Circuit,
+    layer: torch.Tensor,
+    z: torch.Tensor,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    hash_fn: HashFn | None = None,
+) -> torch.Tensor:
+    """The ``"triton"`` backend of :func:`ecd2g_fast.targets.potential_targets` (checked inputs).
+
+    Args and Returns as :func:`current_targets_triton`, with ``layer`` in ``[0, L]`` and no ``w``.
+    """
+    z, layer = z.contiguous(), layer.contiguous()
+    prepared = prepare(circuit, x.contiguous(), y.contiguous(), hash_fn)
+    kz = prepared.state_keys(z)
+    if z.shape[0] == 0:
+        return torch.empty(0, dtype=torch.float64, device=layer.device)
+    out, flag = _launch(circuit, prepared, layer, z, kz, None, None)
+    if flag is not None:
+        fix = torch.nonzero(flag).squeeze(1)
+        if fix.numel():
+            out[fix] = potentials_from_prepared(circuit, prepared, layer[fix], z[fix], kz[fix])
+    return out
