@@ -3,24 +3,35 @@
 Public API: :class:`Circuit` (closed-form potentials and currents), :class:`ExactField` (the
 analytic current field of given pmfs), :func:`sample` (the movement-rule walk) and
 :func:`exact_output_distribution` (the walk's output law without sampling noise),
-:func:`current_targets` / :func:`potential_targets` (Monte-Carlo training targets, eq. 13).
+:func:`current_targets` / :func:`potential_targets` (Monte-Carlo training targets, eq. 13),
+:class:`CurrentNet` / :class:`PotentialNet` (learned fields) and :func:`train` (Algorithm 1).
 """
 
 from .circuit import Circuit
+from . import models, training
 from .fields import ExactField, Field, PotentialField
+from .models import CurrentNet, PotentialNet
 from .sampling import FieldError, OutputDistribution, exact_output_distribution, sample
 from .targets import current_targets, potential_targets
+from .training import NonFiniteLossError, TrainResult, train
 
 __all__ = [
     "Circuit",
+    "CurrentNet",
     "ExactField",
     "Field",
     "FieldError",
+    "NonFiniteLossError",
     "OutputDistribution",
     "PotentialField",
+    "PotentialNet",
+    "TrainResult",
     "current_targets",
     "exact_output_distribution",
     "potential_targets",
+    "models",
     "sample",
+    "train",
+    "training",
 ]
 __version__ = "0.1.0"

@@ -1,0 +1,332 @@
+"""train(): quality at the paper's budget, checkpoints and bit-identical resume, bad input."""
+
+from __future__ import annotations
+
+import math
+import os
+
+import pytest
+import torch
+
+import ecd2g_fast as E
+import ecd2g_fast.training as training
+from ecd2g_fast.training import NonFiniteLossError, TrainResult, load_checkpoint, train
+
+from .testing import assert_samples_follow, total_variation
+
+K, L = 50, 10
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    # batch-256 steps are far too small for intra-op parallelism; on a loaded 2-core machine a
+    # second OpenMP thread only adds spin-waiting (measured: 2 ms -> 130 ms per MLP backward).
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def discretised_gaussian(k: int) -> torch.Tensor:
+    x = torch.arange(k, dtype=torch.float64)
+    w = torch.exp(-0.5 * ((x - (k - 1) / 2) / (k / 10)) ** 2)
+    return w / w.sum()
+
+
+def gauss_task():
+    """THEORY §4: K=50, D=1, L=10, r=0.1, R=100, uniform -> discretised Gaussian."""
+    c = E.Circuit(K, 1, L, r=0.1, R=100.0)
+    p = torch.full((K,), 1.0 / K, dtype=torch.float64)
+    q = discretised_gaussian(K)
+    g = torch.Generator().manual_seed(1234)
+    source = lambda n: torch.multinomial(p, n, replacement=True, generator=g).unsqueeze(1)  # noqa: E731
+    target = lambda n: torch.multinomial(q, n, replacement=True, generator=g).unsqueeze(1)  # noqa: E731
+    return c, p, q, source, target
+
+
+def small_data(n: int = 400, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(K, (n, 1), generator=g), torch.randint(15, 35, (n, 1), generator=g)
+
+
+def current_table(field, c: E.Circuit) -> torch.Tensor:
+    M = c.num_states
+    states = torch.arange(M)
+    return torch.stack([field.currents_to_next(torch.full((M,), l), states, 0, M) for l in range(c.num_layers)])
+
+
+# ---------------------------------------------------------------------------- quality (paper budget)
+@pytest.fixture(scope="module")
+def trained():
+    """Both models trained once at the paper's budget (5000 steps, batch 256, uniform queries)."""
+    out = {}
+    for model in ("potential", "current"):
+        c, p, q, source, target = gauss_task()
+        out[model] = (c, p, q, train(c, source, target, model=model, steps=5000, batch_size=256, seed=0, progress=False))
+    return out
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model, bound", [("potential", 0.05), ("current", 0.10)])
+def test_trained_field_output_tv(trained, model, bound):
+    c, p, q, result = trained[model]
+    assert isinstance(result, TrainResult) and result.losses.shape == (5000,)
+    out = E.exact_output_distribution(result.field, p)
+    assert out.residual_mass <= 1e-15
+    tv = total_variation(out.pmf, q)
+    assert tv <= bound, f"TV(output, q) = {tv:.4f} > {bound}"
+    # the walk stays short (no cycles in the learned current field)
+    assert out.expected_moves < L + 2
+
+
+@pytest.mark.slow
+def test_trained_currents_match_exact(trained):
+    c, p, q, result = trained["current"]
+    exact = c.currents(p, q)
+    learned = current_table(result.field, c)
+    rel = float((learned - exact).norm() / exact.norm())
+    assert rel <= 0.2, f"relative L2 error of the currents {rel:.4f} > 0.2"
+
+
+@pytest.mark.slow
+def test_trained_potential_field_currents_match_exact(trained):
+    c, p, q, result = trained["potential"]
+    exact = c.currents(p, q)
+    rel = float((current_table(result.field, c) - exact).norm() / exact.norm())
+    assert rel <= 0.1, f"relative L2 error of the currents {rel:.4f} > 0.1"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model, n, bound", [("potential", 20000, 0.05), ("current", 2000, 0.10)])
+def test_trained_field_sampled(trained, model, n, bound):
+    """Sampling the learned field follows its exact output law (chi-square, false-failure ~1e-6)
+    and lands within the TV bound of q plus the sampling noise of n draws."""
+    c, p, q, result = trained[model]
+    gen = torch.Generator().manual_seed(7)
+    x0 = torch.multinomial(p, n, replacement=True, generator=gen).unsqueeze(1)
+    samples = E.sample(result.field, x0, generator=gen)
+    counts = torch.bincount(samples[:, 0], minlength=K)
+    law = E.exact_output_distribution(result.field, p).pmf
+    assert_samples_follow(counts, law)
+    # E[TV(empirical, q)] <= 0.5 sum sqrt(q / n); allow three times that
+    slack = 3 * 0.5 * float(torch.sqrt(q / n).sum())
+    tv = total_variation(counts / n, q)
+    assert tv <= bound + slack, f"TV(samples, q) = {tv:.4f} > {bound} + {slack:.4f}"
+
+
+# ---------------------------------------------------------------------------- behaviour
+@pytest.mark.parametrize("queries", ["uniform", "data"])
+@pytest.mark.parametrize("model", ["current", "potential"])
+def test_short_training_learns_and_is_deterministic(model, queries):
+    c = E.Circuit(K, 1, L)
+    x, y = small_data()
+    kwargs = dict(model=model, steps=60, batch_size=64, queries=queries, seed=3, progress=False)
+    a = train(c, x, y, **kwargs)
+    b = train(c, x, y, **kwargs)
+    assert torch.equal(a.losses, b.losses)
+    assert all(torch.equal(u, v) for u, v in zip(a.model.state_dict().values(), b.model.state_dict().values()))
+    assert bool(torch.isfinite(a.losses).all())
+    assert float(a.losses[-20:].mean()) < float(a.losses[:5].mean())
+    field_cls = E.models.CurrentNetField if model == "current" else E.models.PotentialNetField
+    assert isinstance(a.field, field_cls) and a.field.net is a.model
+    assert not a.model.training
+    other = train(c, x, y, **{**kwargs, "seed": 4})
+    assert not torch.equal(a.losses, other.losses)
+
+
+def test_ema_off_returns_last_iterate():
+    c = E.Circuit(K, 1, L)
+    x, y = small_data()
+    r = train(c, x, y, model="potential", steps=5, batch_size=16, ema_decay=None, progress=False)
+    assert r.model is r.last_iterate
+    r = train(c, x, y, model="potential", steps=5, batch_size=16, progress=False)
+    assert r.model is not r.last_iterate
+
+
+def test_callable_sources_and_num_queries():
+    c = E.Circuit(6, 2, 3)
+    calls = []
+
+    def source(n):
+        calls.append(n)
+        return torch.randint(6, (n, 2))
+
+    r = train(c, source, source, model="current", steps=3, batch_size=8, num_queries=5, queries="data", progress=False)
+    assert r.config["num_queries"] == 5 and r.losses.shape == (3,)
+    # per step: x and y (8 each), then 2 x 2 anchor draws of 5 for the data queries of z and w
+    assert calls[:6] == [8, 8, 5, 5, 5, 5]
+
+
+def test_progress_bar_runs(capsys):
+    c = E.Circuit(K, 1, L)
+    x, y = small_data()
+    train(c, x, y, model="potential", steps=12, batch_size=16, progress=True)
+    assert "train potential" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------- checkpoints and resume
+class Interrupt(Exception):
+    pass
+
+
+def fail_on_call(monkeypatch, name: str, call: int, *, nan: bool):
+    """Make training's target function raise (or return nan) on its ``call``-th invocation."""
+    original = getattr(training, name)
+    count = {"n": 0}
+
+    def wrapped(*args, **kwargs):
+        count["n"] += 1
+        out = original(*args, **kwargs)
+        if count["n"] == call:
+            if not nan:
+                raise Interrupt
+            out = out.clone()
+            out[0] = math.nan
+        return out
+
+    monkeypatch.setattr(training, name, wrapped)
+
+
+RESUME_CASES = {
+    # tensor sources, data queries
+    "current-data": ("current", "data", False),
+    # callable sources drawing from torch's global RNG (checkpointed too), uniform queries
+    "potential-uniform-callable": ("potential", "uniform", True),
+}
+
+
+@pytest.mark.parametrize("case", list(RESUME_CASES))
+def test_resume_is_bit_identical(case, tmp_path, monkeypatch):
+    model, queries, use_callable = RESUME_CASES[case]
+    c = E.Circuit(K, 1, L)
+    if use_callable:
+        x = y = lambda n: torch.randint(K, (n, 1))  # noqa: E731
+    else:
+        x, y = small_data()
+    kwargs = dict(model=model, steps=30, batch_size=32, queries=queries, seed=11, checkpoint_every=10, progress=False)
+
+    torch.manual_seed(5)
+    whole = train(c, x, y, checkpoint_path=tmp_path / "whole.pt", **kwargs)
+
+    path = tmp_path / "run.pt"
+    torch.manual_seed(5)
+    with monkeypatch.context() as m:
+        fail_on_call(m, f"{model}_targets", 17, nan=False)
+        with pytest.raises(Interrupt):
+            train(c, x, y, checkpoint_path=path, **kwargs)
+    assert load_checkpoint(path)["step"] == 10
+    assert [f for f in os.listdir(tmp_path) if f.endswith(".tmp")] == []
+    torch.manual_seed(999)  # the checkpoint restores the global RNG as well
+    resumed = train(c, x, y, checkpoint_path=path, resume=True, **kwargs)
+
+    assert resumed.start_step == 10
+    assert torch.equal(resumed.losses, whole.losses)
+    for net_a, net_b in ((whole.model, resumed.model), (whole.last_iterate, resumed.last_iterate)):
+        for (k, u), v in zip(net_a.state_dict().items(), net_b.state_dict().values()):
+            assert torch.equal(u, v), k
+    final = load_checkpoint(path)
+    assert final["step"] == 30 and final["config"]["model"] == model
+    assert torch.equal(final["losses"], whole.losses)
+
+
+def test_resume_extends_a_finished_run(tmp_path):
+    c = E.Circuit(K, 1, L)
+    x, y = small_data()
+    kwargs = dict(model="potential", batch_size=16, seed=2, checkpoint_every=7, progress=False)
+    whole = train(c, x, y, steps=20, **kwargs)
+    path = tmp_path / "ck.pt"
+    train(c, x, y, steps=12, checkpoint_path=path, **kwargs)
+    assert load_checkpoint(path)["step"] == 12  # the last step is always saved
+    resumed = train(c, x, y, steps=20, checkpoint_path=path, resume=True, **kwargs)
+    assert torch.equal(resumed.losses, whole.losses)
+
+
+def test_resume_without_file_starts_fresh(tmp_path):
+    c = E.Circuit(K, 1, L)
+    x, y = small_data()
+    r = train(c, x, y, model="potential", steps=3, batch_size=8, checkpoint_path=tmp_path / "new.pt", resume=True, progress=False)
+    assert r.start_step == 0 and load_checkpoint(tmp_path / "new.pt")["step"] == 3
+
+
+def test_resume_rejects_a_different_run(tmp_path):
+    c = E.Circuit(K, 1, L)
+    x, y = small_data()
+    path = tmp_path / "ck.pt"
+    train(c, x, y, model="potential", steps=3, batch_size=8, checkpoint_path=path, progress=False)
+    with pytest.raises(ValueError, match="lr"):
+        train(c, x, y, model="potential", steps=6, batch_size=8, lr=0.5, checkpoint_path=path, resume=True, progress=False)
+    with pytest.raises(ValueError, match="model"):
+        train(c, x, y, model="current", steps=6, batch_size=8, checkpoint_path=path, resume=True, progress=False)
+    with pytest.raises(ValueError, match="steps=2"):
+        train(c, x, y, model="potential", steps=2, batch_size=8, checkpoint_path=path, resume=True, progress=False)
+    (tmp_path / "junk.pt").write_bytes(b"")
+    with pytest.raises(ValueError, match="not a readable training checkpoint"):
+        train(c, x, y, model="potential", steps=6, batch_size=8, checkpoint_path=tmp_path / "junk.pt", resume=True, progress=False)
+
+
+def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
+    c = E.Circuit(K, 1, L)
+    x, y = small_data()
+    path = tmp_path / "ck.pt"
+    fail_on_call(monkeypatch, "current_targets", 13, nan=True)
+    with pytest.raises(NonFiniteLossError, match=r"step 13 of 30.*step 10"):
+        train(c, x, y, model="current", steps=30, batch_size=16, checkpoint_path=path, checkpoint_every=5, progress=False)
+    ckpt = load_checkpoint(path)
+    assert ckpt["step"] == 10 and len(ckpt["losses"]) == 10
+    assert all(bool(torch.isfinite(t).all()) for t in ckpt["model"].values())
+
+
+def test_diverging_lr_raises():
+    c = E.Circuit(K, 1, L)
+    x, y = small_data()
+    with pytest.raises(NonFiniteLossError, match="step .* no checkpoint"):
+        train(c, x, y, model="potential", steps=200, batch_size=16, lr=1e12, progress=False)
+
+
+# ---------------------------------------------------------------------------- bad input
+def bad_input_cases():
+    x, y = small_data(50)
+    c = E.Circuit(K, 1, L)
+    return {
+        "circuit-type": (dict(circuit="c"), TypeError, "circuit"),
+        "D-mismatch": (dict(source=torch.zeros(50, 2, dtype=torch.int64)), ValueError, r"source must have shape \(B, 1\)"),
+        "K-mismatch": (dict(target=y + 30), ValueError, r"target must hold states in \[0, 50\)"),
+        "negative-state": (dict(source=x - 60), ValueError, "source must hold states"),
+        "float-states": (dict(source=x.double()), TypeError, "source must have dtype torch.int64"),
+        "empty-source": (dict(source=x[:0]), ValueError, "source must hold at least one sample"),
+        "source-type": (dict(source=[[1]]), TypeError, "source must be"),
+        "callable-bad-shape": (dict(target=lambda n: torch.zeros(n, 3, dtype=torch.int64)), ValueError, r"target\(16\) output"),
+        "callable-bad-rows": (dict(target=lambda n: torch.zeros(n + 1, 1, dtype=torch.int64)), ValueError, "rows"),
+        "callable-out-of-range": (dict(target=lambda n: torch.full((n, 1), K)), ValueError, r"target\(16\) output must hold"),
+        "batch-1": (dict(batch_size=1), ValueError, "batch_size must be >= 2"),
+        "batch-float": (dict(batch_size=16.0), TypeError, "batch_size"),
+        "steps-0": (dict(steps=0), ValueError, "steps"),
+        "num-queries-0": (dict(num_queries=0), ValueError, "num_queries"),
+        "model-name": (dict(model="flow"), ValueError, "model must be one of"),
+        "queries-name": (dict(queries="importance"), ValueError, "queries must be one of"),
+        "lr-negative": (dict(lr=-0.1), ValueError, "lr must be"),
+        "lr-nan": (dict(lr=float("nan")), ValueError, "lr must be"),
+        "lr-str": (dict(lr="0.1"), TypeError, "lr must be"),
+        "momentum-1": (dict(momentum=1.0), ValueError, "momentum"),
+        "weight-decay": (dict(weight_decay=-1.0), ValueError, "weight_decay"),
+        "ema-1": (dict(ema_decay=1.0), ValueError, "ema_decay"),
+        "seed": (dict(seed=-1), ValueError, "seed"),
+        "model-kwargs": (dict(model_kwargs=[1]), TypeError, "model_kwargs"),
+        "model-kwargs-encoding": (dict(model_kwargs={"encoding": "x"}), ValueError, "encoding"),
+        "backend": (dict(backend="nonesuch"), ValueError, "backend"),
+        "device": (dict(device=3.5), TypeError, "device"),
+        "resume-no-path": (dict(resume=True), ValueError, "checkpoint_path"),
+        "checkpoint-every": (dict(checkpoint_every=0), ValueError, "checkpoint_every"),
+        "amp": (dict(amp="yes"), TypeError, "amp"),
+    }, dict(circuit=c, source=x, target=y, model="current", steps=2, batch_size=16, progress=False)
+
+
+CASES, BASE = bad_input_cases()
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_bad_input(case):
+    override, error, match = CASES[case]
+    kwargs = {**BASE, **override}
+    with pytest.raises(error, match=match):
+        train(**kwargs)
