@@ -17,7 +17,7 @@ test: $(STAMP)
 	$(PY) -m pytest -q tests
 
 bench: $(STAMP)
-	$(PY) -m pytest -q benchmarks --benchmark-only
+	$(PY) -m pytest -q benchmarks/bench_*.py -o python_files='bench_*.py' --benchmark-only
 
 lint:
 	$(PY) -m ruff check . && $(PY) -m ruff format --check .

@@ -7,6 +7,7 @@ needs no change here. CUDA is used when torch is a CUDA build and a CUDA toolkit
 
 import glob
 import os
+import sys
 
 from setuptools import setup
 
@@ -22,7 +23,11 @@ if torch is not None and sources:
     with_cuda = os.environ.get("FORCE_CUDA") == "1" or (
         torch.version.cuda is not None and CUDA_HOME is not None
     )
-    cxx_flags = ["-O3", "-std=c++17"]
+    cxx_flags = ["-O3"]  # the C++ standard is the one torch.utils.cpp_extension picks for this torch
+    if sys.platform.startswith("linux") and "parallel backend: OpenMP" in torch.__config__.parallel_info():
+        # at::parallel_for is only parallel where the including code is compiled with OpenMP; the
+        # GOMP symbols resolve at load time to the libgomp that torch itself loaded
+        cxx_flags.append("-fopenmp")
     if with_cuda:
         print("ecd2g_fast: building the C++ CPU and CUDA extension")
         ext_modules.append(
@@ -30,7 +35,7 @@ if torch is not None and sources:
                 "ecd2g_fast._C",
                 sources + sorted(glob.glob("csrc/cuda/*.cu")),
                 define_macros=[("WITH_CUDA", None)],
-                extra_compile_args={"cxx": cxx_flags, "nvcc": ["-O3", "-std=c++17"]},
+                extra_compile_args={"cxx": cxx_flags, "nvcc": ["-O3"]},
             )
         )
     else:

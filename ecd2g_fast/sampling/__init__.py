@@ -22,8 +22,12 @@ def _torch_backend(field, start, mode, generator, chunk_size, max_moves):
 
 
 backends.register("sample", "torch", _torch_backend)
-backends.set_auto_order("sample", "cpu", ("torch",))
-backends.set_auto_order("sample", "cuda", ("torch",))
+from . import cpp as _cpp, potential as _potential  # noqa: E402, F401  (register "cpp", "potential")
+
+# "auto": the O(log M) potential sampler for potential fields, else the compiled walk, else torch
+# (with one warning when the extension is missing: backends.select)
+backends.set_auto_order("sample", "cpu", ("potential", "cpp", "torch"))
+backends.set_auto_order("sample", "cuda", ("potential", "cpp", "torch"))
 
 
 def sample(
@@ -49,8 +53,11 @@ def sample(
         mode: ``"bidirectional"`` (default; exact: output ~ q) or ``"forward"`` (the paper's
             forward-only inference: moves to layer l+1 only, renormalised, stops at layer L;
             biased, THEORY §4).
-        backend: ``"auto"`` or a name registered for ``"sample"`` (``"torch"``: this module's
-            plain-torch walk).
+        backend: ``"torch"`` (plain-torch walk, ``reference.py``), ``"cpp"`` (the C++/CUDA
+            extension: chunked one-pass draw, Philox RNG; on-the-fly currents for potential
+            fields), ``"potential"`` (potential fields only: sorted tables and prefix sums,
+            O(log M) per move, THEORY §6) or ``"auto"``: ``"potential"`` for potential fields,
+            else ``"cpp"``, else ``"torch"`` (warning once if the extension is not built).
         generator: ``torch.Generator`` on ``field.device`` for reproducible draws.
         chunk_size: neighbour states evaluated at once per walker (memory ``O(B x chunk)``);
             default ``min(M, 2**23 // B)``. Results for a seed depend on it.
@@ -81,7 +88,7 @@ def sample(
         L, M = circuit.num_layers, circuit.num_states
         max_moves = (L + 1) * M if field.acyclic else 100 * L + 1000
     check_int("max_moves", max_moves, 1)
-    impl = backends.select("sample", backend, x0.device).impl
+    impl = backends.select("sample", backend, x0.device, subject=field).impl
     terminal, moves = impl(field, circuit._flatten(x0), mode, generator, chunk_size, max_moves)
     states = circuit._unflatten(terminal)
     return (states, moves) if return_moves else states
