@@ -9,29 +9,15 @@ import ecd2g_fast as E
 import ecd2g_fast.models as models
 from ecd2g_fast.models import CurrentNet, PotentialNet, StateEncoding
 
-from .testing import assert_close_to_reference, devices, total_variation
+from .testing import assert_close_to_reference, devices, dirichlet_pair, discretised_gaussian, total_variation
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # tiny ops: a second OpenMP thread only spin-waits on a loaded 2-core machine
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
-def discretised_gaussian(K: int) -> torch.Tensor:
-    x = torch.arange(K, dtype=torch.float64)
-    w = torch.exp(-0.5 * ((x - (K - 1) / 2) / (K / 10)) ** 2)
-    return w / w.sum()
 
 
-def dirichlet_pair(M: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Two draws of Dirichlet(1, ..., 1): normalised Exp(1) variables."""
-    g = torch.Generator().manual_seed(seed)
-    e = -torch.log(torch.rand((2, M), dtype=torch.float64, generator=g))
-    return e[0] / e[0].sum(), e[1] / e[1].sum()
 
 
 def seeded(cls, *args, seed: int = 0, **kwargs):

@@ -8,20 +8,11 @@ import torch
 import ecd2g_fast as E
 from ecd2g_fast.fields import Field
 
-from .testing import assert_samples_follow, devices, total_variation
+from .testing import assert_samples_follow, devices, dirichlet_pair, discretised_gaussian, total_variation
 
 
-def discretised_gaussian(K: int) -> torch.Tensor:
-    """THEORY §4's target: mean (K-1)/2, standard deviation K/10, on {0..K-1}."""
-    x = torch.arange(K, dtype=torch.float64)
-    w = torch.exp(-0.5 * ((x - (K - 1) / 2) / (K / 10)) ** 2)
-    return w / w.sum()
 
 
-def dirichlet_pair(M: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    torch.manual_seed(seed)
-    d = torch.distributions.Dirichlet(torch.ones(M, dtype=torch.float64))
-    return d.sample(), d.sample()
 
 
 def forward_chain_from_dense_currents(c: E.Circuit, p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:

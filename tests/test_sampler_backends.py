@@ -20,7 +20,7 @@ from ecd2g_fast.sampling.exact import transition_tables
 from ecd2g_fast.sampling.potential import PotentialTables, potential_drawer
 from ecd2g_fast.sampling.reference import walk
 
-from .testing import assert_close_to_reference, assert_samples_follow, devices
+from .testing import assert_close_to_reference, assert_samples_follow, devices, dirichlet_pair
 
 requires_extension = pytest.mark.skipif(not _extension.available(), reason="ecd2g_fast._C is not built")
 
@@ -31,11 +31,6 @@ def gaussian(K: int) -> torch.Tensor:
     return w / w.sum()
 
 
-def dirichlet_pair(M: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    g = torch.Generator().manual_seed(seed)
-    a, b = torch.rand(M, generator=g, dtype=torch.float64), torch.rand(M, generator=g, dtype=torch.float64)
-    a, b = -a.log(), -b.log()  # Dirichlet(1) through normalised exponentials
-    return a / a.sum(), b / b.sum()
 
 
 SETUPS = {

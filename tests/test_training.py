@@ -12,25 +12,15 @@ import ecd2g_fast as E
 import ecd2g_fast.training as training
 from ecd2g_fast.training import NonFiniteLossError, TrainResult, load_checkpoint, train
 
-from .testing import assert_samples_follow, total_variation
+from .testing import assert_samples_follow, discretised_gaussian, total_variation
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 K, L = 50, 10
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # batch-256 steps are far too small for intra-op parallelism; on a loaded 2-core machine a
-    # second OpenMP thread only adds spin-waiting (measured: 2 ms -> 130 ms per MLP backward).
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
-def discretised_gaussian(k: int) -> torch.Tensor:
-    x = torch.arange(k, dtype=torch.float64)
-    w = torch.exp(-0.5 * ((x - (k - 1) / 2) / (k / 10)) ** 2)
-    return w / w.sum()
 
 
 def gauss_task():

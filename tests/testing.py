@@ -85,3 +85,18 @@ def assert_equal_to_reference(actual: torch.Tensor, reference: torch.Tensor) -> 
             f"{int(bad.sum())} of {bad.numel()} values differ: max |difference| "
             f"{(actual - reference).abs().max().item()}; first (index, actual, reference): {first}"
         )
+
+
+def discretised_gaussian(K: int) -> torch.Tensor:
+    """THEORY §4's target on {0..K-1}: mean (K-1)/2, standard deviation K/10; (K,) float64."""
+    x = torch.arange(K, dtype=torch.float64)
+    w = torch.exp(-0.5 * ((x - (K - 1) / 2) / (K / 10)) ** 2)
+    return w / w.sum()
+
+
+def dirichlet_pair(M: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Two independent Dirichlet(1, ..., 1) pmfs of length M (normalised Exp(1) variables),
+    from their own generator: the global RNG is untouched."""
+    g = torch.Generator().manual_seed(seed)
+    e = -torch.log(torch.rand((2, M), dtype=torch.float64, generator=g))
+    return e[0] / e[0].sum(), e[1] / e[1].sum()

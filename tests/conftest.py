@@ -1,0 +1,14 @@
+"""Fixtures shared by the test modules."""
+
+import pytest
+import torch
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Run a module's tiny ops on one intra-op thread: on a loaded 2-core machine a second OpenMP
+    thread only adds spin-waiting (measured: 2 ms -> 130 ms per batch-256 MLP backward)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
