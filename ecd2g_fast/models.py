@@ -433,9 +433,15 @@ class PotentialNet(nn.Module):
 class PotentialNetField(PotentialField):
     """Potential-field adapter of a :class:`PotentialNet`: the ``(L+1, M)`` table computed once.
 
-    ``phi_l = -l s + (a_l u_c - b_l v_c) / M`` with ``u_c``, ``v_c`` the centred network outputs.
-    The table is recomputed automatically when the network's parameters change, or after
-    :meth:`refresh`.
+    The network's outputs read as density estimates ``p_hat = (1 + u_c) / M`` and
+    ``q_hat = (1 + v_c) / M`` (``u_c``, ``v_c`` centred). Nothing keeps them non-negative, and
+    where ``p_hat(z) < 0`` the vertex ``(0, z)`` is a net sink of current: a walker reaching it may
+    find no positive outflow. The field therefore projects both onto pmfs (clip at 0, renormalise)
+    and is the exact field of the projected pair, ``phi_l = -l s + a_l (p_hat - 1/M) - b_l (q_hat -
+    1/M)``: Kirchhoff's law then gives every vertex that carries current a positive outflow, so the
+    walk never gets stuck. Where nothing is clipped this equals the unprojected potentials.
+    :meth:`clipped_mass` reports how much was clipped. The table is recomputed automatically when
+    the network's parameters change, or after :meth:`refresh`.
 
     Args:
         net: the network.
@@ -459,12 +465,23 @@ class PotentialNetField(PotentialField):
             self._table, self._version = None, version
         return super().potential_table()
 
-    def compute_potential_table(self) -> torch.Tensor:
-        c = self.circuit
+    def raw_densities(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Unprojected ``(p_hat, q_hat)``, each ``(M,)`` float64 summing to 1 (may be negative)."""
+        M = self.circuit.num_states
         u, v = self.net.density_table()
-        layers = torch.arange(c.num_layers + 1, dtype=torch.float64, device=u.device)
-        return (
-            -(layers * c.s)[:, None]
-            + self.net.a_over_m[:, None] * u[None, :]
-            - self.net.b_over_m[:, None] * v[None, :]
-        )
+        return (1.0 + u) / M, (1.0 + v) / M
+
+    def densities(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Projected ``(p_hat, q_hat)``: ``(M,)`` float64 pmfs (non-negative, sum 1)."""
+        projected = []
+        for pmf in self.raw_densities():
+            pmf = pmf.clamp_min(0.0)
+            projected.append(pmf / pmf.sum())
+        return projected[0], projected[1]
+
+    def clipped_mass(self) -> tuple[float, float]:
+        """Total negative mass of the unprojected ``p_hat`` and ``q_hat`` (0.0 when valid)."""
+        return tuple(abs(float(pmf.clamp_max(0.0).sum())) for pmf in self.raw_densities())  # type: ignore[return-value]
+
+    def compute_potential_table(self) -> torch.Tensor:
+        return self.circuit._potentials(*self.densities())

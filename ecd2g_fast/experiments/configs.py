@@ -1,0 +1,273 @@
+"""Experiment configurations: the shipped presets and the data-set specifications they use.
+
+A data set is named by a *spec* string:
+
+======================  ============================================================  =====
+spec                    distribution                                                  D
+======================  ============================================================  =====
+``uniform``             uniform over ``{0..K-1}^D`` ("noise")                         any
+``gaussian``            ``q(k)`` proportional to ``exp(-(k - (K-1)/2)^2 / (2 (K/10)^2))``  1
+``moons``               two moons, noise sd 0.1, on a ``K x K`` grid                  2
+``swissroll``           2D swiss roll ((x, z) of the 3D roll), noise sd 1.0           2
+``PATH.npy|PATH.csv``   the empirical law of the integer states in the file           file
+======================  ============================================================  =====
+
+(:mod:`ecd2g_fast.experiments.datasets` defines them and their exact pmfs.)
+
+Shipped experiments (:data:`EXPERIMENTS`):
+
+* ``uniform-to-gaussian-1d``, the paper's §5.1: ``K = 50``, ``L = 10``, ``r = 0.1``, ``R = 100``,
+  the paper's current network and budget (Appendix B: SGD, 5000 steps, batch 256, uniform
+  queries). Sampling a :class:`~ecd2g_fast.models.CurrentNet` evaluates the network for every
+  (walker, neighbour) pair of every move, so the default sample is 20,000 walkers
+  (770 per occupied target cell).
+* ``moons-to-swissroll-2d``, the paper's §5.2. The paper's ``K`` and ``L`` were lost from its
+  text; here ``K = 32`` (``M = 1024`` states; a cell is 1.08 roll units, so the roll's arms,
+  ``2 pi`` apart with noise sd 1, are 5.8 cells apart and about 2 cells thick: resolved) and ``L = 10`` (the paper's 1D
+  value). ``L`` barely matters beyond a few layers at this ``M``: ``theta = arccosh(1 + M G / e)
+  = 1.33``, so the source term of eq. (12) decays by ``e^{-1.33}`` per layer and the middle layers
+  carry a near-uniform current (with the exact field, the forward-only walk's bias is TV 0.130,
+  0.075, 0.077, 0.077 for ``L`` = 2, 5, 10, 20 and the bidirectional walk is exact for every
+  ``L``); the walk costs about ``L + 0.4`` moves. The default model is the potential network
+  (THEORY §6): its sampler needs no network call per move and its walk always terminates, which
+  is what lets train + sample + exact evaluation fit in under three minutes on a 2-core CPU.
+  Its training budget was chosen by measurement (1 CPU thread, other jobs running; TV of the
+  exact output law of the learned field, no sampling noise): the paper's budget (5000 steps,
+  batch 256, 256 uniform queries) 0.102 (16 s of training); 5000 steps of batch 4096 samples with
+  512 queries drawn around the data 0.037 (34 s); 15000 such steps 0.022 (123 s); 5000 steps of
+  batch 16384 0.025 (73 s); the default, 10000 steps of batch 16384 (samples for the Monte-Carlo
+  targets) with 512 data queries per step, 0.019 (126 s; the whole ``ecd2g run`` 132 s).
+  ``--model current`` runs the paper's network instead (its sampler evaluates the network for
+  every walker and neighbour state: about 16 walkers per second on this CPU; 0.29 at the same
+  budget).
+* ``noise-to-swissroll-2d``: uniform noise over the grid to the swiss roll, otherwise as above.
+* ``custom``: ``--source`` and ``--target`` specs (files or names), ``--num-categories``,
+  ``--num-layers`` (default 10).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .datasets import (
+    DiscretisedGaussian1D,
+    EmpiricalDistribution,
+    GridDistribution,
+    UniformGrid,
+    load_states,
+    moons,
+    swiss_roll,
+)
+
+__all__ = ["EXPERIMENTS", "NAMED_DATASETS", "ExperimentConfig", "make_distribution", "resolve_datasets"]
+
+#: Data sets known by name, with the dimension they fix (None: any D).
+NAMED_DATASETS = {"uniform": None, "gaussian": 1, "moons": 2, "swissroll": 2}
+MODELS = ("current", "potential")
+MODES = ("bidirectional", "forward")
+QUERIES = ("uniform", "data")
+
+
+@dataclass
+class ExperimentConfig:
+    """Everything that defines a run; stored as ``config.json`` in the output folder.
+
+    Attributes:
+        experiment: preset name (``custom`` for ad-hoc specs).
+        source, target: data-set specs (module docstring).
+        num_categories: ``K``; None: inferred (the largest state in the files, plus one).
+        dim: ``D``; None: inferred from the specs.
+        num_layers: ``L``.
+        r, R: the circuit's resistances.
+        model: ``"current"`` or ``"potential"``.
+        steps, batch_size, num_queries, queries, lr: training (:func:`ecd2g_fast.training.train`);
+            ``num_queries`` None means ``batch_size``; ``lr`` None the trainer's default.
+        mode: walk mode, ``"bidirectional"`` (exact) or ``"forward"`` (the paper's).
+        backend: sampler backend (``"auto"``, ``"torch"``, ``"cpp"``, ``"potential"``).
+        num_samples: generated samples; None: the preset's default.
+        seed: master seed (data, initialisation, sampling and the noise floors derive from it).
+        device: ``"cpu"``, ``"cuda"``, ...; None: CUDA when available, else the CPU.
+        exact_max_states: compute the exact output law (``tv_exact``) when ``M`` is at most this
+            (and ``2 L M^2 <= 2**28``, the limit of ``exact_output_distribution``).
+    """
+
+    experiment: str = "custom"
+    source: str = "uniform"
+    target: str = "gaussian"
+    num_categories: int | None = None
+    dim: int | None = None
+    num_layers: int = 10
+    r: float = 0.1
+    R: float = 100.0
+    model: str = "current"
+    steps: int = 5000
+    batch_size: int = 256
+    num_queries: int | None = None
+    queries: str = "uniform"
+    lr: float | None = None
+    mode: str = "bidirectional"
+    backend: str = "auto"
+    num_samples: int | None = None
+    seed: int = 0
+    device: str | None = None
+    exact_max_states: int = 5000
+    notes: str = ""
+    extra: dict = field(default_factory=dict)
+
+    def to_json(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict) -> ExperimentConfig:
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.to_json(), indent=2) + "\n")
+
+    @classmethod
+    def load(cls, path: str | Path) -> ExperimentConfig:
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"no config.json at {str(path)!r}: run `ecd2g train` or `ecd2g run` first"
+            )
+        return cls.from_json(json.loads(path.read_text()))
+
+
+#: The shipped presets (module docstring); command-line options override their fields.
+EXPERIMENTS: dict[str, ExperimentConfig] = {
+    "uniform-to-gaussian-1d": ExperimentConfig(
+        experiment="uniform-to-gaussian-1d",
+        source="uniform",
+        target="gaussian",
+        num_categories=50,
+        dim=1,
+        num_layers=10,
+        model="current",
+        steps=5000,
+        batch_size=256,
+        queries="uniform",
+        num_samples=20_000,
+        notes="paper §5.1: K=50, L=10, r=0.1, R=100; the paper's current network and budget",
+    ),
+    "moons-to-swissroll-2d": ExperimentConfig(
+        experiment="moons-to-swissroll-2d",
+        source="moons",
+        target="swissroll",
+        num_categories=32,
+        dim=2,
+        num_layers=10,
+        model="potential",
+        steps=10_000,
+        batch_size=16_384,
+        num_queries=512,
+        queries="data",
+        num_samples=100_000,
+        notes="paper §5.2 with K=32, L=10 (the paper's values were lost); potential network",
+    ),
+    "noise-to-swissroll-2d": ExperimentConfig(
+        experiment="noise-to-swissroll-2d",
+        source="uniform",
+        target="swissroll",
+        num_categories=32,
+        dim=2,
+        num_layers=10,
+        model="potential",
+        steps=10_000,
+        batch_size=16_384,
+        num_queries=512,
+        queries="data",
+        num_samples=100_000,
+        notes="uniform noise over the 32 x 32 grid -> swiss roll; as moons-to-swissroll-2d otherwise",
+    ),
+}
+
+
+def _is_file_spec(spec: str) -> bool:
+    return spec.lower().endswith((".npy", ".csv"))
+
+
+def make_distribution(
+    spec: str, num_categories: int, dim: int, *, name: str = "source", states: np.ndarray | None = None
+) -> GridDistribution:
+    """The :class:`GridDistribution` a spec names (module docstring).
+
+    Args:
+        spec: a name of :data:`NAMED_DATASETS` or a ``.npy``/``.csv`` path.
+        num_categories: ``K``.
+        dim: ``D``.
+        name: the option's name, for error messages.
+        states: already loaded file states (avoids reading the file twice).
+
+    Raises:
+        ValueError: unknown spec, or a spec that does not fit ``D``/``K``.
+        FileNotFoundError: a missing file.
+    """
+    if _is_file_spec(spec):
+        data = load_states(spec, name=name) if states is None else states
+        if data.shape[1] != dim:
+            raise ValueError(f"{name} file {spec!r} has D = {data.shape[1]} columns, expected {dim}")
+        if data.max() >= num_categories:
+            raise ValueError(
+                f"{name} file {spec!r} holds state {data.max()} >= num_categories = {num_categories}"
+            )
+        return EmpiricalDistribution(data, num_categories, name=f"file({spec})")
+    if spec not in NAMED_DATASETS:
+        choices = ", ".join(NAMED_DATASETS)
+        raise ValueError(f"{name} must be one of {choices} or a .npy/.csv file, got {spec!r}")
+    fixed = NAMED_DATASETS[spec]
+    if fixed is not None and fixed != dim:
+        raise ValueError(f"{name} {spec!r} is a {fixed}D data set, but D = {dim}")
+    if spec == "uniform":
+        return UniformGrid(num_categories, dim)
+    if spec == "gaussian":
+        return DiscretisedGaussian1D(num_categories)
+    if spec == "moons":
+        return moons(num_categories)
+    return swiss_roll(num_categories)
+
+
+def resolve_datasets(config: ExperimentConfig) -> tuple[GridDistribution, GridDistribution]:
+    """Build the source and target distributions of ``config``, filling in ``K`` and ``D``.
+
+    ``config.num_categories`` and ``config.dim`` are set in place when they were None.
+
+    Raises:
+        ValueError: specs that disagree on ``D``, a missing ``K`` with no file to infer it from,
+            unknown specs.
+    """
+    loaded: dict[str, np.ndarray] = {}
+    dims = []
+    for role in ("source", "target"):
+        spec = getattr(config, role)
+        if not isinstance(spec, str) or not spec:
+            raise ValueError(f"{role} must be a data-set name or a .npy/.csv path, got {spec!r}")
+        if _is_file_spec(spec):
+            loaded[role] = load_states(spec, name=role)
+            dims.append(loaded[role].shape[1])
+        elif spec in NAMED_DATASETS and NAMED_DATASETS[spec] is not None:
+            dims.append(NAMED_DATASETS[spec])
+    if config.dim is None:
+        config.dim = dims[0] if dims else 1
+    for d in dims:
+        if d != config.dim:
+            raise ValueError(
+                f"source and target must have the same dimension D; got {dims} (dim={config.dim})"
+            )
+    if config.num_categories is None:
+        if not loaded:
+            raise ValueError("num_categories is required unless a data file gives it (--num-categories)")
+        config.num_categories = max(2, max(int(a.max()) + 1 for a in loaded.values()))
+    source = make_distribution(
+        config.source, config.num_categories, config.dim, name="source", states=loaded.get("source")
+    )
+    target = make_distribution(
+        config.target, config.num_categories, config.dim, name="target", states=loaded.get("target")
+    )
+    return source, target
