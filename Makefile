@@ -1,4 +1,5 @@
-# The two commands of the README: `make demo` (the main job) and `make test` (the test suite).
+# The two commands of the README: `make demo` (the main job: the 2D moons -> swiss-roll experiment
+# end to end) and `make test` (the test suite).
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.ecd2g-installed
@@ -11,7 +12,7 @@ $(STAMP): pyproject.toml setup.py scripts/setup_env.sh $(wildcard csrc/*.cpp csr
 env: $(STAMP)
 
 demo: $(STAMP)
-	$(PY) examples/transport_1d.py
+	$(VENV)/bin/ecd2g run moons-to-swissroll-2d --out runs/moons-to-swissroll-2d
 
 test: $(STAMP)
 	$(PY) -m pytest -q tests

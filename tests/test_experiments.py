@@ -36,7 +36,7 @@ COMMON_FILES = (
 METRIC_KEYS = (
     "tv",
     "tv_floor",
-    "tv_floor_two_sample",
+    "tv_floor_vs_pmf",
     "tv_exact",
     "kl",
     "kl_floor",
