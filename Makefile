@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.ecd2g-installed
 
-.PHONY: env demo test bench lint clean
+.PHONY: env demo test bench report lint clean
 
 $(STAMP): pyproject.toml setup.py scripts/setup_env.sh $(wildcard csrc/*.cpp csrc/*/*.cpp csrc/*/*.cu csrc/*.h csrc/*/*.h)
 	VENV=$(VENV) bash scripts/setup_env.sh
@@ -19,6 +19,9 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m pytest -q benchmarks/bench_*.py -o python_files='bench_*.py' --benchmark-only
+
+report: $(STAMP)
+	$(PY) benchmarks/report.py $(REPORT_ARGS)
 
 lint:
 	$(PY) -m ruff check . && $(PY) -m ruff format --check .
