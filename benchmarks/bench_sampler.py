@@ -22,14 +22,16 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import os
 import platform
-import subprocess
+import sys
 import time
 from pathlib import Path
 
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import harness  # noqa: E402  (benchmarks/ is not a package)
 
 import ecd2g_fast as E
 from ecd2g_fast import _extension
@@ -99,11 +101,6 @@ def check_output(name: str, terminal: torch.Tensor, q: torch.Tensor) -> float:
     return tv
 
 
-def _commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 def main() -> None:
@@ -148,7 +145,7 @@ def main() -> None:
         "device": args.device if args.device != "cpu" else f"cpu ({platform.processor() or platform.machine()})",
         "threads": args.threads,
         "torch": torch.__version__,
-        "commit": _commit(),
+        "commit": harness.short_commit(),
         "timestamp": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "load_average_1min": os.getloadavg()[0],
     }
@@ -162,10 +159,7 @@ def main() -> None:
         runs = ", ".join(f"{t:.3f}" for t in r["all_seconds"])
         print(f"{r['backend']:<16}{r['seconds']:>10.3f}{r['samples_per_second']:>14,.0f}{ratio:>10}  {runs}")
     if not args.no_save:
-        RESULTS.parent.mkdir(parents=True, exist_ok=True)
-        with RESULTS.open("a") as f:
-            for r in rows:
-                f.write(json.dumps({**meta, **r}) + "\n")
+        harness.append_jsonl(RESULTS, [{**meta, **r} for r in rows])
 
 
 # ----------------------------------------------------------------------------- pytest-benchmark

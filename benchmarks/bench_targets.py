@@ -23,14 +23,16 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import os
 import platform
-import subprocess
+import sys
 import time
 from pathlib import Path
 
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import harness  # noqa: E402  (benchmarks/ is not a package)
 
 import ecd2g_fast as E
 from ecd2g_fast import backends
@@ -90,14 +92,6 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def _commit() -> str:
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
-        )
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-    return out.stdout.strip()
 
 
 def main() -> None:
@@ -121,7 +115,7 @@ def main() -> None:
         else f"cpu ({platform.machine()})",
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
-        "commit": _commit(),
+        "commit": harness.short_commit(),
         "timestamp": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "load_average_1min": os.getloadavg()[0],
     }
@@ -157,10 +151,7 @@ def main() -> None:
                     f"{size / seconds / 1e6:>12.2f}{ratio:>10}"
                 )
     if not args.no_save:
-        RESULTS.parent.mkdir(parents=True, exist_ok=True)
-        with RESULTS.open("a") as f:
-            for row in rows:
-                f.write(json.dumps(row) + "\n")
+        harness.append_jsonl(RESULTS, rows)
 
 
 # ----------------------------------------------------------------------------- pytest-benchmark
@@ -172,10 +163,7 @@ except ImportError:  # the script mode needs no pytest
 
 if pytest is not None:
 
-    def _devices():
-        return ["cpu", pytest.param("cuda", marks=pytest.mark.skipif("not torch.cuda.is_available()"))]
-
-    @pytest.mark.parametrize("device", _devices())
+    @pytest.mark.parametrize("device", harness.devices())
     @pytest.mark.parametrize("name", BACKENDS)
     @pytest.mark.parametrize("size", SIZES, ids=lambda s: f"Q=B={s}")
     @pytest.mark.parametrize("dim", DIMS, ids=lambda d: f"D={d}")

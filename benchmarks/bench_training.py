@@ -22,15 +22,17 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import math
 import os
 import platform
-import subprocess
+import sys
 import time
 from pathlib import Path
 
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import harness  # noqa: E402  (benchmarks/ is not a package)
 
 import ecd2g_fast as E
 from ecd2g_fast import distributed
@@ -61,12 +63,6 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def _commit() -> str:
-    try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True)
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-    return out.stdout.strip()
 
 
 def checked_step(trainer: _Trainer, step_model) -> float:
@@ -93,7 +89,7 @@ def main() -> None:
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({platform.machine()})",
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
-        "commit": _commit(),
+        "commit": harness.short_commit(),
         "timestamp": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "load_average_1min": os.getloadavg()[0],
     }
@@ -120,10 +116,7 @@ def main() -> None:
             rows.append({**meta, "model": model, "batch": batch, "seconds": best, "peak_mib": peak})
             print(f"{model:<10}{batch:>8}{best * 1e3:>10.2f}{1 / best:>10.1f}{batch / best / 1e6:>12.3f}{peak:>10.0f}")
     if not args.no_save:
-        RESULTS.parent.mkdir(parents=True, exist_ok=True)
-        with RESULTS.open("a") as f:
-            for row in rows:
-                f.write(json.dumps(row) + "\n")
+        harness.append_jsonl(RESULTS, rows)
 
 
 # ----------------------------------------------------------------------------- pytest-benchmark
@@ -135,10 +128,7 @@ except ImportError:  # the script mode needs no pytest
 
 if pytest is not None:
 
-    def _devices():
-        return ["cpu", pytest.param("cuda", marks=pytest.mark.skipif("not torch.cuda.is_available()"))]
-
-    @pytest.mark.parametrize("device", _devices())
+    @pytest.mark.parametrize("device", harness.devices())
     @pytest.mark.parametrize("batch", BATCHES, ids=lambda b: f"B={b}")
     @pytest.mark.parametrize("model", MODELS)
     def test_bench_train_step(benchmark, model, batch, device):

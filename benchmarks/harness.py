@@ -332,6 +332,28 @@ def run_metadata(device: torch.device | str = "cpu", argv: Sequence[str] | None 
     return meta
 
 
+def short_commit() -> str:
+    """The checkout's short git commit, or ``"unknown"``."""
+    return _run(["git", "rev-parse", "--short", "HEAD"]) or "unknown"
+
+
+def append_jsonl(path: str | os.PathLike, rows: Iterable[dict]) -> Path:
+    """Append one JSON object per row to ``path`` (the per-op scripts' results files)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as f:
+        for row in rows:
+            f.write(json.dumps(_json_safe(row)) + "\n")
+    return path
+
+
+def devices() -> list:
+    """pytest axis: CPU always, CUDA as a cleanly skipped case when absent."""
+    import pytest
+
+    return ["cpu", pytest.param("cuda", marks=pytest.mark.skipif("not torch.cuda.is_available()"))]
+
+
 def device_slug(meta: dict) -> str:
     """File-name stem of a device: ``cuda-nvidia-h100-80gb-hbm3``, ``cpu-intel-xeon-processor-2cpu``."""
     name = re.sub(r"\(r\)|\(tm\)", "", meta["device_name"], flags=re.IGNORECASE)
