@@ -23,8 +23,8 @@ bench: $(STAMP)
 report: $(STAMP)
 	$(PY) benchmarks/report.py $(REPORT_ARGS)
 
-lint:
-	$(PY) -m ruff check . && $(PY) -m ruff format --check .
+lint: $(STAMP)
+	$(PY) -m pip install -q ruff && $(PY) -m ruff check .
 
 clean:
 	rm -rf build *.egg-info ecd2g_fast/_C*.so

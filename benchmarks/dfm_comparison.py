@@ -271,7 +271,7 @@ def main(argv: list[str] | None = None) -> int:
             print(text, file=sys.stderr, flush=True)
 
     # ---------------- ECD2G
-    for k, model in enumerate(args.models):
+    for model in args.models:
         data_rngs = [np.random.default_rng(s) for s in seeds[2].spawn(2)]
         _sync(device)
         start = time.perf_counter()

@@ -48,8 +48,8 @@ import torch
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-import bench_end_to_end as e2e
-import harness
+import bench_end_to_end as e2e  # noqa: E402  (benchmarks/ is not a package)
+import harness  # noqa: E402
 
 GROUPS = ("targets", "move", "train-step", "train-2d", "sample-2d")
 

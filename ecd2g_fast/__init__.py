@@ -7,8 +7,8 @@ analytic current field of given pmfs), :func:`sample` (the movement-rule walk) a
 :class:`CurrentNet` / :class:`PotentialNet` (learned fields) and :func:`train` (Algorithm 1).
 """
 
-from .circuit import Circuit
 from . import models, training
+from .circuit import Circuit
 from .fields import ExactField, Field, PotentialField
 from .models import CurrentNet, PotentialNet
 from .sampling import FieldError, OutputDistribution, exact_output_distribution, sample

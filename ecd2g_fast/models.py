@@ -42,7 +42,7 @@ to float32:
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -267,7 +267,7 @@ class CurrentNet(nn.Module):
                 out[i : i + rows, j : j + cols] = self.body(h).squeeze(-1)
         return out
 
-    def field(self) -> "CurrentNetField":
+    def field(self) -> CurrentNetField:
         """The :class:`~ecd2g_fast.fields.Field` view of this network (shares its parameters)."""
         return CurrentNetField(self)
 
@@ -425,7 +425,7 @@ class PotentialNet(nn.Module):
             out[:, start : start + flat.shape[0]] = self.densities(c._unflatten(flat)).t().to(torch.float64)
         return out - out.mean(dim=1, keepdim=True)
 
-    def field(self) -> "PotentialNetField":
+    def field(self) -> PotentialNetField:
         """The :class:`~ecd2g_fast.fields.PotentialField` view of this network."""
         return PotentialNetField(self)
 

@@ -41,9 +41,10 @@ import inspect
 import math
 import os
 import tempfile
-from dataclasses import asdict, dataclass, field as dataclass_field
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from dataclasses import field as dataclass_field
 from pathlib import Path
-from typing import Callable, Union
 
 import torch
 import torch.distributed as dist
@@ -87,7 +88,7 @@ _RESUME_KEYS = (
     "seed",
 )
 
-Source = Union[torch.Tensor, Callable[[int], torch.Tensor]]
+Source = torch.Tensor | Callable[[int], torch.Tensor]
 
 
 class NonFiniteLossError(RuntimeError):

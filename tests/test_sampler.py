@@ -11,10 +11,6 @@ from ecd2g_fast.fields import Field
 from .testing import assert_samples_follow, devices, dirichlet_pair, discretised_gaussian, total_variation
 
 
-
-
-
-
 def forward_chain_from_dense_currents(c: E.Circuit, p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
     """Forward-only output law straight from Circuit.currents (independent of the sampler code)."""
     I = c.currents(p, q).clamp_min(0.0)

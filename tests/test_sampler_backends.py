@@ -324,7 +324,7 @@ def test_philox_known_answers():
 
 def op_samples():
     c, p, field = make("grid-K5-D2-L4")
-    L, M = c.num_layers, c.num_states
+    L = c.num_layers
     phi, sink = field.potential_table(), field.sink_table()
     tables = PotentialTables.from_field(field)
     layer = torch.tensor([0, 1, 4, 2, 3, 4, 0])

@@ -22,7 +22,8 @@ def _torch_backend(field, start, mode, generator, chunk_size, max_moves):
 
 
 backends.register("sample", "torch", _torch_backend)
-from . import cpp as _cpp, potential as _potential  # noqa: E402, F401  (register "cpp", "potential")
+from . import cpp as _cpp  # noqa: E402, F401  (registers "cpp")
+from . import potential as _potential  # noqa: E402, F401  (registers "potential")
 
 # "auto": the O(log M) potential sampler for potential fields, else the compiled walk, else torch
 # (with one warning when the extension is missing: backends.select)
