@@ -171,22 +171,14 @@ EXPERIMENTS: dict[str, ExperimentConfig] = {
         num_samples=100_000,
         notes="paper §5.2 with K=32, L=10 (the paper's values were lost); potential network",
     ),
-    "noise-to-swissroll-2d": ExperimentConfig(
-        experiment="noise-to-swissroll-2d",
-        source="uniform",
-        target="swissroll",
-        num_categories=32,
-        dim=2,
-        num_layers=10,
-        model="potential",
-        steps=10_000,
-        batch_size=16_384,
-        num_queries=512,
-        queries="data",
-        num_samples=100_000,
-        notes="uniform noise over the 32 x 32 grid -> swiss roll; as moons-to-swissroll-2d otherwise",
-    ),
 }
+# the noise-to-data case: the 2D preset with uniform noise over the grid as its source
+EXPERIMENTS["noise-to-swissroll-2d"] = dataclasses.replace(
+    EXPERIMENTS["moons-to-swissroll-2d"],
+    experiment="noise-to-swissroll-2d",
+    source="uniform",
+    notes="uniform noise over the 32 x 32 grid -> swiss roll; as moons-to-swissroll-2d otherwise",
+)
 
 
 def _is_file_spec(spec: str) -> bool:
