@@ -32,21 +32,44 @@ def check_tensor(name: str, value: object) -> torch.Tensor:
     return value
 
 
-def check_states(name: str, states: object, num_categories: int, dim: int) -> torch.Tensor:
-    """Check a ``(B, D)`` int64 tensor of states with entries in ``[0, K)``."""
+def check_states(name: str, states: object, num_categories: int, dim: int, *, check_values: bool = True) -> torch.Tensor:
+    """Check a ``(B, D)`` int64 tensor of states with entries in ``[0, K)``.
+
+    ``check_values=False`` checks type, dtype and shape only (no device-to-host sync); callers
+    then check the values with :func:`check_ranges`, or not at all.
+    """
     states = check_tensor(name, states)
     if states.dtype != torch.int64:
         raise TypeError(f"{name} must have dtype torch.int64, got {states.dtype}")
     if states.dim() != 2 or states.shape[1] != dim:
         raise ValueError(f"{name} must have shape (B, {dim}) (D = {dim}), got {tuple(states.shape)}")
-    if states.numel():
-        low, high = (int(v) for v in torch.aminmax(states))
-        if low < 0 or high >= num_categories:
-            raise ValueError(
-                f"{name} must hold states in [0, {num_categories}) (K = {num_categories}), "
-                f"got values in [{low}, {high}]"
-            )
+    if check_values:
+        check_ranges([state_range(name, states, num_categories)])
     return states
+
+
+#: ``(name, tensor, low, high, description)``: the values of ``tensor`` must lie in ``[low, high)``.
+ValueRange = tuple[str, torch.Tensor, int, int, str]
+
+
+def state_range(name: str, states: torch.Tensor, num_categories: int) -> ValueRange:
+    """The :data:`ValueRange` of a states tensor: entries in ``[0, K)``."""
+    return (name, states, 0, num_categories, f"states in [0, {num_categories}) (K = {num_categories})")
+
+
+def check_ranges(ranges: list[ValueRange]) -> None:
+    """Check integer tensors' values against their ranges with one device-to-host copy for all.
+
+    Raises:
+        ValueError: naming the first tensor out of range, its allowed and its actual range.
+    """
+    present = [r for r in ranges if r[1].numel()]
+    if not present:
+        return
+    bounds = torch.stack([v for r in present for v in torch.aminmax(r[1])]).tolist()
+    for (name, _, low, high, description), lo, hi in zip(present, bounds[::2], bounds[1::2]):
+        if lo < low or hi >= high:
+            raise ValueError(f"{name} must hold {description}, got values in [{lo}, {hi}]")
 
 
 def check_pmf(name: str, pmf: object, num_states: int) -> torch.Tensor:

@@ -180,6 +180,54 @@ def test_counts_are_exact(shape, hash_fn):
         assert_equal_to_reference(counts, count_matches(queries, batch))
 
 
+FORCED_COUNTING = ("dense-table", "sorted")
+
+
+def force_counting(monkeypatch, how: str) -> None:
+    """Make :func:`packed.prepare` pick ``how`` for every exact-key circuit up to 2**26 states."""
+    limit = 2**26 if how == "dense-table" else 0
+    monkeypatch.setattr(packed, "DENSE_TABLE_MIN_STATES", limit)
+    monkeypatch.setattr(packed, "DENSE_TABLE_MAX_STATES", limit)
+
+
+# K3-D37 has more states than a table may hold: sorted keys only.
+@pytest.mark.parametrize(
+    "shape,how", [(s, h) for s in ("K2-D1", "K50-D2") for h in FORCED_COUNTING] + [("K3-D37", "sorted")]
+)
+def test_both_exact_counting_paths_are_exact(shape, how, monkeypatch):
+    # Whichever of the dense table and the sorted keys the size rule picks, counts are exact.
+    K, D = SHAPES[shape]
+    force_counting(monkeypatch, how)
+    circuit, _, z, w, x, y = make_case(K, D, 257, 257, 7)
+    prepared = packed.prepare(circuit, x, y)
+    assert (prepared.table is not None) == (how == "dense-table")
+    queries = torch.cat([z, w, x, y])
+    count_x, count_y = prepared.counts(prepared.state_keys(queries), queries)
+    assert_equal_to_reference(count_x.long(), count_matches(queries, x))
+    assert_equal_to_reference(count_y.long(), count_matches(queries, y))
+
+
+@requires_triton
+@pytest.mark.parametrize("how", FORCED_COUNTING)
+def test_triton_on_both_exact_counting_paths(how, monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    force_counting(monkeypatch, how)
+    circuit, layer, z, w, x, y = make_case(50, 2, 257, 7, 257, seed=9)
+    ref = current_targets(circuit, layer, z, w, x, y, backend="reference")
+    out = current_targets(circuit, layer, z, w, x, y, backend="triton")
+    assert_close_to_reference(out, ref, rtol=RTOL, scale=current_scale(circuit, layer, z, w, x, y))
+
+
+def test_dense_table_size_rule():
+    keys = StateKeys.for_circuit(E.Circuit(4, 2, 2), torch.device("cpu"))
+    assert packed.uses_dense_table(keys, 2**16, 1, 1)  # small M: always
+    assert not packed.uses_dense_table(keys, 2**16 + 1, 100, 100)
+    assert packed.uses_dense_table(keys, 2**20, 2**18, 2**18)  # M <= 2 (B + B')
+    assert not packed.uses_dense_table(keys, 2**27, 2**30, 2**30)  # above the memory cap
+    hashed = StateKeys.for_circuit(E.Circuit(4, 2, 2), torch.device("cpu"), WEAK_HASHES["constant"])
+    assert not packed.uses_dense_table(hashed, 16, 1, 1)
+
+
 def test_key_sums_agree_on_both_paths(monkeypatch):
     # CPU keys use integer matmul, CUDA ones chunked mul + sum: both must wrap identically.
     monkeypatch.setattr(packed, "_CHUNK_ELEMENTS", 1000)  # several chunks

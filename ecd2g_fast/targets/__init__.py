@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 
 from .. import backends
-from .._validation import check_int, check_states, check_tensor
+from .._validation import check_int, check_ranges, check_states, check_tensor, state_range
 from ..circuit import Circuit
 from . import triton as _triton
 from .packed import current_targets_torch, potential_targets_torch
@@ -44,29 +44,41 @@ for _op in ("current_targets", "potential_targets"):
     backends.set_auto_order(_op, "cpu", ("torch", "reference"))
 
 
-def _check_common(circuit: Circuit, layer, x, y, edges: bool, num_queries: int):
-    # edges: layers index edge tails, [0, L-1]; otherwise vertices, [0, L].
+def _check_arguments(
+    circuit: Circuit, layer, queries: dict, x, y, edges: bool, check_values: bool
+) -> tuple[torch.Tensor, ...]:
+    """Check the arguments of a pass; returns ``(layer, *queries.values(), x, y)``.
+
+    ``queries``: name -> ``(Q, D)`` query states (``z``, and ``w`` for currents). ``edges``:
+    layers index edge tails, ``[0, L-1]``; otherwise vertices, ``[0, L]``. The value ranges of
+    all tensors are checked together, with one device-to-host copy, when ``check_values``.
+    """
     if not isinstance(circuit, Circuit):
         raise TypeError(f"circuit must be an ecd2g_fast.Circuit, got {type(circuit).__name__}")
-    layer_max = circuit.num_layers - 1 if edges else circuit.num_layers
     K, D = circuit.num_categories, circuit.dim
+    states = {name: check_tensor(name, t) for name, t in queries.items()}
+    z = states["z"]
+    num_queries = z.shape[0] if z.dim() >= 1 else -1
     layer = check_tensor("layer", layer)
     if layer.dtype != torch.int64:
         raise TypeError(f"layer must have dtype torch.int64, got {layer.dtype}")
     if layer.shape != (num_queries,):
         raise ValueError(f"layer must have shape (Q,) = ({num_queries},), got {tuple(layer.shape)}")
-    if layer.numel() and (int(layer.min()) < 0 or int(layer.max()) > layer_max):
-        raise ValueError(
-            f"layer must hold layer indices in [0, {layer_max}], got [{int(layer.min())}, {int(layer.max())}]"
-        )
-    x = check_states("x", x, K, D)
-    y = check_states("y", y, K, D)
+    states["x"], states["y"] = x, y
+    for name, t in states.items():
+        check_states(name, t, K, D, check_values=False)
     check_int("x.shape[0] (batch size)", x.shape[0], 1)
     check_int("y.shape[0] (batch size)", y.shape[0], 1)
-    for name, t in (("x", x), ("y", y)):
+    if "w" in states and states["w"].shape != z.shape:
+        raise ValueError(f"w must have the shape of z {tuple(z.shape)}, got {tuple(states['w'].shape)}")
+    for name, t in states.items():
         if t.device != layer.device:
             raise ValueError(f"{name} must be on layer's device {layer.device}, got {t.device}")
-    return layer, x, y
+    if check_values:
+        layer_max = circuit.num_layers - 1 if edges else circuit.num_layers
+        ranges = [("layer", layer, 0, layer_max + 1, f"layer indices in [0, {layer_max}]")]
+        check_ranges(ranges + [state_range(name, t, K) for name, t in states.items()])
+    return (layer, *states.values())
 
 
 def current_targets(
@@ -78,6 +90,7 @@ def current_targets(
     y: torch.Tensor,
     *,
     backend: str = "auto",
+    check_values: bool = True,
 ) -> torch.Tensor:
     """Monte-Carlo estimate of the edge currents ``I_layer(z, w)`` (eq. 13).
 
@@ -95,6 +108,10 @@ def current_targets(
             CPU: ``"torch"``), ``"reference"`` (pairwise, ``O(Q B D)``), ``"torch"`` (sorted
             batch, ``O((Q + B) log B)``) or ``"triton"`` (one fused kernel; CUDA, or CPU with
             ``TRITON_INTERPRET=1``).
+        check_values: check that layers and states are in range (one device-to-host copy for
+            all tensors, a sync on CUDA). ``False`` skips it, for loops whose inputs are in range
+            by construction (the trainer); out-of-range values then give meaningless targets
+            or out-of-bounds memory accesses.
 
     Returns:
         ``(Q,)`` float64 physical currents (units of the total current 1).
@@ -104,16 +121,7 @@ def current_targets(
         ValueError: wrong shapes, states or layers out of range, mixed devices, empty batch,
             unknown or unavailable backend.
     """
-    z = check_tensor("z", z)
-    Q = z.shape[0] if z.dim() >= 1 else -1
-    layer, x, y = _check_common(circuit, layer, x, y, True, Q)
-    z = check_states("z", z, circuit.num_categories, circuit.dim)
-    w = check_states("w", w, circuit.num_categories, circuit.dim)
-    if w.shape != z.shape:
-        raise ValueError(f"w must have the shape of z {tuple(z.shape)}, got {tuple(w.shape)}")
-    for name, t in (("z", z), ("w", w)):
-        if t.device != layer.device:
-            raise ValueError(f"{name} must be on layer's device {layer.device}, got {t.device}")
+    layer, z, w, x, y = _check_arguments(circuit, layer, {"z": z, "w": w}, x, y, True, check_values)
     impl = backends.select("current_targets", backend, layer.device).impl
     return impl(circuit, layer, z, w, x, y)
 
@@ -126,6 +134,7 @@ def potential_targets(
     y: torch.Tensor,
     *,
     backend: str = "auto",
+    check_values: bool = True,
 ) -> torch.Tensor:
     """Monte-Carlo estimate of the potentials ``phi_layer(z)`` (eq. 12, gauge ``c = 0``).
 
@@ -134,7 +143,7 @@ def potential_targets(
         layer: ``(Q,)`` int64 layers in ``[0, L]``.
         z: ``(Q, D)`` int64 states in ``[0, K)``.
         x, y: ``(B, D)`` / ``(B', D)`` int64 source and target samples, as in :func:`current_targets`.
-        backend: as in :func:`current_targets`.
+        backend, check_values: as in :func:`current_targets`.
 
     Returns:
         ``(Q,)`` float64 potentials.
@@ -142,11 +151,6 @@ def potential_targets(
     Raises:
         TypeError, ValueError: as :func:`current_targets`.
     """
-    z = check_tensor("z", z)
-    Q = z.shape[0] if z.dim() >= 1 else -1
-    layer, x, y = _check_common(circuit, layer, x, y, False, Q)
-    z = check_states("z", z, circuit.num_categories, circuit.dim)
-    if z.device != layer.device:
-        raise ValueError(f"z must be on layer's device {layer.device}, got {z.device}")
+    layer, z, x, y = _check_arguments(circuit, layer, {"z": z}, x, y, False, check_values)
     impl = backends.select("potential_targets", backend, layer.device).impl
     return impl(circuit, layer, z, x, y)

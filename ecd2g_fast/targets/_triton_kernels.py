@@ -36,32 +36,48 @@ def _rows_equal(a_ptr, a_row, b_ptr, b_row, D, mask, BLOCK_Q: tl.constexpr, BLOC
 
 @triton.jit
 def _count(
-    key, q, q_rows, mask, keys, counts, runs, num_iter, rep, amb, rows, D,
-    HASHED: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_D: tl.constexpr,
+    key, q, q_rows, mask, keys, counts, length, num_iter, rep, amb, rows, D,
+    HASHED: tl.constexpr, DENSE: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_D: tl.constexpr,
 ):  # fmt: skip
-    """How many rows of one sorted batch equal each query: ``(count, flag)``, ``(BLOCK_Q,)``.
+    """How many rows of one batch equal each query: ``(count, flag)``, ``(BLOCK_Q,)``.
 
-    ``keys``, ``counts``: the batch's ``runs`` run keys (sorted) and lengths; ``num_iter =
-    bit_length(runs)`` halvings find the lower bound. Hashed keys only: ``rep`` (first row of each
-    run), ``amb`` (int8 ambiguous-run flags) and ``rows`` (the batch, ``(B, D)``) for verification
-    against the query rows ``q_rows[q]``; ``flag`` marks queries needing an exact recount.
+    ``DENSE``: ``counts`` is the batch's ``(M,)`` int32 count table, indexed by the exact key.
+    Otherwise ``keys`` holds ``length`` sorted keys, searched in ``num_iter = bit_length(length)``
+    halvings: exact keys are all ``B`` keys (count = upper bound - lower bound); hashed keys are
+    run keys with their lengths in ``counts``, ``rep`` (first row of each run), ``amb`` (int8
+    ambiguous-run flags) and ``rows`` (the batch, ``(B, D)``) for verification against the query
+    rows ``q_rows[q]``; ``flag`` marks queries needing an exact recount (hashed keys only).
     """
-    lo = tl.full([BLOCK_Q], 0, tl.int64)
-    hi = lo + runs
-    for _ in range(num_iter):
-        active = mask & (lo < hi)
-        mid = (lo + hi) // 2
-        v = tl.load(keys + mid, mask=active, other=0)
-        lo = tl.where(active & (v < key), mid + 1, lo)
-        hi = tl.where(active & (v >= key), mid, hi)
-    inside = mask & (lo < runs)
-    key_hit = inside & (tl.load(keys + lo, mask=inside, other=0) == key)
-    count = tl.load(counts + lo, mask=key_hit, other=0)
-    flag = key_hit & (count < 0)
-    if HASHED:
-        first = tl.load(rep + lo, mask=key_hit, other=0)
-        count = tl.where(_rows_equal(q_rows, q, rows, first, D, key_hit, BLOCK_Q, BLOCK_D), count, 0)
-        flag = key_hit & (tl.load(amb + lo, mask=key_hit, other=0) != 0)
+    if DENSE:
+        count = tl.load(counts + key, mask=mask, other=0).to(tl.int64)
+        flag = mask & (count < 0)
+    else:
+        lo = tl.full([BLOCK_Q], 0, tl.int64)
+        hi = lo + length
+        for _ in range(num_iter):
+            active = mask & (lo < hi)
+            mid = (lo + hi) // 2
+            v = tl.load(keys + mid, mask=active, other=0)
+            lo = tl.where(active & (v < key), mid + 1, lo)
+            hi = tl.where(active & (v >= key), mid, hi)
+        if HASHED:
+            inside = mask & (lo < length)
+            key_hit = inside & (tl.load(keys + lo, mask=inside, other=0) == key)
+            count = tl.load(counts + lo, mask=key_hit, other=0)
+            first = tl.load(rep + lo, mask=key_hit, other=0)
+            count = tl.where(_rows_equal(q_rows, q, rows, first, D, key_hit, BLOCK_Q, BLOCK_D), count, 0)
+            flag = key_hit & (tl.load(amb + lo, mask=key_hit, other=0) != 0)
+        else:
+            upper = lo
+            hi = tl.full([BLOCK_Q], 0, tl.int64) + length
+            for _ in range(num_iter):
+                active = mask & (upper < hi)
+                mid = (upper + hi) // 2
+                v = tl.load(keys + mid, mask=active, other=0)
+                upper = tl.where(active & (v <= key), mid + 1, upper)
+                hi = tl.where(active & (v > key), mid, hi)
+            count = upper - lo
+            flag = mask & (count < 0)
     return count, flag
 
 
@@ -78,10 +94,11 @@ def _potential(layer, count_x, count_y, nx, ny, a, b, s, uniform, mask):
 @triton.jit
 def targets_kernel(
     out, flag_out, params, a, b, layer_in, zk, z, wk, w,
-    xk, xc, xruns, xiter, xrep, xamb, x, nx,
-    yk, yc, yruns, yiter, yrep, yamb, y, ny,
+    xk, xc, xlen, xiter, xrep, xamb, x, nx,
+    yk, yc, ylen, yiter, yrep, yamb, y, ny,
     Q, D,
-    CURRENT: tl.constexpr, HASHED: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_D: tl.constexpr,
+    CURRENT: tl.constexpr, HASHED: tl.constexpr, DENSE: tl.constexpr,
+    BLOCK_Q: tl.constexpr, BLOCK_D: tl.constexpr,
 ):  # fmt: skip
     """One query per lane: four counts, then eq. (12) (potential) or (13) (current).
 
@@ -89,8 +106,8 @@ def targets_kernel(
     ``params`` float64 ``(s, 1/M, g, G)`` (a float scalar argument would be float32); ``a``,
     ``b`` ``(L+1,)`` float64; ``layer_in`` ``(Q,)``; ``zk``, ``wk`` ``(Q,)`` int64 keys of the
     ``(Q, D)`` states ``z``, ``w`` (``w`` unused unless ``CURRENT``); per batch ``x`` / ``y``
-    ``(B, D)``: run keys, run counts, number of runs, search steps, first row and ambiguous flag
-    of each run, and the batch size.
+    ``(B, D)``: the arguments of :func:`_count` (keys, counts or count table, searched length,
+    search steps, first row and ambiguous flag of each run, the rows) and the batch size.
     """
     q = tl.program_id(0).to(tl.int64) * BLOCK_Q + tl.arange(0, BLOCK_Q)
     mask = q < Q
@@ -98,14 +115,14 @@ def targets_kernel(
     uniform = tl.load(params + 1)
     layer = tl.load(layer_in + q, mask=mask, other=0)
     kz = tl.load(zk + q, mask=mask, other=0)
-    cxz, fxz = _count(kz, q, z, mask, xk, xc, xruns, xiter, xrep, xamb, x, D, HASHED, BLOCK_Q, BLOCK_D)
-    cyz, fyz = _count(kz, q, z, mask, yk, yc, yruns, yiter, yrep, yamb, y, D, HASHED, BLOCK_Q, BLOCK_D)
+    cxz, fxz = _count(kz, q, z, mask, xk, xc, xlen, xiter, xrep, xamb, x, D, HASHED, DENSE, BLOCK_Q, BLOCK_D)
+    cyz, fyz = _count(kz, q, z, mask, yk, yc, ylen, yiter, yrep, yamb, y, D, HASHED, DENSE, BLOCK_Q, BLOCK_D)
     result = _potential(layer, cxz, cyz, nx, ny, a, b, s, uniform, mask)
     flag = fxz | fyz
     if CURRENT:
         kw = tl.load(wk + q, mask=mask, other=0)
-        cxw, fxw = _count(kw, q, w, mask, xk, xc, xruns, xiter, xrep, xamb, x, D, HASHED, BLOCK_Q, BLOCK_D)
-        cyw, fyw = _count(kw, q, w, mask, yk, yc, yruns, yiter, yrep, yamb, y, D, HASHED, BLOCK_Q, BLOCK_D)
+        cxw, fxw = _count(kw, q, w, mask, xk, xc, xlen, xiter, xrep, xamb, x, D, HASHED, DENSE, BLOCK_Q, BLOCK_D)
+        cyw, fyw = _count(kw, q, w, mask, yk, yc, ylen, yiter, yrep, yamb, y, D, HASHED, DENSE, BLOCK_Q, BLOCK_D)
         phi_w = _potential(layer + 1, cxw, cyw, nx, ny, a, b, s, uniform, mask)
         same = mask & (kz == kw)
         if HASHED:

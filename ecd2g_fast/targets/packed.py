@@ -10,9 +10,11 @@ Each ``(D,)`` state row becomes one int64 *key*:
   change a count: every key match is verified against the full row, and a run of equal keys
   holding distinct rows is flagged *ambiguous* and counted row by row.
 
-A batch is sorted once and collapsed into runs of equal keys (:class:`SortedBatch`); a query's
-count is the length of its run, found by one ``searchsorted``. The pass costs
-``O((Q + B) log B + (Q + B) D)`` instead of the reference's ``O(Q B D)``. The Triton backend
+Exact keys with few enough states (``M`` up to ``max(2**16, 2 (B + B'))``) are counted in a
+dense table: ``O(M + (Q + B) D)``. Otherwise a batch is sorted once (:class:`SortedBatch`) and a
+query's count is found by binary search: ``O((Q + B) log B + (Q + B) D)``, instead of the
+reference's ``O(Q B D)``. For exact keys neither path has a data-dependent size, so neither
+synchronises with a GPU. The Triton backend
 (:mod:`ecd2g_fast.targets.triton`) uses the same keys and sorted batches.
 """
 
@@ -55,6 +57,8 @@ def _weighted_row_sums(states: torch.Tensor, weights: torch.Tensor) -> torch.Ten
 
 def _weighted_row_sums_chunked(states: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     num_rows, dim = states.shape
+    if num_rows * dim <= _CHUNK_ELEMENTS:
+        return (states * weights).sum(dim=1)
     out = torch.empty(num_rows, dtype=torch.int64, device=states.device)
     step = max(1, _CHUNK_ELEMENTS // dim)
     for start in range(0, num_rows, step):
@@ -111,14 +115,16 @@ class StateKeys:
 
 @dataclass(frozen=True)
 class SortedBatch:
-    """A batch of states sorted by key and collapsed into runs of equal keys.
+    """A batch of states sorted by key; for hashed keys, collapsed into runs of equal keys.
 
-    Shapes: ``B`` rows, ``U <= B`` runs. The last four fields are ``None`` for exact keys.
+    Exact keys: ``keys`` holds all ``B`` sorted keys and a count is the distance between a query
+    key's lower and upper bound (no data-dependent sizes, hence no device sync on CUDA). Hashed
+    keys: ``U <= B`` runs with their lengths, first rows and ambiguity flags.
 
     Attributes:
-        keys: ``(U,)`` int64 run keys, strictly increasing.
-        counts: ``(U,)`` int64 run lengths (``sum = B``).
+        keys: ``(B,)`` int64 sorted keys (exact), or ``(U,)`` strictly increasing run keys (hashed).
         size: ``B``.
+        counts: ``(U,)`` int64 run lengths (``sum = B``); hashed keys only, like the rest.
         states: ``(B, D)`` int64 the batch as given.
         order: ``(B,)`` int64 ``states[order]`` is sorted by key.
         starts: ``(U,)`` int64 position in ``order`` of each run's first row.
@@ -126,8 +132,8 @@ class SortedBatch:
     """
 
     keys: torch.Tensor
-    counts: torch.Tensor
     size: int
+    counts: torch.Tensor | None = None
     states: torch.Tensor | None = None
     order: torch.Tensor | None = None
     starts: torch.Tensor | None = None
@@ -144,11 +150,11 @@ class SortedBatch:
 
 
 def sort_batch(states: torch.Tensor, state_keys: StateKeys) -> SortedBatch:
-    """Sort a ``(B, D)`` int64 batch by key and find its runs (and, for hashes, ambiguous runs)."""
+    """Sort a ``(B, D)`` int64 batch by key (and, for hashes, find its runs and ambiguous runs)."""
     sorted_keys, order = torch.sort(state_keys(states))
-    keys, counts = torch.unique_consecutive(sorted_keys, return_counts=True)
     if state_keys.exact:
-        return SortedBatch(keys, counts, states.shape[0])
+        return SortedBatch(sorted_keys, states.shape[0])
+    keys, counts = torch.unique_consecutive(sorted_keys, return_counts=True)
     starts = torch.cumsum(counts, 0) - counts
     run_of_position = torch.repeat_interleave(torch.arange(keys.shape[0], device=keys.device), counts)
     # Only rows in runs of length > 1 can differ from their run's first row.
@@ -157,11 +163,11 @@ def sort_batch(states: torch.Tensor, state_keys: StateKeys) -> SortedBatch:
     differs = ~rows_equal(states, order[shared], states, first)
     ambiguous = torch.zeros(keys.shape[0], dtype=torch.bool, device=keys.device)
     ambiguous[run_of_position[shared[differs]]] = True
-    return SortedBatch(keys, counts, states.shape[0], states, order, starts, ambiguous)
+    return SortedBatch(keys, states.shape[0], counts, states, order, starts, ambiguous)
 
 
 def find_runs(batch: SortedBatch, keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Run index of each query key: ``(run, key_hit)``, both ``(Q,)``; ``run`` valid where hit."""
+    """Run index of each query key in a hashed batch: ``(run, key_hit)``, both ``(Q,)``; ``run`` valid where hit."""
     run = torch.searchsorted(batch.keys, keys).clamp_(max=batch.keys.shape[0] - 1)
     return run, batch.keys[run] == keys
 
@@ -174,10 +180,10 @@ def count_states(batch: SortedBatch, keys: torch.Tensor, states: torch.Tensor) -
         keys: ``(Q,)`` int64 keys of ``states`` (the same :class:`StateKeys` as the batch).
         states: ``(Q, D)`` int64 query states (read only for hashed keys).
     """
+    if batch.exact:
+        return torch.searchsorted(batch.keys, keys, right=True) - torch.searchsorted(batch.keys, keys)
     run, key_hit = find_runs(batch, keys)
     counts = torch.where(key_hit, batch.counts[run], 0)
-    if batch.exact:
-        return counts
     hit = torch.nonzero(key_hit).squeeze(1)
     mismatch = hit[~rows_equal(states, hit, batch.states, batch.representatives[run[hit]])]
     counts[mismatch] = 0
@@ -212,21 +218,61 @@ def same_states(
     return same
 
 
+#: Exact keys are counted in a dense ``(2, M)`` table (two scatter-adds, one gather per count)
+#: when ``M`` is at most the larger of this and twice the batch rows: then zeroing the table
+#: costs no more than sorting the batches would.
+DENSE_TABLE_MIN_STATES = 2**16
+#: ... and never for more states than this (a 512 MiB table).
+DENSE_TABLE_MAX_STATES = 2**26
+
+
 @dataclass(frozen=True)
 class PreparedBatches:
-    """Everything the pass needs from ``x`` and ``y``: the key map and both sorted batches."""
+    """Everything the pass needs from ``x`` and ``y``: the key map and their counts per key.
+
+    Exactly one representation is set: ``table`` (exact keys, small ``M``) or ``x`` and ``y``
+    (sorted batches).
+
+    Attributes:
+        state_keys: the key map.
+        x_size, y_size: ``B``, ``B'``.
+        table: ``(2, M)`` int32: how many rows of ``x`` (row 0) and ``y`` (row 1) have each key.
+        x, y: the sorted batches.
+    """
 
     state_keys: StateKeys
-    x: SortedBatch
-    y: SortedBatch
+    x_size: int
+    y_size: int
+    table: torch.Tensor | None = None
+    x: SortedBatch | None = None
+    y: SortedBatch | None = None
+
+    def counts(self, keys: torch.Tensor, states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(#x == state, #y == state)``, each ``(Q,)`` integer, for ``(Q,)`` keys of ``(Q, D)`` states."""
+        if self.table is not None:
+            return self.table[0][keys], self.table[1][keys]
+        return count_states(self.x, keys, states), count_states(self.y, keys, states)
+
+
+def uses_dense_table(state_keys: StateKeys, num_states: int, x_size: int, y_size: int) -> bool:
+    """Whether :func:`prepare` counts in a dense table (see :data:`DENSE_TABLE_MIN_STATES`)."""
+    limit = min(DENSE_TABLE_MAX_STATES, max(DENSE_TABLE_MIN_STATES, 2 * (x_size + y_size)))
+    return state_keys.exact and num_states <= limit and max(x_size, y_size) < 2**31
 
 
 def prepare(
     circuit: Circuit, x: torch.Tensor, y: torch.Tensor, hash_fn: HashFn | None = None
 ) -> PreparedBatches:
-    """Key and sort the two batches ``x`` ``(B, D)`` and ``y`` ``(B', D)`` (int64, one device)."""
+    """Key and count (or sort) the two batches ``x`` ``(B, D)`` and ``y`` ``(B', D)`` (int64, one device)."""
     state_keys = StateKeys.for_circuit(circuit, x.device, hash_fn)
-    return PreparedBatches(state_keys, sort_batch(x, state_keys), sort_batch(y, state_keys))
+    nx, ny = x.shape[0], y.shape[0]
+    if uses_dense_table(state_keys, circuit.num_states, nx, ny):
+        table = torch.zeros((2, circuit.num_states), dtype=torch.int32, device=x.device)
+        ones = torch.ones(max(nx, ny), dtype=torch.int32, device=x.device)
+        table[0].index_add_(0, state_keys(x), ones[:nx])
+        table[1].index_add_(0, state_keys(y), ones[:ny])
+        return PreparedBatches(state_keys, nx, ny, table=table)
+    return PreparedBatches(state_keys, nx, ny, x=sort_batch(x, state_keys), y=sort_batch(y, state_keys))
 
 
 def currents_from_prepared(
@@ -239,25 +285,16 @@ def currents_from_prepared(
     kw: torch.Tensor,
 ) -> torch.Tensor:
     """``(Q,)`` float64 current targets from prepared batches and the query keys ``kz``, ``kw``."""
-    bx, by = prepared.x, prepared.y
-    counts = (
-        count_states(bx, kz, z),
-        count_states(by, kz, z),
-        count_states(bx, kw, w),
-        count_states(by, kw, w),
-    )
+    counts = (*prepared.counts(kz, z), *prepared.counts(kw, w))
     same = same_states(prepared.state_keys, z, w, kz, kw)
-    return current_from_counts(circuit, layer, same, counts, bx.size, by.size)
+    return current_from_counts(circuit, layer, same, counts, prepared.x_size, prepared.y_size)
 
 
 def potentials_from_prepared(
     circuit: Circuit, prepared: PreparedBatches, layer: torch.Tensor, z: torch.Tensor, kz: torch.Tensor
 ) -> torch.Tensor:
     """``(Q,)`` float64 potential targets from prepared batches and the query keys ``kz``."""
-    bx, by = prepared.x, prepared.y
-    return potential_from_counts(
-        circuit, layer, count_states(bx, kz, z), count_states(by, kz, z), bx.size, by.size
-    )
+    return potential_from_counts(circuit, layer, *prepared.counts(kz, z), prepared.x_size, prepared.y_size)
 
 
 def current_targets_torch(

@@ -1,11 +1,12 @@
 """The ``"triton"`` backend of the current-target pass: one fused kernel per pass.
 
-The batches are keyed, sorted and collapsed into runs by the same torch code as the ``"torch"``
-backend (:func:`ecd2g_fast.targets.packed.prepare`, ``O(B log B)``). One kernel launch then
-handles every query: for ``z`` and ``w`` it binary-searches the run keys of ``x`` and ``y``
-(four counts), gathers ``a_l, b_l, a_{l+1}, b_{l+1}`` and writes the target, in one pass.
+The batches are keyed and counted into a dense table, or sorted, by the same torch code as the
+``"torch"`` backend (:func:`ecd2g_fast.targets.packed.prepare`). One kernel launch then handles
+every query: for ``z`` and ``w`` it reads the four counts (a table gather, or a lower and an
+upper bound search in the sorted keys of ``x`` and ``y``), gathers ``a_l, b_l, a_{l+1},
+b_{l+1}`` and writes the target, in one pass.
 
-Hashed keys (``M >= 2**63``) stay in the kernel: it compares each key match with the run's first
+Hashed keys (``M >= 2**63``; batches collapsed into runs) stay in the kernel: it compares each key match with the run's first
 row, so a collision between a query and a batch row counts 0, and it flags queries whose key
 falls in an *ambiguous* run (distinct batch rows with one hash, about ``2**-48`` per pair of
 rows). Only those flagged queries, normally none, are recounted by the torch path.
@@ -33,6 +34,7 @@ from .packed import (
     potentials_from_prepared,
     prepare,
 )
+from .reference import device_coefficients
 
 UNAVAILABLE_REASON = "needs the triton package, and a CUDA tensor or TRITON_INTERPRET=1 for CPU tensors"
 
@@ -106,13 +108,16 @@ def _kernels(interpret: bool) -> ModuleType:
     return module
 
 
-def _batch_args(batch: SortedBatch, dummy: torch.Tensor) -> tuple:
-    runs = batch.keys.shape[0]
+def _batch_args(prepared: PreparedBatches, batch: SortedBatch | None, row: int, dummy: torch.Tensor) -> tuple:
+    """One batch's kernel arguments: keys, counts (or its table row), searched length, search
+    steps, and the three hashed-key extras (``dummy`` where unused)."""
+    if prepared.table is not None:
+        return (dummy, prepared.table[row], 0, 0, dummy, dummy, dummy)
+    length = batch.keys.shape[0]
     if batch.exact:
-        extras = (dummy, dummy, dummy)
-    else:
-        extras = (batch.representatives, batch.ambiguous.to(torch.int8), batch.states)
-    return (batch.keys, batch.counts, runs, runs.bit_length(), *extras, batch.size)
+        return (batch.keys, dummy, length, length.bit_length(), dummy, dummy, dummy)
+    extras = (batch.representatives, batch.ambiguous.to(torch.int8), batch.states)
+    return (batch.keys, batch.counts, length, length.bit_length(), *extras)
 
 
 def _launch(
@@ -131,9 +136,7 @@ def _launch(
     out = torch.empty(num_queries, dtype=torch.float64, device=device)
     flag = torch.zeros(num_queries, dtype=torch.int8, device=device) if hashed else out
     current = w is not None
-    params = torch.tensor(
-        [circuit.s, 1 / circuit.num_states, circuit.g, circuit.G], dtype=torch.float64, device=device
-    )
+    coefficients = device_coefficients(circuit, device)
     # CPU tensors can only be interpreted; CUDA ones are when TRITON_INTERPRET asks for it.
     interpret = device.type == "cpu" or _interpret_requested(_import_triton())
     kernel = _kernels(interpret).targets_kernel
@@ -141,20 +144,23 @@ def _launch(
     kernel[grid](
         out,
         flag,
-        params,
-        circuit.a.to(device),
-        circuit.b.to(device),
+        coefficients.scalars,
+        coefficients.a,
+        coefficients.b,
         layer,
         kz,
         z,
         kw if current else kz,
         w if current else z,
-        *_batch_args(prepared.x, kz),
-        *_batch_args(prepared.y, kz),
+        *_batch_args(prepared, prepared.x, 0, kz),
+        prepared.x_size,
+        *_batch_args(prepared, prepared.y, 1, kz),
+        prepared.y_size,
         num_queries,
         dim,
         CURRENT=current,
         HASHED=hashed,
+        DENSE=prepared.table is not None,
         BLOCK_Q=_BLOCK_Q,
         BLOCK_D=_BLOCK_D,
     )
