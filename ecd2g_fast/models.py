@@ -41,6 +41,7 @@ to float32:
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Sequence
 
@@ -122,9 +123,10 @@ def _mlp_body(widths: Sequence[int], out_features: int) -> nn.Sequential:
 
 def conductances(circuit: Circuit, same: torch.Tensor) -> torch.Tensor:
     """``C(z, w)`` as float64: ``g`` where ``same`` (``z == w``) else ``G``; the shape of ``same``."""
-    g = torch.tensor(circuit.g, dtype=torch.float64, device=same.device)
-    G = torch.tensor(circuit.G, dtype=torch.float64, device=same.device)
-    return torch.where(same, g, G)
+    # Not torch.where with Python floats (a float32 result) nor torch.tensor(g, device=...) (a
+    # blocking host-to-device copy per call on CUDA, every training step).
+    out = torch.full(same.shape, circuit.G, dtype=torch.float64, device=same.device)
+    return out.masked_fill_(same, circuit.g)
 
 
 def _float32_first_layer(like: torch.Tensor):
@@ -232,7 +234,12 @@ class CurrentNet(nn.Module):
 
     @torch.no_grad()
     def pairwise(
-        self, layer: torch.Tensor, walkers: torch.Tensor, states: torch.Tensor, walker_is_tail: bool
+        self,
+        layer: torch.Tensor,
+        walkers: torch.Tensor,
+        states: torch.Tensor,
+        walker_is_tail: bool,
+        amp: bool = False,
     ) -> torch.Tensor:
         """Normalised output for every (walker, state) pair, sharing the first layer's state part.
 
@@ -245,6 +252,8 @@ class CurrentNet(nn.Module):
             walkers: ``(B, D)`` int64 states.
             states: ``(S, D)`` int64 states.
             walker_is_tail: which end of the edge the walker is.
+            amp: run the hidden layers under CUDA bf16 autocast (as training does on CUDA); the
+                first layer and the output stay float32.
 
         Returns:
             ``(B, S)`` float32 normalised currents (multiply by :meth:`scale` for physical ones).
@@ -260,36 +269,45 @@ class CurrentNet(nn.Module):
         out = torch.empty((B, S), dtype=torch.float32, device=walker_part.device)
         cols = min(S, PAIR_BLOCK_ROWS) if S else 1
         rows = max(1, PAIR_BLOCK_ROWS // cols)
-        for j in range(0, S, cols):
-            sp = state_part[j : j + cols]
-            for i in range(0, B, rows):
-                h = walker_part[i : i + rows, None, :] + sp[None, :, :]
-                out[i : i + rows, j : j + cols] = self.body(h).squeeze(-1)
+        hidden_layers = torch.autocast("cuda", dtype=torch.bfloat16) if amp else contextlib.nullcontext()
+        with hidden_layers:
+            for j in range(0, S, cols):
+                sp = state_part[j : j + cols]
+                for i in range(0, B, rows):
+                    h = walker_part[i : i + rows, None, :] + sp[None, :, :]
+                    out[i : i + rows, j : j + cols] = self.body(h).squeeze(-1)
         return out
 
-    def field(self) -> CurrentNetField:
+    def field(self, *, amp: bool | None = None) -> CurrentNetField:
         """The :class:`~ecd2g_fast.fields.Field` view of this network (shares its parameters)."""
-        return CurrentNetField(self)
+        return CurrentNetField(self, amp=amp)
 
 
 class CurrentNetField(Field):
     """Field adapter of a :class:`CurrentNet` (not a potential field: cycles are possible).
 
     Currents are float64 physical values, evaluated without gradients in float32 and rescaled in
-    float64. ``sink_currents`` sums ``I_{L-1}(w, z)`` over all ``w`` (THEORY §4, clipped at 0) and
+    float64 (with ``amp``, the hidden layers in bf16 as in training on CUDA). ``sink_currents`` sums ``I_{L-1}(w, z)`` over all ``w`` (THEORY §4, clipped at 0) and
     caches the result per state; the cache is dropped automatically when the network's parameters
     change (:func:`parameter_version`) or explicitly by :meth:`refresh`.
 
     Args:
         net: the network; the field follows its device and current weights.
+        amp: evaluate the hidden layers under bf16 autocast on CUDA (``None``, the default, or
+            ``True``); ``False``: float32. CPU evaluation is always float32.
+            Every move evaluates the network against all ``M`` neighbour states, so this is
+            where CurrentNet sampling spends its time.
     """
 
     acyclic = False
 
-    def __init__(self, net: CurrentNet) -> None:
+    def __init__(self, net: CurrentNet, *, amp: bool | None = None) -> None:
         if not isinstance(net, CurrentNet):
             raise TypeError(f"net must be a CurrentNet, got {type(net).__name__}")
+        if amp is not None and not isinstance(amp, bool):
+            raise TypeError(f"amp must be a bool or None, got {type(amp).__name__}")
         self.net = net
+        self.amp = amp
         self.circuit = net.circuit
         self._sink: torch.Tensor | None = None
         self._version: tuple | None = None
@@ -305,7 +323,8 @@ class CurrentNetField(Field):
     def _edge_currents(self, edge_layer, walkers, start: int, stop: int, walker_is_tail: bool) -> torch.Tensor:
         c = self.circuit
         flat = torch.arange(start, stop, device=walkers.device)
-        out = self.net.pairwise(edge_layer, c._unflatten(walkers), c._unflatten(flat), walker_is_tail)
+        amp = self.amp is not False and walkers.device.type == "cuda"
+        out = self.net.pairwise(edge_layer, c._unflatten(walkers), c._unflatten(flat), walker_is_tail, amp)
         conductance = conductances(c, walkers[:, None] == flat[None, :])
         return out.to(torch.float64) * (self.net.sigma[edge_layer][:, None] * conductance)
 

@@ -47,7 +47,7 @@ class ExactCurrentNet(CurrentNet):
     def forward(self, layer, z, w):
         return self._normalised(layer, z, w)
 
-    def pairwise(self, layer, walkers, states, walker_is_tail):
+    def pairwise(self, layer, walkers, states, walker_is_tail, amp=False):
         B, S = walkers.shape[0], states.shape[0]
         lay = layer[:, None].expand(B, S).reshape(-1)
         D = walkers.shape[1]
@@ -165,7 +165,7 @@ def test_pairwise_matches_forward(name, device, monkeypatch):
 def test_current_field_matches_network(name, device):
     c = CIRCUITS[name]()
     net = seeded(CurrentNet, c).to(device)
-    field = net.field()
+    field = net.field(amp=False)
     assert field.device.type == torch.device(device).type
     M, L = c.num_states, c.num_layers
     states = torch.arange(M, device=device)
@@ -344,6 +344,28 @@ def test_potential_table_follows_weights():
     with torch.no_grad():
         net.input.weight.mul_(2.0)
     assert not torch.allclose(field.potential_table(), first)
+
+
+@pytest.mark.parametrize("device", devices())
+def test_current_field_amp(device):
+    """The default field runs the hidden layers in bf16 on CUDA (float32 on CPU, where ``amp`` is
+    ignored): close to float32 at bf16's precision, and still float64 currents."""
+    c = E.Circuit(6, 2, 3)
+    net = seeded(CurrentNet, c).to(device)
+    M = c.num_states
+    states = torch.arange(M, device=device)
+    layer = torch.ones(M, dtype=torch.int64, device=device)
+    exact = net.field(amp=False).currents_to_next(layer, states, 0, M)
+    fast = net.field().currents_to_next(layer, states, 0, M)
+    assert fast.dtype == torch.float64
+    if device == "cpu":
+        assert torch.equal(fast, exact)
+        assert torch.equal(net.field(amp=True).currents_to_next(layer, states, 0, M), exact)
+    else:
+        assert not torch.equal(fast, exact)  # bf16 really ran
+        assert_close_to_reference(fast, exact, rtol=3e-2, scale=exact.abs().max())
+    with pytest.raises(TypeError, match="amp must be a bool or None"):
+        net.field(amp="yes")
 
 
 def test_first_layer_stays_float32_under_autocast():

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import math
 import os
+import traceback
 
 import pytest
 import torch
+from torch.overrides import TorchFunctionMode
+from torch.utils._python_dispatch import TorchDispatchMode
 
 import ecd2g_fast as E
 import ecd2g_fast.training as training
@@ -152,6 +155,98 @@ def test_progress_bar_runs(capsys):
     x, y = small_data()
     train(c, x, y, model="potential", steps=12, batch_size=16, progress=True)
     assert "train potential" in capsys.readouterr().err
+
+
+aten = torch.ops.aten
+#: ATen ops that make the host wait for a CUDA device, or whose output shape depends on the data;
+#: ``lift_fresh`` is ``torch.tensor(python data)``, on CUDA a blocking host-to-device copy.
+SYNC_OPS = {
+    aten.lift_fresh.default,
+    aten._local_scalar_dense.default,
+    aten.item.default,
+    aten.is_nonzero.default,
+    aten.equal.default,
+    aten.nonzero.default,
+    aten.unique_consecutive.default,
+    aten._unique2.default,
+    aten.unique_dim.default,
+    aten.masked_select.default,
+}
+#: Tensor methods that copy to the host; on the CPU they reach no ATen op, so the dispatch mode misses them.
+HOST_READS = {"tolist", "numpy", "cpu"}
+
+
+def _caller() -> str:
+    """``file:line function`` of the innermost ecd2g_fast frame on the stack (the phase of a step)."""
+    frames = [f for f in traceback.extract_stack() if f"{os.sep}ecd2g_fast{os.sep}" in f.filename]
+    if not frames:
+        return "outside ecd2g_fast (autograd engine?)"
+    f = frames[-1]
+    return f"{f.filename.split(f'ecd2g_fast{os.sep}')[-1]}:{f.lineno} {f.name}"
+
+
+class SyncRecorder(TorchDispatchMode):
+    """While ``armed``, records the ATen ops that sync (:data:`SYNC_OPS`, ``repeat_interleave``
+    without ``output_size``) as ``(op, caller)`` pairs in ``syncs``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.armed, self.syncs = False, []
+
+    def record(self, op: str) -> None:
+        if self.armed:
+            self.syncs.append((op, _caller()))
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func in SYNC_OPS or (func is aten.repeat_interleave.Tensor and kwargs.get("output_size") is None):
+            self.record(str(func))
+        return func(*args, **kwargs)
+
+
+class HostReads(TorchFunctionMode):
+    """Passes the :data:`HOST_READS` calls to a :class:`SyncRecorder`."""
+
+    def __init__(self, recorder: SyncRecorder) -> None:
+        super().__init__()
+        self.recorder = recorder
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if getattr(func, "__name__", None) in HOST_READS:
+            self.recorder.record(f"Tensor.{func.__name__}")
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("queries", ["uniform", "data"])
+@pytest.mark.parametrize("model", ["current", "potential"])
+def test_steps_between_check_points_do_not_sync(model, queries, monkeypatch):
+    """From the second step to the check point at the end, nothing makes the host wait for the
+    device: the losses stay on it, and the targets pass skips its value checks."""
+    c = E.Circuit(16, 2, 4)  # M = 256: exact state keys
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randint(16, (200, 2), generator=g), torch.randint(4, 12, (200, 2), generator=g)
+    steps = 4
+    assert steps < training._CHECK_EVERY
+    recorder = SyncRecorder()
+    checked_at = []
+    train_step, check = training._Trainer.train_step, training._Trainer.check
+
+    def recorded_step(self, step_model):
+        # from the second step on: the first fills per-device caches (key weights, coefficients)
+        recorder.armed = self.step >= 1
+        return train_step(self, step_model)
+
+    def unrecorded_check(self):
+        recorder.armed = False
+        checked_at.append(self.step)
+        check(self)
+
+    monkeypatch.setattr(training._Trainer, "train_step", recorded_step)
+    monkeypatch.setattr(training._Trainer, "check", unrecorded_check)
+    with recorder, HostReads(recorder):
+        result = train(c, x, y, model=model, steps=steps, batch_size=32, queries=queries, progress=True)
+    assert checked_at == [steps] and result.losses.shape == (steps,)
+    assert recorder.syncs == [], f"syncs between check points: {recorder.syncs}"
 
 
 # ---------------------------------------------------------------------------- checkpoints and resume
