@@ -218,6 +218,19 @@ def test_triton_on_both_exact_counting_paths(how, monkeypatch):
     assert_close_to_reference(out, ref, rtol=RTOL, scale=current_scale(circuit, layer, z, w, x, y))
 
 
+@requires_triton
+@pytest.mark.parametrize("K,D", [(2, 1), (50, 2), (7, 5)])
+def test_triton_count_table_equals_torch(K, D, monkeypatch):
+    # The one-kernel table (keys computed in the kernel, atomic adds) against index_add_.
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    circuit, _, _, _, x, y = make_case(K, D, 1, 301, 130, seed=10)
+    keys = StateKeys.for_circuit(circuit, x.device)
+    want = packed.count_table(keys, x, y, circuit.num_states)
+    got = triton_backend._count_table(keys, x, y, circuit.num_states)
+    assert got.dtype == torch.int32 and got.shape == (2, K**D)
+    assert_equal_to_reference(got, want)
+
+
 def test_dense_table_size_rule():
     keys = StateKeys.for_circuit(E.Circuit(4, 2, 2), torch.device("cpu"))
     assert packed.uses_dense_table(keys, 2**16, 1, 1)  # small M: always

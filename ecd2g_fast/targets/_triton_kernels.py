@@ -35,6 +35,35 @@ def _rows_equal(a_ptr, a_row, b_ptr, b_row, D, mask, BLOCK_Q: tl.constexpr, BLOC
 
 
 @triton.jit
+def _row_keys(rows_ptr, r, D, weights, mask, BLOCK_Q: tl.constexpr, BLOCK_D: tl.constexpr):
+    """``(BLOCK_Q,)`` int64 exact keys ``sum_d rows[r, d] * weights[d]`` of the rows ``r``."""
+    key = tl.full([BLOCK_Q], 0, tl.int64)
+    for d0 in range(0, D, BLOCK_D):
+        d = d0 + tl.arange(0, BLOCK_D)
+        inside = d < D
+        v = tl.load(rows_ptr + r[:, None] * D + d[None, :], mask=mask[:, None] & inside[None, :], other=0)
+        weight = tl.load(weights + d, mask=inside, other=0)
+        key += tl.reduce(v * weight[None, :], 1, _sum_combine)
+    return key
+
+
+@triton.jit
+def count_table_kernel(
+    table, x, nx, y, ny, weights, M, D, BLOCK_Q: tl.constexpr, BLOCK_D: tl.constexpr,
+):  # fmt: skip
+    """Histogram of both batches by exact key: ``table`` ``(2, M)`` int32, zeroed by the caller;
+    rows ``[0, nx)`` of the grid are ``x`` (row 0 of the table), the next ``ny`` are ``y``."""
+    r = tl.program_id(0).to(tl.int64) * BLOCK_Q + tl.arange(0, BLOCK_Q)
+    in_x = r < nx
+    in_y = (r >= nx) & (r < nx + ny)
+    kx = _row_keys(x, r, D, weights, in_x, BLOCK_Q, BLOCK_D)
+    ky = _row_keys(y, r - nx, D, weights, in_y, BLOCK_Q, BLOCK_D)
+    one = tl.full([BLOCK_Q], 1, tl.int32)
+    tl.atomic_add(table + kx, one, mask=in_x)
+    tl.atomic_add(table + M + ky, one, mask=in_y)
+
+
+@triton.jit
 def _count(
     key, q, q_rows, mask, keys, counts, length, num_iter, rep, amb, rows, D,
     HASHED: tl.constexpr, DENSE: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_D: tl.constexpr,
@@ -105,7 +134,8 @@ def targets_kernel(
     Pointers: ``out`` ``(Q,)`` float64; ``flag_out`` ``(Q,)`` int8 (hashed keys only);
     ``params`` float64 ``(s, 1/M, g, G)`` (a float scalar argument would be float32); ``a``,
     ``b`` ``(L+1,)`` float64; ``layer_in`` ``(Q,)``; ``zk``, ``wk`` ``(Q,)`` int64 keys of the
-    ``(Q, D)`` states ``z``, ``w`` (``w`` unused unless ``CURRENT``); per batch ``x`` / ``y``
+    ``(Q, D)`` states ``z``, ``w`` (``w`` unused unless ``CURRENT``), or with ``DENSE`` both the
+    ``(D,)`` exact-key weights (the keys are computed here); per batch ``x`` / ``y``
     ``(B, D)``: the arguments of :func:`_count` (keys, counts or count table, searched length,
     search steps, first row and ambiguous flag of each run, the rows) and the batch size.
     """
@@ -114,13 +144,19 @@ def targets_kernel(
     s = tl.load(params)
     uniform = tl.load(params + 1)
     layer = tl.load(layer_in + q, mask=mask, other=0)
-    kz = tl.load(zk + q, mask=mask, other=0)
+    if DENSE:  # exact keys, computed here: zk, wk are the (D,) key weights
+        kz = _row_keys(z, q, D, zk, mask, BLOCK_Q, BLOCK_D)
+    else:
+        kz = tl.load(zk + q, mask=mask, other=0)
     cxz, fxz = _count(kz, q, z, mask, xk, xc, xlen, xiter, xrep, xamb, x, D, HASHED, DENSE, BLOCK_Q, BLOCK_D)
     cyz, fyz = _count(kz, q, z, mask, yk, yc, ylen, yiter, yrep, yamb, y, D, HASHED, DENSE, BLOCK_Q, BLOCK_D)
     result = _potential(layer, cxz, cyz, nx, ny, a, b, s, uniform, mask)
     flag = fxz | fyz
     if CURRENT:
-        kw = tl.load(wk + q, mask=mask, other=0)
+        if DENSE:
+            kw = _row_keys(w, q, D, wk, mask, BLOCK_Q, BLOCK_D)
+        else:
+            kw = tl.load(wk + q, mask=mask, other=0)
         cxw, fxw = _count(kw, q, w, mask, xk, xc, xlen, xiter, xrep, xamb, x, D, HASHED, DENSE, BLOCK_Q, BLOCK_D)
         cyw, fyw = _count(kw, q, w, mask, yk, yc, ylen, yiter, yrep, yamb, y, D, HASHED, DENSE, BLOCK_Q, BLOCK_D)
         phi_w = _potential(layer + 1, cxw, cyw, nx, ny, a, b, s, uniform, mask)

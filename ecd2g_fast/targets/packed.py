@@ -260,18 +260,36 @@ def uses_dense_table(state_keys: StateKeys, num_states: int, x_size: int, y_size
     return state_keys.exact and num_states <= limit and max(x_size, y_size) < 2**31
 
 
+#: Builds the ``(2, M)`` int32 count table of ``x`` and ``y``: ``(state_keys, x, y, M) -> table``.
+CountTableFn = Callable[[StateKeys, torch.Tensor, torch.Tensor, int], torch.Tensor]
+
+
+def count_table(state_keys: StateKeys, x: torch.Tensor, y: torch.Tensor, num_states: int) -> torch.Tensor:
+    """The ``(2, M)`` int32 count table of two batches (exact keys), in plain torch."""
+    nx, ny = x.shape[0], y.shape[0]
+    table = torch.zeros((2, num_states), dtype=torch.int32, device=x.device)
+    ones = torch.ones(max(nx, ny), dtype=torch.int32, device=x.device)
+    table[0].index_add_(0, state_keys(x), ones[:nx])
+    table[1].index_add_(0, state_keys(y), ones[:ny])
+    return table
+
+
 def prepare(
-    circuit: Circuit, x: torch.Tensor, y: torch.Tensor, hash_fn: HashFn | None = None
+    circuit: Circuit,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    hash_fn: HashFn | None = None,
+    table_fn: CountTableFn = count_table,
 ) -> PreparedBatches:
-    """Key and count (or sort) the two batches ``x`` ``(B, D)`` and ``y`` ``(B', D)`` (int64, one device)."""
+    """Key and count (or sort) the two batches ``x`` ``(B, D)`` and ``y`` ``(B', D)`` (int64, one device).
+
+    ``table_fn`` builds the dense table where :func:`uses_dense_table` picks it (the Triton
+    backend passes a one-kernel version).
+    """
     state_keys = StateKeys.for_circuit(circuit, x.device, hash_fn)
     nx, ny = x.shape[0], y.shape[0]
     if uses_dense_table(state_keys, circuit.num_states, nx, ny):
-        table = torch.zeros((2, circuit.num_states), dtype=torch.int32, device=x.device)
-        ones = torch.ones(max(nx, ny), dtype=torch.int32, device=x.device)
-        table[0].index_add_(0, state_keys(x), ones[:nx])
-        table[1].index_add_(0, state_keys(y), ones[:ny])
-        return PreparedBatches(state_keys, nx, ny, table=table)
+        return PreparedBatches(state_keys, nx, ny, table=table_fn(state_keys, x, y, circuit.num_states))
     return PreparedBatches(state_keys, nx, ny, x=sort_batch(x, state_keys), y=sort_batch(y, state_keys))
 
 

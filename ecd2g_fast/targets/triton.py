@@ -30,6 +30,7 @@ from .packed import (
     HashFn,
     PreparedBatches,
     SortedBatch,
+    StateKeys,
     currents_from_prepared,
     potentials_from_prepared,
     prepare,
@@ -38,8 +39,9 @@ from .reference import device_coefficients
 
 UNAVAILABLE_REASON = "needs the triton package, and a CUDA tensor or TRITON_INTERPRET=1 for CPU tensors"
 
-# Queries per program and int64 columns per step of the row comparison (hashed keys only).
-# Conventional sizes, not yet tuned on a GPU; larger BLOCK_Q also means fewer interpreted programs.
+# Queries (or batch rows) per program, and at most this many int64 columns per step of the row
+# loops (exact keys computed in the kernels, row comparisons of hashed keys). Conventional sizes,
+# not yet tuned on a GPU; larger BLOCK_Q also means fewer interpreted programs.
 _BLOCK_Q = 128
 _BLOCK_D = 32
 
@@ -108,6 +110,27 @@ def _kernels(interpret: bool) -> ModuleType:
     return module
 
 
+def _block_d(dim: int) -> int:
+    """Columns per step of the kernels' row loops: ``D`` rounded up to a power of two in ``[2, 32]``."""
+    return min(_BLOCK_D, max(2, 1 << max(dim - 1, 0).bit_length()))
+
+
+def _kernels_for(device: torch.device) -> ModuleType:
+    # CPU tensors can only be interpreted; CUDA ones are when TRITON_INTERPRET asks for it.
+    return _kernels(device.type == "cpu" or _interpret_requested(_import_triton()))
+
+
+def _count_table(state_keys: StateKeys, x: torch.Tensor, y: torch.Tensor, num_states: int) -> torch.Tensor:
+    """:func:`packed.count_table` in one kernel launch: keys computed and counted in it."""
+    nx, ny, dim = x.shape[0], y.shape[0], x.shape[1]
+    table = torch.zeros((2, num_states), dtype=torch.int32, device=x.device)
+    grid = (-(-(nx + ny) // _BLOCK_Q),)
+    _kernels_for(x.device).count_table_kernel[grid](
+        table, x, nx, y, ny, state_keys.weights, num_states, dim, BLOCK_Q=_BLOCK_Q, BLOCK_D=_block_d(dim)
+    )
+    return table
+
+
 def _batch_args(prepared: PreparedBatches, batch: SortedBatch | None, row: int, dummy: torch.Tensor) -> tuple:
     """One batch's kernel arguments: keys, counts (or its table row), searched length, search
     steps, and the three hashed-key extras (``dummy`` where unused)."""
@@ -137,9 +160,7 @@ def _launch(
     flag = torch.zeros(num_queries, dtype=torch.int8, device=device) if hashed else out
     current = w is not None
     coefficients = device_coefficients(circuit, device)
-    # CPU tensors can only be interpreted; CUDA ones are when TRITON_INTERPRET asks for it.
-    interpret = device.type == "cpu" or _interpret_requested(_import_triton())
-    kernel = _kernels(interpret).targets_kernel
+    kernel = _kernels_for(device).targets_kernel
     grid = (-(-num_queries // _BLOCK_Q),)
     kernel[grid](
         out,
@@ -162,9 +183,17 @@ def _launch(
         HASHED=hashed,
         DENSE=prepared.table is not None,
         BLOCK_Q=_BLOCK_Q,
-        BLOCK_D=_BLOCK_D,
+        BLOCK_D=_block_d(dim),
     )
     return out, (flag if hashed else None)
+
+
+def _query_keys(prepared: PreparedBatches, states: torch.Tensor) -> torch.Tensor:
+    """The kernel's key argument for ``(Q, D)`` query states: their ``(Q,)`` keys, or with a dense
+    table the ``(D,)`` key weights (the kernel then computes the exact keys itself)."""
+    if prepared.table is not None:
+        return prepared.state_keys.weights
+    return prepared.state_keys(states)
 
 
 def current_targets_triton(
@@ -189,9 +218,8 @@ def current_targets_triton(
         ``(Q,)`` float64 current targets.
     """
     z, w, layer = z.contiguous(), w.contiguous(), layer.contiguous()
-    prepared = prepare(circuit, x.contiguous(), y.contiguous(), hash_fn)
-    keys = prepared.state_keys
-    kz, kw = keys(z), keys(w)
+    prepared = prepare(circuit, x.contiguous(), y.contiguous(), hash_fn, _count_table)
+    kz, kw = _query_keys(prepared, z), _query_keys(prepared, w)
     if z.shape[0] == 0:
         return torch.empty(0, dtype=torch.float64, device=layer.device)
     out, flag = _launch(circuit, prepared, layer, z, kz, w, kw)
@@ -216,8 +244,8 @@ def potential_targets_triton(
     Args and Returns as :func:`current_targets_triton`, with ``layer`` in ``[0, L]`` and no ``w``.
     """
     z, layer = z.contiguous(), layer.contiguous()
-    prepared = prepare(circuit, x.contiguous(), y.contiguous(), hash_fn)
-    kz = prepared.state_keys(z)
+    prepared = prepare(circuit, x.contiguous(), y.contiguous(), hash_fn, _count_table)
+    kz = _query_keys(prepared, z)
     if z.shape[0] == 0:
         return torch.empty(0, dtype=torch.float64, device=layer.device)
     out, flag = _launch(circuit, prepared, layer, z, kz, None, None)
