@@ -58,6 +58,10 @@ ENCODINGS = ("scaled", "onehot")
 #: Rows (walker x neighbour pairs) of one block of the pairwise network evaluation: bounds the
 #: ``(rows, hidden)`` float32 activations to ``2**16 * 128 * 4`` bytes = 32 MiB per layer.
 PAIR_BLOCK_ROWS = 2**16
+#: On CUDA the blocks are this many times larger (2**18 rows, 128 MiB of float32 activations at
+#: width 128): one block then covers 256 walkers x 1024 states, so a move of the 2D experiment's
+#: CurrentNet sampling is a handful of large kernels instead of many launches.
+CUDA_PAIR_BLOCK_FACTOR = 4
 #: States encoded at once when tabulating a network over all M states.
 STATE_BLOCK = 2**16
 
@@ -245,7 +249,7 @@ class CurrentNet(nn.Module):
 
         With ``walker_is_tail`` the edge is ``(layer, walker) -> (layer + 1, state)``, otherwise
         ``(layer, state) -> (layer + 1, walker)``. Memory is bounded by :data:`PAIR_BLOCK_ROWS`
-        rows of activations whatever ``B x S``.
+        (times :data:`CUDA_PAIR_BLOCK_FACTOR` on CUDA) rows of activations whatever ``B x S``.
 
         Args:
             layer: ``(B,)`` int64 edge layers in ``[0, L)``.
@@ -267,8 +271,9 @@ class CurrentNet(nn.Module):
         state_part = self.encoding(states) @ w_state.t()  # (S, H), once for all walkers
         B, S = walker_part.shape[0], state_part.shape[0]
         out = torch.empty((B, S), dtype=torch.float32, device=walker_part.device)
-        cols = min(S, PAIR_BLOCK_ROWS) if S else 1
-        rows = max(1, PAIR_BLOCK_ROWS // cols)
+        block = PAIR_BLOCK_ROWS * (CUDA_PAIR_BLOCK_FACTOR if walker_part.is_cuda else 1)
+        cols = min(S, block) if S else 1
+        rows = max(1, block // cols)
         hidden_layers = torch.autocast("cuda", dtype=torch.bfloat16) if amp else contextlib.nullcontext()
         with hidden_layers:
             for j in range(0, S, cols):
