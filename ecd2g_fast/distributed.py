@@ -12,6 +12,7 @@ destroying it under torchrun's agent store can hang); it is destroyed at interpr
 from __future__ import annotations
 
 import atexit
+import datetime
 import os
 from dataclasses import dataclass
 
@@ -113,8 +114,23 @@ def setup(device: str | torch.device | None = None) -> DistContext:
 _STATE = {"owned": False}
 
 
+#: How long :func:`shutdown` waits for the other gloo processes before destroying the group.
+_SHUTDOWN_BARRIER_SECONDS = 30
+
+
 def shutdown() -> None:
-    """Destroy the process group if this package created it (no-op otherwise)."""
+    """Destroy the process group if this package created it (no-op otherwise).
+
+    With gloo the processes first meet at a barrier: a process that closes its connections while
+    a peer is still using the group can make that peer abort ("terminate called without an
+    active exception", seen once in a CPU test run). The barrier gives up after
+    :data:`_SHUTDOWN_BARRIER_SECONDS` (a peer that failed never arrives).
+    """
     if _STATE["owned"] and dist.is_available() and dist.is_initialized():
+        if dist.get_backend() == "gloo":
+            try:
+                dist.monitored_barrier(timeout=datetime.timedelta(seconds=_SHUTDOWN_BARRIER_SECONDS))
+            except RuntimeError:
+                pass  # a peer is gone: nothing left to wait for
         dist.destroy_process_group()
     _STATE["owned"] = False
