@@ -3,6 +3,14 @@
 import pytest
 import torch
 
+try:
+    # Imported here, before any test sets TRITON_INTERPRET: Triton decorates its own library
+    # functions in the mode of its first import, and a first import in interpreter mode breaks
+    # compiled kernels later in the same process (the GPU test run mixes both).
+    import triton  # noqa: F401
+except ImportError:
+    pass
+
 
 @pytest.fixture(scope="module")
 def one_thread():

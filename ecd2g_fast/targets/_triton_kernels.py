@@ -5,6 +5,10 @@ decorates, so the launcher loads this file once per mode instead of importing it
 reason the kernels call only Triton builtins (``tl.full``, ``tl.reduce``, ...), never the
 ``@jit`` helpers of ``triton.language.standard`` (``tl.sum``, ``tl.zeros_like``): those were
 decorated in whatever mode was active when ``triton`` was first imported.
+
+Kernel argument names must not clash with the locals of the launcher Triton generates
+(``params``, ``options``, ``backend``, ``specialization``, ...): such an argument fails every
+compiled launch ("failed to specialize argument of type: dict"), and the interpreter never shows it.
 """
 
 import triton
@@ -18,7 +22,9 @@ def _add(a, b):
 
 # tl.sum's combine function: the interpreter recognises it and sums with numpy; any other combine
 # function runs element by element in Python (a hashed pass of 257 queries: 25 s instead of 0.8 s).
-_sum_combine = getattr(tl.standard, "_sum_combine", _add)
+# The compiled module must not take it from tl.standard, though: if triton was first imported under
+# TRITON_INTERPRET, that one is an interpreted function, which the compiler rejects.
+_sum_combine = _add if isinstance(_add, triton.runtime.JITFunction) else getattr(tl.standard, "_sum_combine", _add)
 
 
 @triton.jit
@@ -47,7 +53,10 @@ def _row_keys(rows_ptr, r, D, weights, mask, BLOCK_Q: tl.constexpr, BLOCK_D: tl.
     return key
 
 
-@triton.jit
+# Sizes are runtime arguments: specialising them (Triton makes ints equal to 1 constants and
+# compiles a variant per divisibility by 16) would recompile for new batch sizes, and for every
+# new number of runs with hashed keys.
+@triton.jit(do_not_specialize=["nx", "ny"])
 def count_table_kernel(
     table, x, nx, y, ny, weights, M, D, BLOCK_Q: tl.constexpr, BLOCK_D: tl.constexpr,
 ):  # fmt: skip
@@ -55,12 +64,13 @@ def count_table_kernel(
     rows ``[0, nx)`` of the grid are ``x`` (row 0 of the table), the next ``ny`` are ``y``."""
     r = tl.program_id(0).to(tl.int64) * BLOCK_Q + tl.arange(0, BLOCK_Q)
     in_x = r < nx
-    in_y = (r >= nx) & (r < nx + ny)
+    in_y = (r >= nx) & (r - nx < ny)  # not r < nx + ny: that sum is int32
     kx = _row_keys(x, r, D, weights, in_x, BLOCK_Q, BLOCK_D)
     ky = _row_keys(y, r - nx, D, weights, in_y, BLOCK_Q, BLOCK_D)
     one = tl.full([BLOCK_Q], 1, tl.int32)
-    tl.atomic_add(table + kx, one, mask=in_x)
-    tl.atomic_add(table + M + ky, one, mask=in_y)
+    # a histogram needs no ordering: relaxed atomics compile to fire-and-forget reductions
+    tl.atomic_add(table + kx, one, mask=in_x, sem="relaxed")
+    tl.atomic_add(table + M + ky, one, mask=in_y, sem="relaxed")
 
 
 @triton.jit
@@ -120,9 +130,9 @@ def _potential(layer, count_x, count_y, nx, ny, a, b, s, uniform, mask):
     return -layer.to(tl.float64) * s + a_l * (p_hat - uniform) - b_l * (q_hat - uniform)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["xlen", "xiter", "nx", "ylen", "yiter", "ny", "Q"])
 def targets_kernel(
-    out, flag_out, params, a, b, layer_in, zk, z, wk, w,
+    out, flag_out, scalars, a, b, layer_in, zk, z, wk, w,
     xk, xc, xlen, xiter, xrep, xamb, x, nx,
     yk, yc, ylen, yiter, yrep, yamb, y, ny,
     Q, D,
@@ -132,7 +142,7 @@ def targets_kernel(
     """One query per lane: four counts, then eq. (12) (potential) or (13) (current).
 
     Pointers: ``out`` ``(Q,)`` float64; ``flag_out`` ``(Q,)`` int8 (hashed keys only);
-    ``params`` float64 ``(s, 1/M, g, G)`` (a float scalar argument would be float32); ``a``,
+    ``scalars`` float64 ``(s, 1/M, g, G)`` (a float scalar argument would be float32); ``a``,
     ``b`` ``(L+1,)`` float64; ``layer_in`` ``(Q,)``; ``zk``, ``wk`` ``(Q,)`` int64 keys of the
     ``(Q, D)`` states ``z``, ``w`` (``w`` unused unless ``CURRENT``), or with ``DENSE`` both the
     ``(D,)`` exact-key weights (the keys are computed here); per batch ``x`` / ``y``
@@ -141,8 +151,8 @@ def targets_kernel(
     """
     q = tl.program_id(0).to(tl.int64) * BLOCK_Q + tl.arange(0, BLOCK_Q)
     mask = q < Q
-    s = tl.load(params)
-    uniform = tl.load(params + 1)
+    s = tl.load(scalars)
+    uniform = tl.load(scalars + 1)
     layer = tl.load(layer_in + q, mask=mask, other=0)
     if DENSE:  # exact keys, computed here: zk, wk are the (D,) key weights
         kz = _row_keys(z, q, D, zk, mask, BLOCK_Q, BLOCK_D)
@@ -163,7 +173,7 @@ def targets_kernel(
         same = mask & (kz == kw)
         if HASHED:
             same = _rows_equal(z, q, w, q, D, same, BLOCK_Q, BLOCK_D)
-        conductance = tl.where(same, tl.load(params + 2), tl.load(params + 3))
+        conductance = tl.where(same, tl.load(scalars + 2), tl.load(scalars + 3))
         result = conductance * (result - phi_w)
         flag = flag | fxw | fyw
     tl.store(out + q, result, mask=mask)

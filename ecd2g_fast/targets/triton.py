@@ -43,7 +43,7 @@ UNAVAILABLE_REASON = "needs the triton package, and a CUDA tensor or TRITON_INTE
 # loops (exact keys computed in the kernels, row comparisons of hashed keys). Conventional sizes,
 # not yet tuned on a GPU; larger BLOCK_Q also means fewer interpreted programs.
 _BLOCK_Q = 128
-_BLOCK_D = 32
+_BLOCK_D = 8  # 32 spills registers in the hashed row comparison (D = 1024: 255 registers + spills)
 
 _KERNEL_MODULES: dict[bool, ModuleType] = {}
 
@@ -111,7 +111,7 @@ def _kernels(interpret: bool) -> ModuleType:
 
 
 def _block_d(dim: int) -> int:
-    """Columns per step of the kernels' row loops: ``D`` rounded up to a power of two in ``[2, 32]``."""
+    """Columns per step of the kernels' row loops: ``D`` rounded up to a power of two in ``[2, 8]``."""
     return min(_BLOCK_D, max(2, 1 << max(dim - 1, 0).bit_length()))
 
 
