@@ -1,15 +1,17 @@
-"""The ``"triton"`` backend of the current-target pass: one fused kernel per pass.
+"""The ``"triton"`` backend of the current-target pass: one fused query kernel per pass.
 
-The batches are keyed and counted into a dense table, or sorted, by the same torch code as the
-``"torch"`` backend (:func:`ecd2g_fast.targets.packed.prepare`). One kernel launch then handles
-every query: for ``z`` and ``w`` it reads the four counts (a table gather, or a lower and an
-upper bound search in the sorted keys of ``x`` and ``y``), gathers ``a_l, b_l, a_{l+1},
-b_{l+1}`` and writes the target, in one pass.
+The batches are prepared by :func:`ecd2g_fast.targets.packed.prepare`, which picks the mode:
+with a dense count table (exact keys, small ``M``) one kernel computes the batch rows' keys and
+counts them with atomic adds, and the query kernel computes the keys of ``z`` and ``w`` itself:
+the pass is a memset and two launches. Otherwise the batches are sorted by the torch code of the
+``"torch"`` backend and the query kernel searches them. Either way one launch handles every
+query: the four counts, the gathers of ``a_l, b_l, a_{l+1}, b_{l+1}`` and the target.
 
-Hashed keys (``M >= 2**63``; batches collapsed into runs) stay in the kernel: it compares each key match with the run's first
-row, so a collision between a query and a batch row counts 0, and it flags queries whose key
-falls in an *ambiguous* run (distinct batch rows with one hash, about ``2**-48`` per pair of
-rows). Only those flagged queries, normally none, are recounted by the torch path.
+Hashed keys (``M >= 2**63``; batches collapsed into runs) stay in the kernel: it compares each
+key match with the run's first row, so a collision between a query and a batch row counts 0,
+and it flags queries whose key falls in an *ambiguous* run (distinct batch rows with one hash,
+about ``2**-48`` per pair of rows). Only those flagged queries, normally none, are recounted by
+the torch path.
 
 Available for CUDA tensors with Triton installed, and for CPU tensors when ``TRITON_INTERPRET``
 is set (Triton's interpreter; slow, for testing). ``triton`` is imported on first use.
