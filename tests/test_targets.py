@@ -231,6 +231,16 @@ def test_triton_count_table_equals_torch(K, D, monkeypatch):
     assert_equal_to_reference(got, want)
 
 
+def test_check_values_false_skips_only_the_range_check():
+    circuit, layer, z, w, x, y = make_case(50, 2, 257, 257, 7)
+    checked = current_targets(circuit, layer, z, w, x, y, backend="torch")
+    assert torch.equal(current_targets(circuit, layer, z, w, x, y, backend="torch", check_values=False), checked)
+    with pytest.raises(ValueError, match="z must hold states"):
+        current_targets(circuit, layer, z + 50, w, x, y, backend="torch")
+    with pytest.raises(TypeError, match="layer must have dtype torch.int64"):  # still checked
+        potential_targets(circuit, layer.int(), z, x, y, check_values=False)
+
+
 def test_dense_table_size_rule():
     keys = StateKeys.for_circuit(E.Circuit(4, 2, 2), torch.device("cpu"))
     assert packed.uses_dense_table(keys, 2**16, 1, 1)  # small M: always
