@@ -10,6 +10,26 @@
 
 namespace ecd2g {
 
+// `t` must be a 1-D tensor of dtype `dtype` (named `dtype_name` in the message).
+inline void check_vector(const char* op, const char* name, const at::Tensor& t, at::ScalarType dtype,
+                         const char* dtype_name) {
+  TORCH_CHECK(t.dim() == 1 && t.scalar_type() == dtype, op, ": ", name, " must be a 1-D ", dtype_name,
+              " tensor, got ", t.scalar_type(), " ", t.sizes());
+}
+
+// `t` must have dtype `dtype` (named `dtype_name` in the message) and the shape of `like`.
+inline void check_shaped_like(const char* op, const char* name, const at::Tensor& t, at::ScalarType dtype,
+                              const char* dtype_name, const char* like_name, const at::Tensor& like) {
+  TORCH_CHECK(t.sizes() == like.sizes() && t.scalar_type() == dtype, op, ": ", name, " must be ", dtype_name,
+              " with the shape of ", like_name, " ", like.sizes(), ", got ", t.scalar_type(), " ", t.sizes());
+}
+
+// The walkers of a move op: layer (B,) int64 and z (B,) int64.
+inline void check_walkers(const char* op, const at::Tensor& layer, const at::Tensor& z) {
+  check_vector(op, "layer", layer, at::kLong, "int64");
+  check_shaped_like(op, "z", z, at::kLong, "int64", "layer", layer);
+}
+
 inline void check_consume_args(const at::Tensor& weights, const at::Tensor& rows, const at::Tensor& total,
                                const at::Tensor& choice, const at::Tensor& status) {
   TORCH_CHECK(weights.dim() == 2, "consume_outlets: weights must be 2-D (N, C), got ", weights.dim(), "-D");
@@ -18,14 +38,9 @@ inline void check_consume_args(const at::Tensor& weights, const at::Tensor& rows
   TORCH_CHECK(rows.dim() == 1 && rows.size(0) == weights.size(0),
               "consume_outlets: rows must have shape (N,) = (", weights.size(0), ",), got ", rows.sizes());
   TORCH_CHECK(rows.scalar_type() == at::kLong, "consume_outlets: rows must be int64, got ", rows.scalar_type());
-  TORCH_CHECK(total.dim() == 1 && total.scalar_type() == at::kDouble,
-              "consume_outlets: total must be a 1-D float64 tensor, got ", total.scalar_type(), " ", total.sizes());
-  TORCH_CHECK(choice.sizes() == total.sizes() && choice.scalar_type() == at::kLong,
-              "consume_outlets: choice must be int64 with the shape of total ", total.sizes(), ", got ",
-              choice.scalar_type(), " ", choice.sizes());
-  TORCH_CHECK(status.sizes() == total.sizes() && status.scalar_type() == at::kInt,
-              "consume_outlets: status must be int32 with the shape of total ", total.sizes(), ", got ",
-              status.scalar_type(), " ", status.sizes());
+  check_vector("consume_outlets", "total", total, at::kDouble, "float64");
+  check_shaped_like("consume_outlets", "choice", choice, at::kLong, "int64", "total", total);
+  check_shaped_like("consume_outlets", "status", status, at::kInt, "int32", "total", total);
   for (const at::Tensor* t : {&rows, &total, &choice, &status}) {
     TORCH_CHECK(t->device() == weights.device(), "consume_outlets: weights, rows, total, choice and status must be "
                 "on one device, got weights on ", weights.device(), " and another on ", t->device());
@@ -48,11 +63,7 @@ inline void check_potential_args(const at::Tensor& phi, const at::Tensor& sink, 
   TORCH_CHECK(sink.dim() == 1 && sink.size(0) == phi.size(1),
               "potential_move: sink must have shape (M,) = (", phi.size(1), ",), got ", sink.sizes());
   TORCH_CHECK(sink.scalar_type() == at::kDouble, "potential_move: sink must be float64, got ", sink.scalar_type());
-  TORCH_CHECK(layer.dim() == 1 && layer.scalar_type() == at::kLong,
-              "potential_move: layer must be a 1-D int64 tensor, got ", layer.scalar_type(), " ", layer.sizes());
-  TORCH_CHECK(z.sizes() == layer.sizes() && z.scalar_type() == at::kLong,
-              "potential_move: z must be int64 with the shape of layer ", layer.sizes(), ", got ",
-              z.scalar_type(), " ", z.sizes());
+  check_walkers("potential_move", layer, z);
   for (const at::Tensor* t : {&sink, &layer, &z}) {
     TORCH_CHECK(t->device() == phi.device(), "potential_move: phi, sink, layer and z must be on one device, got "
                 "phi on ", phi.device(), " and another on ", t->device());
@@ -84,11 +95,7 @@ inline void check_sorted_args(const at::Tensor& phi, const at::Tensor& order, co
     TORCH_CHECK(x.t->device() == phi.device(), "potential_move_sorted: ", x.name, " must be on phi's device ",
                 phi.device(), ", got ", x.t->device());
   }
-  TORCH_CHECK(layer.dim() == 1 && layer.scalar_type() == at::kLong,
-              "potential_move_sorted: layer must be a 1-D int64 tensor, got ", layer.scalar_type(), " ", layer.sizes());
-  TORCH_CHECK(z.sizes() == layer.sizes() && z.scalar_type() == at::kLong,
-              "potential_move_sorted: z must be int64 with the shape of layer ", layer.sizes(), ", got ",
-              z.scalar_type(), " ", z.sizes());
+  check_walkers("potential_move_sorted", layer, z);
   TORCH_CHECK(layer.device() == phi.device() && z.device() == phi.device(),
               "potential_move_sorted: layer and z must be on phi's device ", phi.device());
 }

@@ -1,6 +1,7 @@
 // Per-walker bodies of the sampler ops (one move of Definition 3.1), shared by the CPU ops
 // (csrc/cpu/sampler_cpu.cpp, one walker per loop iteration) and the CUDA kernels
-// (csrc/cuda/sampler_cuda.cu, one walker per thread). Header-only and free of torch.
+// (csrc/cuda/sampler_cuda.cu, one walker per thread); the op wrappers around them are in
+// csrc/sampler_ops.h. Header-only and free of torch.
 //
 // Outlet codes, as in ecd2g_fast/sampling/reference.py: w in [0, M) is the edge to (l+1, w),
 // M + w the edge to (l-1, w), 2M the sink at layer L.
@@ -178,10 +179,6 @@ ECD2G_HOST_DEVICE int32_t potential_move_row(const double* phi, const double* si
   return 0;
 }
 
-}  // namespace ecd2g
-
-namespace ecd2g {
-
 // One move of one walker with the O(log M) tables of ecd2g_fast/sampling/potential.py
 // (PotentialTables; all row-major, float64 unless noted): phi (L+1, M), order (L+1, M) int64,
 // reference (L+1,), prefix (L+1, M+1), count (L+1, M, 2) int64, masses (L+1, M, 5). Same arithmetic
@@ -233,5 +230,82 @@ ECD2G_HOST_DEVICE int32_t sorted_move_row(const double* phi, const int64_t* orde
   *outlet = order[m * M + lo - 1] + (backward ? M : 0);
   return 0;
 }
+
+// One op call's arguments as raw pointers, with the body of walker (or row) i of the call as
+// operator(): the CPU ops call it in a parallel loop, the CUDA kernel once per thread. The
+// random stream of walker i is uniform2(seed, offset, row) with row its row in the move's batch.
+
+// consume_outlets: row i of the (n, cols) chunk `weights` belongs to walker rows[i] of the batch.
+template <typename scalar_t>
+struct ConsumeOutletsOp {
+  const scalar_t* weights;
+  const int64_t* rows;
+  int64_t cols;
+  bool negate;
+  int64_t outlet_offset, seed, offset;
+  double* total;
+  int64_t* choice;
+  int32_t* status;
+
+  ECD2G_HOST_DEVICE void operator()(int64_t i) const {
+    const int64_t row = rows[i];
+    consume_chunk_row<scalar_t>(weights + i * cols, cols, negate, outlet_offset, uniform2(seed, offset, row),
+                                total + row, choice + row, status + row);
+  }
+};
+
+// potential_move: walker i at (layer[i], z[i]) of the potential table phi (L+1, M).
+struct PotentialMoveOp {
+  const double* phi;
+  const double* sink;
+  const int64_t* layer;
+  const int64_t* z;
+  int64_t L, M;
+  double G, e;
+  bool bidirectional;
+  int64_t seed, offset;
+  int64_t* outlet;
+  int32_t* status;
+
+  ECD2G_HOST_DEVICE void operator()(int64_t i) const {
+    status[i] = potential_move_row(phi, sink, L, M, layer[i], z[i], G, e, bidirectional,
+                                   uniform2(seed, offset, i).u0, outlet + i);
+  }
+};
+
+// potential_move_sorted: walker i at (layer[i], z[i]) with the tables of sorted_move_row.
+struct SortedMoveOp {
+  const double* phi;
+  const int64_t* order;
+  const double* reference;
+  const double* prefix;
+  const int64_t* count;
+  const double* masses;
+  const int64_t* layer;
+  const int64_t* z;
+  int64_t L, M, seed, offset;
+  int64_t* outlet;
+  int32_t* status;
+
+  ECD2G_HOST_DEVICE void operator()(int64_t i) const {
+    status[i] = sorted_move_row(phi, order, reference, prefix, count, masses, L, M, layer[i], z[i],
+                                uniform2(seed, offset, i), outlet + i);
+  }
+};
+
+// philox4x32: row i of counters (N, 4) holds four uint32 counter words; out (N, 4) the outputs.
+struct Philox4x32Op {
+  const int64_t* counters;
+  uint64_t key;
+  int64_t* out;
+
+  ECD2G_HOST_DEVICE void operator()(int64_t i) const {
+    const int64_t* c = counters + 4 * i;
+    const Philox4x32Out x =
+        philox4x32_10(static_cast<uint32_t>(c[0]), static_cast<uint32_t>(c[1]), static_cast<uint32_t>(c[2]),
+                      static_cast<uint32_t>(c[3]), static_cast<uint32_t>(key), static_cast<uint32_t>(key >> 32));
+    for (int k = 0; k < 4; ++k) out[4 * i + k] = static_cast<int64_t>(x.v[k]);
+  }
+};
 
 }  // namespace ecd2g

@@ -3,8 +3,9 @@
 Public API: :class:`Circuit` (closed-form potentials and currents), :class:`ExactField` (the
 analytic current field of given pmfs), :func:`sample` (the movement-rule walk) and
 :func:`exact_output_distribution` (the walk's output law without sampling noise),
-:func:`current_targets` / :func:`potential_targets` (Monte-Carlo training targets, eq. 13),
-:class:`CurrentNet` / :class:`PotentialNet` (learned fields) and :func:`train` (Algorithm 1).
+:func:`current_targets` / :func:`potential_targets` (Monte-Carlo training targets, eq. (13)),
+:class:`CurrentNet` / :class:`PotentialNet` (learned fields), :class:`TrainConfig` (every training
+setting), :class:`Trainer` and :func:`train` (Algorithm 1). The theory is in ``docs/theory.md``.
 """
 
 from . import models, training
@@ -13,7 +14,7 @@ from .fields import ExactField, Field, PotentialField
 from .models import CurrentNet, PotentialNet
 from .sampling import FieldError, OutputDistribution, exact_output_distribution, sample
 from .targets import current_targets, potential_targets
-from .training import NonFiniteLossError, TrainResult, train
+from .training import NonFiniteLossError, TrainConfig, Trainer, TrainResult, train
 
 __all__ = [
     "Circuit",
@@ -25,7 +26,9 @@ __all__ = [
     "OutputDistribution",
     "PotentialField",
     "PotentialNet",
+    "TrainConfig",
     "TrainResult",
+    "Trainer",
     "current_targets",
     "exact_output_distribution",
     "potential_targets",

@@ -116,9 +116,13 @@ def select(op: str, backend: str, device: torch.device, subject: object = None) 
     return chosen
 
 
-def warn_once(key: tuple[str, str], message: str) -> None:
-    """One ``RuntimeWarning`` per process and ``key`` (``(op, backend passed over)``)."""
+def warn_once(key: tuple[str, str], message: str, stacklevel: int = 4) -> None:
+    """One ``RuntimeWarning`` per process and ``key`` (``(op, backend passed over)``).
+
+    ``stacklevel`` as in :func:`warnings.warn`, counted from here: the default 4 names the caller
+    of a public function that called :func:`select`.
+    """
     if key in _WARNED:
         return
     _WARNED.add(key)
-    warnings.warn(message, RuntimeWarning, stacklevel=4)
+    warnings.warn(message, RuntimeWarning, stacklevel=stacklevel)

@@ -1,4 +1,4 @@
-"""The ECD2G circuit: closed-form potentials and currents (THEORY §1-3, §7).
+"""The ECD2G circuit: closed-form potentials and currents (docs/theory.md §1-3, §7).
 
 Notation (one throughout the package): ``K`` categories, ``D`` coordinates, ``M = K**D`` states,
 layers ``l = 0..L``; a state is a ``(D,)`` int64 vector or, after the canonical row-major
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 
@@ -33,6 +34,19 @@ class CircuitConfig:
     num_layers: int
     r: float = 0.1
     R: float = 100.0
+
+
+class DeviceCoefficients(NamedTuple):
+    """The per-layer circuit constants that the target passes read, on one device (all float64).
+
+    Attributes:
+        a, b: ``(L+1,)`` the coefficients ``a_l``, ``b_l`` of eq. (12).
+        scalars: ``(4,)`` ``(s, 1/M, g, G)`` (a kernel's float scalar argument would be float32).
+    """
+
+    a: torch.Tensor
+    b: torch.Tensor
+    scalars: torch.Tensor
 
 
 class Circuit:
@@ -86,8 +100,10 @@ class Circuit:
         self.G = 1.0 / self.R
         self.e = self.g - self.G
         self._compute_constants()
+        # device -> DeviceCoefficients, filled by coefficients()
+        self._coefficients: dict[torch.device, DeviceCoefficients] = {}
 
-    # ------------------------------------------------------------------ constants (THEORY §7)
+    # ---------------------------------------------------------- constants (docs/theory.md §7)
     def _compute_constants(self) -> None:
         M, g, G, e, L = self.num_states, self.g, self.G, self.e, self.num_layers
         self.log_num_states = self.dim * math.log(self.num_categories)
@@ -143,7 +159,7 @@ class Circuit:
             f"num_layers={self.num_layers}, r={self.r}, R={self.R})"
         )
 
-    # ------------------------------------------------------------------ states (THEORY §1)
+    # ---------------------------------------------------------- states (docs/theory.md §1)
     def state_index(self, z: torch.Tensor) -> torch.Tensor:
         """Canonical row-major index ``sum_d z[..., d] * K**(D-1-d)``.
 
@@ -165,7 +181,7 @@ class Circuit:
         self._check_index_range("state_index")
         if z.numel() and (int(z.min()) < 0 or int(z.max()) >= self.num_categories):
             raise ValueError(f"z must hold states in [0, {self.num_categories}) (K = {self.num_categories})")
-        return self._flatten(z)
+        return self.flatten(z)
 
     def index_state(self, idx: torch.Tensor) -> torch.Tensor:
         """Inverse of :meth:`state_index`.
@@ -186,23 +202,41 @@ class Circuit:
         self._check_index_range("index_state")
         if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= self.num_states):
             raise ValueError(f"idx must hold indices in [0, {self.num_states}) (M = K**D)")
-        return self._unflatten(idx)
+        return self.unflatten(idx)
 
     def _check_index_range(self, what: str) -> None:
         if self.num_states >= _INT64_LIMIT:
             raise ValueError(f"{what} needs M = K**D < 2**63 to fit an int64 index")
 
-    def _flatten(self, z: torch.Tensor) -> torch.Tensor:
+    def flatten(self, z: torch.Tensor) -> torch.Tensor:
+        """:meth:`state_index` without any check, for callers that validated ``z`` already.
+
+        Args:
+            z: ``(..., D)`` int64 states with entries in ``[0, K)``, on any device; ``M < 2**63``.
+
+        Returns:
+            ``(...)`` int64 indices on ``z``'s device. Nothing is checked: a wrong dtype, last
+            dimension or value gives a meaningless result (or an error from torch).
+        """
         idx = torch.zeros(z.shape[:-1], dtype=torch.int64, device=z.device)
         for d in range(self.dim):
             idx = idx * self.num_categories + z[..., d]
         return idx
 
-    def _unflatten(self, idx: torch.Tensor) -> torch.Tensor:
+    def unflatten(self, idx: torch.Tensor) -> torch.Tensor:
+        """:meth:`index_state` without any check, for callers that validated ``idx`` already.
+
+        Args:
+            idx: ``(...)`` int64 indices in ``[0, M)``, on any device; ``M < 2**63``.
+
+        Returns:
+            ``(..., D)`` int64 states on ``idx``'s device. Nothing is checked: an index outside
+            ``[0, M)`` gives a meaningless state.
+        """
         powers = self.num_categories ** torch.arange(self.dim - 1, -1, -1, device=idx.device)
         return torch.div(idx.unsqueeze(-1), powers, rounding_mode="floor") % self.num_categories
 
-    # ------------------------------------------------------------------ closed form (THEORY §2-3)
+    # ---------------------------------------------------------- closed form (docs/theory.md §2-3)
     def potentials(self, p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
         """Vertex potentials, eq. (12), gauge ``c = 0``.
 
@@ -221,19 +255,54 @@ class Circuit:
         check_enumerable("Circuit.potentials", self.num_states)
         p = check_pmf("p", p, self.num_states)
         q = check_pmf("q", q, self.num_states).to(p.device)
-        return self._potentials(p, q)
+        return self.potential_table(p, q)
 
-    def _potentials(self, p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
-        """:meth:`potentials` for checked float64 ``p``, ``q`` on one device; also any ``(..., M)``."""
-        dev = p.device
+    def potential_table(self, p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+        """:meth:`potentials` without any check, and for batches of pmf pairs.
+
+        ``phi_l(z) = -l s + a_l (p(z) - 1/M) - b_l (q(z) - 1/M)`` (eq. 12, gauge ``c = 0``).
+
+        Args:
+            p: ``(..., M)`` float64 source pmfs.
+            q: ``(..., M)`` float64 target pmfs, on ``p``'s device; ``p`` and ``q`` broadcast.
+
+        Returns:
+            ``(..., L+1, M)`` float64 on ``p``'s device (``(L+1, M)`` for ``(M,)`` inputs).
+            Nothing is checked: not the dtype, device, shape, sign or sum of ``p`` and ``q``
+            (they need not be pmfs: the map is affine in ``(p, q)``), nor ``M <= 2**24``.
+        """
+        coefficients = self.coefficients(p.device)
         uniform = 1.0 / self.num_states
-        layers = torch.arange(self.num_layers + 1, dtype=torch.float64, device=dev)
-        a, b = self.a.to(dev), self.b.to(dev)
+        layers = torch.arange(self.num_layers + 1, dtype=torch.float64, device=p.device)
         return (
             -(layers * self.s)[:, None]
-            + a[:, None] * (p - uniform).unsqueeze(-2)
-            - b[:, None] * (q - uniform).unsqueeze(-2)
+            + coefficients.a[:, None] * (p - uniform).unsqueeze(-2)
+            - coefficients.b[:, None] * (q - uniform).unsqueeze(-2)
         )
+
+    def coefficients(self, device: torch.device | str) -> DeviceCoefficients:
+        """The per-layer coefficients ``a``, ``b`` and the scalars ``(s, 1/M, g, G)`` on ``device``.
+
+        Copied to each device once and cached on the circuit, so that a training step pays no
+        host-to-device copy per call. The tensors are shared between callers: do not modify them.
+
+        Args:
+            device: a ``torch.device`` (or its string form).
+
+        Returns:
+            :class:`DeviceCoefficients`: ``a``, ``b`` ``(L+1,)`` and ``scalars`` ``(4,)``, float64.
+        """
+        device = torch.device(device)
+        found = self._coefficients.get(device)
+        if found is None:
+            # int / int rounds correctly and underflows to 0.0 for huge M; float(M) would overflow
+            scalars = [self.s, 1 / self.num_states, self.g, self.G]
+            found = self._coefficients[device] = DeviceCoefficients(
+                self.a.to(device),
+                self.b.to(device),
+                torch.tensor(scalars, dtype=torch.float64, device=device),
+            )
+        return found
 
     def currents(self, p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
         """Edge currents by Ohm's law, eq. (4) and (13).

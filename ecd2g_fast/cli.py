@@ -27,25 +27,14 @@ from pathlib import Path
 __all__ = ["build_parser", "default_threads", "main"]
 
 
-def _bounded(kind: type, low: float, inclusive: bool):
-    """An argparse ``type=`` that parses ``kind`` and requires ``> low`` (``>= low`` if inclusive)."""
-    noun = "an integer" if kind is int else "a number"
-
-    def parse(text: str):
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected {noun}, got {text!r}") from None
-        if not (value >= low if inclusive else value > low):
-            raise argparse.ArgumentTypeError(f"expected {noun} {'>=' if inclusive else '>'} {low}, got {value}")
-        return value
-
-    return parse
-
-
-_positive_int = _bounded(int, 1, inclusive=True)
-_non_negative_int = _bounded(int, 0, inclusive=True)
-_positive_float = _bounded(float, 0, inclusive=False)
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {value}")
+    return value
 
 
 def default_threads(device: str | None) -> int:
@@ -68,26 +57,28 @@ def default_threads(device: str | None) -> int:
 
 
 def _add_common(parser: argparse.ArgumentParser) -> None:
+    from .experiments.configs import ExperimentConfig
+    from .settings import add_options
+
     parser.add_argument("--out", type=Path, help="output folder (default runs/EXPERIMENT)")
-    parser.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda if available, else cpu)")
+    add_options(parser, ExperimentConfig, groups=("device",))
     parser.add_argument(
         "--threads", type=_positive_int, help="torch CPU threads (default on the CPU: half the cores, 1 to 4)"
     )
     parser.add_argument("--quiet", action="store_true", help="no progress bars or status lines")
 
 
-def _add_sampling(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--mode", choices=("bidirectional", "forward"), help="walk mode (default bidirectional)"
-    )
-    parser.add_argument("--backend", help="sampler backend: auto, torch, cpp, potential (default auto)")
-    parser.add_argument("--num-samples", type=_positive_int, help="generated samples (default: the preset's)")
-    parser.add_argument("--seed", type=_non_negative_int, help="master seed (default 0)")
-
-
 def build_parser() -> argparse.ArgumentParser:
-    """The ``ecd2g`` argument parser (sub-commands ``run``, ``train``, ``sample``, ``evaluate``, ``list``)."""
-    from .experiments.configs import EXPERIMENTS
+    """The ``ecd2g`` argument parser (sub-commands ``run``, ``train``, ``sample``, ``evaluate``, ``list``).
+
+    The options of ``run`` and ``train`` are generated from the fields of
+    :class:`~ecd2g_fast.experiments.configs.ExperimentConfig` and
+    :class:`~ecd2g_fast.training.TrainConfig` (:mod:`ecd2g_fast.settings`); ``sample`` takes the
+    sampling ones.
+    """
+    from .experiments.configs import EXPERIMENTS, ExperimentConfig
+    from .settings import add_options
+    from .training import TrainConfig
 
     names = [*EXPERIMENTS, "custom"]
     parser = argparse.ArgumentParser(
@@ -103,25 +94,20 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(command, help=text, description=text)
         p.add_argument("experiment", choices=names, metavar="EXPERIMENT", help=f"one of: {', '.join(names)}")
         _add_common(p)
-        p.add_argument(
-            "--model", choices=("current", "potential"), help="current (the paper's) or potential network"
+        preset = " (default: the preset's value, `ecd2g list`)"
+        add_options(
+            p.add_argument_group("data and circuit" + preset),
+            ExperimentConfig,
+            groups=("data", "circuit"),
+            show_defaults=False,
         )
-        p.add_argument("--steps", type=_positive_int, help="optimiser steps")
-        p.add_argument("--batch-size", type=_positive_int, help="data samples per step (Monte-Carlo targets)")
-        p.add_argument("--num-queries", type=_positive_int, help="queries per step (default: the batch size)")
-        p.add_argument("--queries", choices=("uniform", "data"), help="query distribution")
-        p.add_argument("--lr", type=_positive_float, help="SGD learning rate (default: the trainer's)")
-        p.add_argument(
-            "--source", help="source data set: uniform, gaussian, moons, swissroll or a .npy/.csv file"
+        add_options(p.add_argument_group("training" + preset), TrainConfig, show_defaults=False)
+        add_options(
+            p.add_argument_group("sampling" + preset),
+            ExperimentConfig,
+            groups=("sample",),
+            show_defaults=False,
         )
-        p.add_argument("--target", help="target data set, as --source")
-        p.add_argument(
-            "--num-categories", type=_positive_int, help="K (default: the preset's, or inferred from files)"
-        )
-        p.add_argument("--num-layers", type=_positive_int, help="L (default: the preset's, or 10)")
-        p.add_argument("--r", type=_positive_float, help="forward resistance (default 0.1)")
-        p.add_argument("--R", type=_positive_float, help="lateral resistance (default 100)")
-        _add_sampling(p)
     for command, text in (
         ("sample", "sample from the trained field of an output folder (writes samples.npy)"),
         ("evaluate", "metrics and figures of an output folder's samples (writes metrics.json, *.png)"),
@@ -132,58 +118,35 @@ def build_parser() -> argparse.ArgumentParser:
         )
         _add_common(p)
         if command == "sample":
-            _add_sampling(p)
+            group = p.add_argument_group("sampling (default: the folder's config.json)")
+            add_options(group, ExperimentConfig, groups=("sample",), show_defaults=False)
     sub.add_parser("list", help="list the shipped experiments", description="list the shipped experiments")
     return parser
 
 
-_TRAIN_OPTIONS = {
-    "model": "model",
-    "steps": "steps",
-    "batch_size": "batch_size",
-    "num_queries": "num_queries",
-    "queries": "queries",
-    "lr": "lr",
-    "source": "source",
-    "target": "target",
-    "num_categories": "num_categories",
-    "num_layers": "num_layers",
-    "r": "r",
-    "R": "R",
-}
-_SAMPLE_OPTIONS = {
-    "mode": "mode",
-    "backend": "backend",
-    "num_samples": "num_samples",
-    "seed": "seed",
-    "device": "device",
-}
-
-
 def _config_from_args(args: argparse.Namespace):
+    """The preset named on the command line with the options given applied (validated)."""
     from .experiments.configs import EXPERIMENTS, ExperimentConfig
+    from .settings import options_from_args
+    from .training import TrainConfig
 
+    changes = options_from_args(args, ExperimentConfig)
     if args.experiment == "custom":
-        if args.source is None or args.target is None:
+        if "source" not in changes or "target" not in changes:
             raise ValueError("the custom experiment needs --source and --target")
-        config = ExperimentConfig(
-            experiment="custom", source=args.source, target=args.target, num_samples=None
-        )
+        base = ExperimentConfig(experiment="custom")
     else:
-        config = ExperimentConfig.from_json(EXPERIMENTS[args.experiment].to_json())
-    for option, field in {**_TRAIN_OPTIONS, **_SAMPLE_OPTIONS}.items():
-        value = getattr(args, option, None)
-        if value is not None:
-            setattr(config, field, value)
-    if args.experiment != "custom" and (args.source is not None or args.target is not None):
-        # a preset's K and D belong to its own data sets; infer them again for the new ones
-        config.experiment = f"{args.experiment} (modified)"
-        if args.num_categories is None and any(
-            str(s).endswith((".npy", ".csv")) for s in (args.source, args.target)
-        ):
-            config.num_categories = None
-        config.dim = None
-    return config
+        base = EXPERIMENTS[args.experiment]
+        if "source" in changes or "target" in changes:
+            # a preset's K and D belong to its own data sets; infer them again for the new ones
+            changes.setdefault("experiment", f"{args.experiment} (modified)")
+            changes["dim"] = None
+            if "num_categories" not in changes and any(
+                str(changes.get(role, "")).endswith((".npy", ".csv")) for role in ("source", "target")
+            ):
+                changes["num_categories"] = None
+    train = base.train.replace(**options_from_args(args, TrainConfig))
+    return base.replace(**changes, train=train)
 
 
 def _out_dir(args: argparse.Namespace) -> Path:
@@ -212,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
         for name, config in EXPERIMENTS.items():
             print(
                 f"{name:<24} K={config.num_categories} D={config.dim} L={config.num_layers} "
-                f"model={config.model}: {config.notes}"
+                f"model={config.train.model}: {config.notes}"
             )
         return 0
 
@@ -221,6 +184,7 @@ def main(argv: list[str] | None = None) -> int:
     from .experiments import runner
     from .experiments.configs import ExperimentConfig
     from .sampling import FieldError
+    from .settings import options_from_args
 
     progress = not args.quiet and sys.stderr.isatty()
 
@@ -228,9 +192,10 @@ def main(argv: list[str] | None = None) -> int:
         if not args.quiet:
             print(message, file=sys.stderr)
 
+    device = getattr(args, "device", None)
     threads_before = torch.get_num_threads()
     try:
-        torch.set_num_threads(args.threads if args.threads is not None else default_threads(args.device))
+        torch.set_num_threads(args.threads if args.threads is not None else default_threads(device))
         if args.command in ("run", "train"):
             config = _config_from_args(args)
             out = args.out if args.out is not None else Path("runs") / args.experiment
@@ -240,22 +205,21 @@ def main(argv: list[str] | None = None) -> int:
                     f"[ecd2g] wrote {out}/ (metrics.json: tv={metrics['tv']:.4f}, wall {metrics['wall_seconds']:.1f} s)"
                 )
             else:
-                runner.train_stage(config, out, progress=progress, log=log)
+                runner.train_stage(runner.Run.resolve(config, out), progress=progress, log=log)
                 log(f"[ecd2g] wrote {out}/config.json and {out}/{runner.CHECKPOINT}")
             return 0
         out = _out_dir(args)
         config = ExperimentConfig.load(out / "config.json")
-        if args.device is not None:
-            config.device = args.device
         if args.command == "sample":
-            for option, field in _SAMPLE_OPTIONS.items():
-                value = getattr(args, option, None)
-                if value is not None:
-                    setattr(config, field, value)
+            config = config.replace(**options_from_args(args, ExperimentConfig, groups=("sample",)))
             config.save(out / "config.json")
-            runner.sample_stage(config, out, progress=progress, log=log)
+        if device is not None:
+            config = config.replace(device=device)
+        run = runner.Run.resolve(config, out)
+        if args.command == "sample":
+            runner.sample_stage(run, run.load_field(), progress=progress, log=log)
         else:
-            runner.evaluate_stage(config, out, progress=progress, log=log)
+            runner.evaluate_stage(run, progress=progress, log=log)
         return 0
     except (ValueError, TypeError, FileNotFoundError, FieldError) as error:
         print(f"ecd2g: error: {error}", file=sys.stderr)

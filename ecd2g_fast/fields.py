@@ -106,7 +106,7 @@ class PotentialField(Field):
         return -self._ohm(phi[layer, z], phi[layer - 1, start:stop], z, start)
 
     def sink_currents(self, z: torch.Tensor) -> torch.Tensor:
-        # Kirchhoff at (L, z): net inflow from layer L-1 (THEORY §6)
+        # Kirchhoff at (L, z): net inflow from layer L-1 (docs/theory.md §6)
         return self.sink_table()[z]
 
     def sink_table(self) -> torch.Tensor:
@@ -141,7 +141,7 @@ class ExactField(PotentialField):
         return self.p.device
 
     def compute_potential_table(self) -> torch.Tensor:
-        return self.circuit._potentials(self.p, self.q)
+        return self.circuit.potential_table(self.p, self.q)
 
     def sink_table(self) -> torch.Tensor:
         # exactly q by construction; Kirchhoff's sum would add rounding

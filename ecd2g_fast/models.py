@@ -1,4 +1,4 @@
-"""Learned fields: :class:`CurrentNet` (the paper's network) and :class:`PotentialNet` (THEORY §6).
+"""Learned fields: :class:`CurrentNet` (the paper's network) and :class:`PotentialNet` (docs/theory.md §6).
 
 Each model is an ``nn.Module`` (parameters, ``forward`` on a batch of queries, the closed-form
 normalisation of its regression targets) plus a small field adapter (``model.field()``) that
@@ -16,7 +16,7 @@ coordinate through a fixed ``(K, F)`` table and the ``D`` rows are concatenated 
   categorical data whose order means nothing; the first layer is then a sum of per-coordinate
   embeddings.
 
-**Target scales (THEORY §5, §7).** Physical currents span orders of magnitude across layers and
+**Target scales (docs/theory.md §5, §7).** Physical currents span orders of magnitude across layers and
 between the forward (``C = g``) and lateral (``C = G``) edges (``g / G = R / r = 1000`` in the
 paper). Both networks regress dimensionless targets of order one; every scale is computed in log
 space from the circuit's coefficients and kept in float64, and only the normalised values are cast
@@ -185,7 +185,7 @@ class CurrentNet(nn.Module):
         F = self.encoding.features
         self.input = nn.Linear(2 * F + layer_embedding_dim, self.hidden[0])
         self.body = _mlp_body(self.hidden, 1)
-        # sigma_l = s + (a_l + b_l + a_{l+1} + b_{l+1}) / M, in log space (THEORY §7)
+        # sigma_l = s + (a_l + b_l + a_{l+1} + b_{l+1}) / M, in log space (docs/theory.md §7)
         log_m = c.log_num_states
         s = torch.full((c.num_layers,), c.log_s, dtype=torch.float64)
         log_sigma = _logsumexp(
@@ -292,7 +292,7 @@ class CurrentNetField(Field):
     """Field adapter of a :class:`CurrentNet` (not a potential field: cycles are possible).
 
     Currents are float64 physical values, evaluated without gradients in float32 and rescaled in
-    float64 (with ``amp``, the hidden layers in bf16 as in training on CUDA). ``sink_currents`` sums ``I_{L-1}(w, z)`` over all ``w`` (THEORY §4, clipped at 0) and
+    float64 (with ``amp``, the hidden layers in bf16 as in training on CUDA). ``sink_currents`` sums ``I_{L-1}(w, z)`` over all ``w`` (docs/theory.md §4, clipped at 0) and
     caches the result per state; the cache is dropped automatically when the network's parameters
     change (:func:`parameter_version`) or explicitly by :meth:`refresh`.
 
@@ -329,7 +329,7 @@ class CurrentNetField(Field):
         c = self.circuit
         flat = torch.arange(start, stop, device=walkers.device)
         amp = self.amp is not False and walkers.device.type == "cuda"
-        out = self.net.pairwise(edge_layer, c._unflatten(walkers), c._unflatten(flat), walker_is_tail, amp)
+        out = self.net.pairwise(edge_layer, c.unflatten(walkers), c.unflatten(flat), walker_is_tail, amp)
         conductance = conductances(c, walkers[:, None] == flat[None, :])
         return out.to(torch.float64) * (self.net.sigma[edge_layer][:, None] * conductance)
 
@@ -365,7 +365,7 @@ class CurrentNetField(Field):
 class PotentialNet(nn.Module):
     """Potential network ``f_theta(z) -> (u(z), v(z))`` with ``phi_l(z) = -l s + (a_l u - b_l v) / M``.
 
-    ``u ~ M p - 1`` and ``v ~ M q - 1`` (THEORY §6: the potential network is a pair of density
+    ``u ~ M p - 1`` and ``v ~ M q - 1`` (docs/theory.md §6: the potential network is a pair of density
     estimators; the layer enters through the closed-form ``a_l``, ``b_l``, ``s`` of eq. 12, which is
     exact for every pair of pmfs, so the network takes no layer input). An MLP with hidden sizes
     ``hidden`` and ReLU on ``enc(z)``, two outputs.
@@ -446,7 +446,7 @@ class PotentialNet(nn.Module):
         out = torch.empty((2, c.num_states), dtype=torch.float64, device=dev)
         for start in range(0, c.num_states, STATE_BLOCK):
             flat = torch.arange(start, min(start + STATE_BLOCK, c.num_states), device=dev)
-            out[:, start : start + flat.shape[0]] = self.densities(c._unflatten(flat)).t().to(torch.float64)
+            out[:, start : start + flat.shape[0]] = self.densities(c.unflatten(flat)).t().to(torch.float64)
         return out - out.mean(dim=1, keepdim=True)
 
     def field(self) -> PotentialNetField:
@@ -508,4 +508,4 @@ class PotentialNetField(PotentialField):
         return tuple(abs(float(pmf.clamp_max(0.0).sum())) for pmf in self.raw_densities())  # type: ignore[return-value]
 
     def compute_potential_table(self) -> torch.Tensor:
-        return self.circuit._potentials(*self.densities())
+        return self.circuit.potential_table(*self.densities())

@@ -37,7 +37,7 @@ def main(out_dir: str) -> None:
             "losses": r.losses,
             "model": r.model.state_dict(),
             "last_iterate": r.last_iterate.state_dict(),
-            "world_size": r.config["world_size"],
+            "world_size": r.world_size,
         }
     torch.save(out, os.path.join(out_dir, f"rank{rank}.pt"))
 

@@ -204,6 +204,31 @@ def test_state_index_is_row_major_and_invertible():
     assert c.state_index(batched).shape == (4, 6)
 
 
+def test_unchecked_helpers_match_the_checked_methods():
+    c = Circuit(5, 3, 2)
+    all_idx = torch.arange(c.num_states)
+    states = c.index_state(all_idx)
+    assert torch.equal(c.unflatten(all_idx), states)
+    assert torch.equal(c.flatten(states), all_idx)
+    g = torch.Generator().manual_seed(3)
+    p, q = random_pmf(c.num_states, g), random_pmf(c.num_states, g)
+    assert torch.equal(c.potential_table(p, q), c.potentials(p, q))
+    # any (..., M) batch of pairs: one (L+1, M) table per pair
+    ps, qs = torch.stack([p, q]), torch.stack([q, p])
+    tables = c.potential_table(ps, qs)
+    assert tables.shape == (2, c.num_layers + 1, c.num_states)
+    assert torch.equal(tables[1], c.potentials(q, p))
+
+
+def test_coefficients_are_cached_per_device():
+    c = Circuit(5, 3, 4)
+    coefficients = c.coefficients(torch.device("cpu"))
+    assert c.coefficients("cpu") is coefficients
+    assert torch.equal(coefficients.a, c.a) and torch.equal(coefficients.b, c.b)
+    scalars = [c.s, 1 / c.num_states, c.g, c.G]
+    assert coefficients.scalars.dtype == torch.float64 and coefficients.scalars.tolist() == scalars
+
+
 # ---------------------------------------------------------------------------- bad input
 @pytest.mark.parametrize(
     "kwargs,error,match",

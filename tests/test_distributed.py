@@ -53,7 +53,7 @@ def test_two_gloo_processes_match_one(two_process_run, case):
         assert torch.equal(tensor, ranks[1][case]["model"][name]), name
     # rank 0 wrote the checkpoints
     ckpt = load_checkpoint(out / f"{case}.pt")
-    assert ckpt["step"] == kwargs["steps"] and ckpt["config"]["world_size"] == 2
+    assert ckpt["step"] == kwargs["steps"] and ckpt["world_size"] == 2
 
 
 def test_setup_without_torchrun_is_single_process(monkeypatch):

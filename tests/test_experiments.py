@@ -9,6 +9,7 @@ about 1e-6 per test, see ``tests/testing.py``).
 from __future__ import annotations
 
 import json
+import sys
 
 import numpy as np
 import pytest
@@ -17,7 +18,7 @@ import torch
 import ecd2g_fast as E
 from ecd2g_fast import cli
 from ecd2g_fast import metrics as M
-from ecd2g_fast.experiments import datasets, runner
+from ecd2g_fast.experiments import datasets, evaluation
 from ecd2g_fast.models import PotentialNet
 
 from .testing import assert_samples_follow
@@ -208,7 +209,7 @@ def test_exact_output_law_of_a_learned_current_field_matches_sampling(tmp_path):
     out = tmp_path / "learned"
     _run(["train", "uniform-to-gaussian-1d", "--num-categories", "9", "--num-layers", "3", "--steps", "300",
           "--batch-size", "64", "--out", str(out), "--quiet", "--device", "cpu"])  # fmt: skip
-    field = runner.load_field(out, "cpu")
+    field = E.training.load_field(out / "checkpoint.pt", "cpu")
     p = torch.full((9,), 1 / 9, dtype=torch.float64)
     law = E.exact_output_distribution(field, p, "bidirectional")
     x0 = torch.randint(0, 9, (40_000, 1), generator=torch.Generator().manual_seed(4))
@@ -223,7 +224,7 @@ def test_potential_net_field_projects_negative_densities_and_never_traps_a_walke
     with torch.no_grad():
         net.body[-1].weight.mul_(200.0)  # densities far outside [-1, inf): negative "pmfs"
     field = net.field()
-    info = runner.density_projection_info(field)
+    info = evaluation.density_projection_info(field)
     assert info["density_projection"] and info["negative_source_mass"] > 0
     p, q = field.densities()
     assert bool((p >= 0).all()) and bool((q >= 0).all()) and bool((p == 0).any())
@@ -235,3 +236,16 @@ def test_potential_net_field_projects_negative_densities_and_never_traps_a_walke
     x0 = circuit.index_state(torch.arange(25).repeat(4000))
     states = E.sample(field, x0, generator=torch.Generator().manual_seed(7))
     assert_samples_follow(torch.from_numpy(M.histogram(states, 5)), law_uniform.pmf)
+
+
+def test_run_without_matplotlib_skips_figures_and_keeps_everything_else(tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # `import matplotlib` raises ImportError
+    out = tmp_path / "no-plots"
+    _run(["run", "moons-to-swissroll-2d", "--out", str(out), "--num-categories", "6", "--num-layers", "2",
+          "--num-queries", "16", "--steps", "10", "--batch-size", "32", "--num-samples", "200", "--device", "cpu"])  # fmt: skip
+    for name in ("config.json", "checkpoint.pt", "samples.npy", "source_samples.npy", "metrics.json"):
+        assert (out / name).is_file(), f"missing {name}"
+    assert not list(out.glob("*.png"))
+    err = capsys.readouterr().err
+    assert err.count("matplotlib is not installed: figures skipped") == 1
+    assert "tv_exact" in json.loads((out / "metrics.json").read_text())

@@ -41,7 +41,7 @@ class ExactCurrentNet(CurrentNet):
 
     def _normalised(self, layer, z, w):
         c = self.circuit
-        zi, wi = c._flatten(z), c._flatten(w)
+        zi, wi = c.flatten(z), c.flatten(w)
         return self.exact[layer, zi, wi] / self.scale(layer, z, w)
 
     def forward(self, layer, z, w):
@@ -66,7 +66,7 @@ class ExactPotentialNet(PotentialNet):
         self.uv = torch.stack([M * p - 1, M * q - 1], dim=1)  # (M, 2) float64
 
     def densities(self, z):
-        return self.uv[self.circuit._flatten(z)]
+        return self.uv[self.circuit.flatten(z)]
 
 
 # ---------------------------------------------------------------------------- encodings
@@ -118,7 +118,7 @@ def all_edges(c: E.Circuit, device="cpu"):
     M, L = c.num_states, c.num_layers
     layer, z, w = torch.meshgrid(torch.arange(L), torch.arange(M), torch.arange(M), indexing="ij")
     layer, z, w = (t.reshape(-1).to(device) for t in (layer, z, w))
-    return layer, c._unflatten(z), c._unflatten(w)
+    return layer, c.unflatten(z), c.unflatten(w)
 
 
 @pytest.mark.parametrize("encoding", ["scaled", "onehot"])
@@ -148,7 +148,7 @@ def test_pairwise_matches_forward(name, device, monkeypatch):
     layer = torch.randint(L, (B,), generator=g).to(device)
     walkers = torch.randint(M, (B,), generator=g).to(device)
     states = torch.arange(M, device=device)
-    zs, ss = c._unflatten(walkers), c._unflatten(states)
+    zs, ss = c.unflatten(walkers), c.unflatten(states)
     # tiny blocks exercise the block loops over walkers and states
     monkeypatch.setattr(models, "PAIR_BLOCK_ROWS", 7)
     for tail in (True, False):
@@ -174,8 +174,8 @@ def test_current_field_matches_network(name, device):
         layer = torch.full((M,), l, device=device)
         to_next = field.currents_to_next(layer, states, start, stop)
         assert to_next.dtype == torch.float64 and to_next.shape == (M, stop - start)
-        z = c._unflatten(states[:, None].expand(M, stop - start).reshape(-1))
-        w = c._unflatten(torch.arange(start, stop, device=device)[None].expand(M, -1).reshape(-1))
+        z = c.unflatten(states[:, None].expand(M, stop - start).reshape(-1))
+        w = c.unflatten(torch.arange(start, stop, device=device)[None].expand(M, -1).reshape(-1))
         lay = torch.full((z.shape[0],), l, device=device)
         want = net.currents(lay, z, w)
         assert_close_to_reference(to_next.reshape(-1), want, rtol=1e-5, scale=want.abs().max())
@@ -227,7 +227,7 @@ def test_normalised_exact_targets_are_order_one(K, D, L):
     zi = torch.randint(M, (Q,), generator=gen)
     wi = torch.where(torch.rand(Q, generator=gen) < 0.5, zi, torch.randint(M, (Q,), generator=gen))
     phi = c.potentials(p, q)
-    z, w = c._unflatten(zi), c._unflatten(wi)
+    z, w = c.unflatten(zi), c.unflatten(wi)
     currents = torch.where(zi == wi, c.g, c.G) * (phi[layer, zi] - phi[layer + 1, wi])
     y = net.normalise_targets(layer, z, w, currents).abs()
     assert float(y.max()) < 20 and float(y.mean()) > 0.05
@@ -237,14 +237,26 @@ def test_normalised_exact_targets_are_order_one(K, D, L):
     assert float(y.max()) < 50 and float(y.mean()) > 0.05
 
 
-@pytest.mark.parametrize("name", ["gauss-K50-L10", "dirichlet-K5-D2-L4"])
+#: The circuits and pmf pairs of the exact-network tests.
+EXACT_CASES = ["gauss-K50-L10", "dirichlet-K5-D2-L4"]
+
+
+def exact_case(name: str) -> tuple[E.Circuit, torch.Tensor, torch.Tensor]:
+    """``(circuit, p, q)`` of an :data:`EXACT_CASES` name."""
+    if name == "gauss-K50-L10":
+        return E.Circuit(50, 1, 10), torch.full((50,), 0.02, dtype=torch.float64), discretised_gaussian(50)
+    return (E.Circuit(5, 2, 4), *dirichlet_pair(25, 3))
+
+
+def output_tv(field, p: torch.Tensor, q: torch.Tensor) -> float:
+    """Total variation between ``q`` and the exact output law of the walk from ``p``."""
+    return total_variation(E.exact_output_distribution(field, p).pmf, q)
+
+
+@pytest.mark.parametrize("name", EXACT_CASES)
 def test_exact_current_net_field_reproduces_q(name):
     """With the exact normalised drop as network output, the adapter's currents, sink and walk are exact."""
-    if name == "gauss-K50-L10":
-        c, p, q = E.Circuit(50, 1, 10), torch.full((50,), 0.02, dtype=torch.float64), discretised_gaussian(50)
-    else:
-        c = E.Circuit(5, 2, 4)
-        p, q = dirichlet_pair(25, 3)
+    c, p, q = exact_case(name)
     net = ExactCurrentNet(c, p, q)
     field = net.field()
     M, L = c.num_states, c.num_layers
@@ -253,8 +265,7 @@ def test_exact_current_net_field_reproduces_q(name):
     table = torch.stack([field.currents_to_next(torch.full((M,), l), states, 0, M) for l in range(L)])
     assert_close_to_reference(table, exact, rtol=1e-12, scale=exact.abs().max())
     assert_close_to_reference(field.sink_currents(states), q, rtol=1e-12, scale=1.0)
-    out = E.exact_output_distribution(field, p)
-    assert total_variation(out.pmf, q) < 1e-12
+    assert output_tv(field, p, q) < 1e-12
 
 
 def test_current_sink_cache_follows_weights():
@@ -265,7 +276,7 @@ def test_current_sink_cache_follows_weights():
     first = field.sink_currents(states[:3]).clone()
     assert torch.equal(field.sink_currents(states[:3]), first)  # cached
     opt = torch.optim.SGD(net.parameters(), lr=0.5)
-    net(torch.zeros(6, dtype=torch.int64), c._unflatten(states), c._unflatten(states)).sum().backward()
+    net(torch.zeros(6, dtype=torch.int64), c.unflatten(states), c.unflatten(states)).sum().backward()
     opt.step()
     layer = torch.full((6,), c.num_layers)
     fresh = field.currents_from_prev(layer, states, 0, 6).sum(1).clamp_min(0)
@@ -279,7 +290,7 @@ def test_potential_net_structure(name):
     c = CIRCUITS[name]()
     net = seeded(PotentialNet, c)
     M, L = c.num_states, c.num_layers
-    z = c._unflatten(torch.arange(M))
+    z = c.unflatten(torch.arange(M))
     uv = net.densities(z)
     assert uv.shape == (M, 2) and uv.dtype == torch.float32
     for l in range(L + 1):
@@ -298,36 +309,31 @@ def test_potential_table_centres_densities(name):
     net = seeded(PotentialNet, c)
     field = net.field()
     M = c.num_states
-    z = c._unflatten(torch.arange(M))
+    z = c.unflatten(torch.arange(M))
     table = field.potential_table()
     assert table.shape == (c.num_layers + 1, M) and table.dtype == torch.float64
     uv = net.densities(z).detach().double()
     uv = uv - uv.mean(0)
     # the table is eq. (12) for the pmfs (1 + u_c) / M, (1 + v_c) / M
-    want = c._potentials((1 + uv[:, 0]) / M, (1 + uv[:, 1]) / M)
+    want = c.potential_table((1 + uv[:, 0]) / M, (1 + uv[:, 1]) / M)
     assert_close_to_reference(table, want, rtol=1e-12, scale=want.abs().max())
 
 
-@pytest.mark.parametrize("name", ["gauss-K50-L10", "dirichlet-K5-D2-L4"])
+@pytest.mark.parametrize("name", EXACT_CASES)
 def test_exact_potential_net_field_reproduces_q(name):
-    if name == "gauss-K50-L10":
-        c, p, q = E.Circuit(50, 1, 10), torch.full((50,), 0.02, dtype=torch.float64), discretised_gaussian(50)
-    else:
-        c = E.Circuit(5, 2, 4)
-        p, q = dirichlet_pair(25, 3)
+    c, p, q = exact_case(name)
     net = ExactPotentialNet(c, p, q)
     field = net.field()
     want = c.potentials(p, q)
     assert_close_to_reference(field.potential_table(), want, rtol=1e-12, scale=want.abs().max())
     # the normalised targets of the exact potentials are alpha u - beta v with the exact (u, v)
     M, L = c.num_states, c.num_layers
-    z = c._unflatten(torch.arange(M))
+    z = c.unflatten(torch.arange(M))
     for l in range(L + 1):
         layer = torch.full((M,), l)
         y = net.normalise_targets(layer, z, want[l])
         torch.testing.assert_close(y, net(layer, z).float(), rtol=1e-5, atol=1e-5)
-    out = E.exact_output_distribution(field, p)
-    assert total_variation(out.pmf, q) < 1e-12
+    assert output_tv(field, p, q) < 1e-12
 
 
 def test_potential_table_follows_weights():

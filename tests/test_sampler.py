@@ -1,4 +1,4 @@
-"""The movement-rule walk ("torch" backend) and the exact output distribution (THEORY §4)."""
+"""The movement-rule walk ("torch" backend) and the exact output distribution (docs/theory.md §4)."""
 
 from __future__ import annotations
 
@@ -75,7 +75,7 @@ def test_forward_mode_is_biased_and_detectably_so():
 
 
 def test_theory_table_reproduces():
-    """THEORY §4: K=50 and K=30, L=10, uniform -> discretised Gaussian (mean (K-1)/2, sd K/10)."""
+    """docs/theory.md §4: K=50 and K=30, L=10, uniform -> discretised Gaussian (mean (K-1)/2, sd K/10)."""
     rows = {50: (0.117, 0.4), 30: (0.128, 0.5)}
     for K, (forward_tv, extra_moves) in rows.items():
         c = E.Circuit(K, 1, 10)
@@ -91,7 +91,7 @@ def test_theory_table_reproduces():
 @pytest.mark.parametrize("M", [4, 7, 12, 20])
 @pytest.mark.parametrize("L", [1, 3, 10])
 def test_theory_table_dirichlet_rows(M, L):
-    """Random Dirichlet(1) pairs: THEORY reports forward TV 0.12-0.23 and L+0.5..0.7 moves for its
+    """Random Dirichlet(1) pairs: docs/theory.md reports forward TV 0.12-0.23 and L+0.5..0.7 moves for its
     draws; ours differ in the draw, so the check is the qualitative claim: forward-only is biased by
     several percent, bidirectional is exact, and costs under one extra move."""
     p, q = dirichlet_pair(M, M * 100 + L)

@@ -1,4 +1,4 @@
-"""The sampler backends "torch", "cpp" and "potential" against the exact output law (THEORY §4, §6).
+"""The sampler backends "torch", "cpp" and "potential" against the exact output law (docs/theory.md §4, §6).
 
 Statistical tests: Pearson chi-square at a false-failure rate of about 1e-6 per test
 (``testing.assert_samples_follow``, Wilson-Hilferty threshold), with fixed seeds, so a run is

@@ -1,4 +1,4 @@
-"""The current-target pass (THEORY §2-3, eq. 12-13): every backend against the pairwise reference.
+"""The current-target pass (docs/theory.md §2-3, eq. 12-13): every backend against the pairwise reference.
 
 Tolerance. A target is a difference of nearly equal potentials, so ``|reference|`` is no honest
 scale (it can be far below the terms it is computed from). Each comparison uses the sum of the
@@ -18,7 +18,6 @@ from __future__ import annotations
 import importlib.util
 import subprocess
 import sys
-import types
 
 import pytest
 import torch
@@ -147,7 +146,7 @@ def test_triton_backend_matches_reference(shape, sizes, device, monkeypatch):
 
 
 def test_huge_circuits_give_zero_not_overflow():
-    # K**D = 7**1024: s, a and b all underflow to 0 in float64 (THEORY §7), so the physical targets
+    # K**D = 7**1024: s, a and b all underflow to 0 in float64 (docs/theory.md §7), so the physical targets
     # are exactly 0; the counts behind them are checked by the count tests below.
     circuit, layer, z, w, x, y = make_case(7, 1024, 7, 5, 5)
     for backend in ("reference", "torch"):
@@ -290,19 +289,14 @@ def test_forced_collisions_leave_targets_unchanged(hash_name):
     assert_close_to_reference(out, ref, rtol=RTOL, scale=potential_scale(circuit, layer, z, x, y))
 
 
-def counting_circuit(K: int, D: int, nx: int, ny: int):
-    """A stand-in circuit whose potential is ``count_x + (nx + 1) count_y - offset`` (s = 0), so
-    the kernel's counts can be read back from its output exactly, whatever K**D."""
-    return types.SimpleNamespace(
-        num_categories=K,
-        dim=D,
-        num_states=K**D,
-        s=0.0,
-        g=1.0,
-        G=1.0,
-        a=torch.full((LAYERS + 1,), float(nx), dtype=torch.float64),
-        b=torch.full((LAYERS + 1,), -float(ny * (nx + 1)), dtype=torch.float64),
-    )
+def counting_circuit(K: int, D: int, nx: int, ny: int) -> E.Circuit:
+    """A circuit with stand-in constants whose potential is ``count_x + (nx + 1) count_y - offset``
+    (s = 0), so the kernel's counts can be read back from its output exactly, whatever K**D."""
+    circuit = E.Circuit(K, D, LAYERS)
+    circuit.s, circuit.g, circuit.G = 0.0, 1.0, 1.0
+    circuit.a = torch.full((LAYERS + 1,), float(nx), dtype=torch.float64)
+    circuit.b = torch.full((LAYERS + 1,), -float(ny * (nx + 1)), dtype=torch.float64)
+    return circuit
 
 
 @requires_triton

@@ -27,7 +27,7 @@ K, L = 50, 10
 
 
 def gauss_task():
-    """THEORY §4: K=50, D=1, L=10, r=0.1, R=100, uniform -> discretised Gaussian."""
+    """docs/theory.md §4: K=50, D=1, L=10, r=0.1, R=100, uniform -> discretised Gaussian."""
     c = E.Circuit(K, 1, L, r=0.1, R=100.0)
     p = torch.full((K,), 1.0 / K, dtype=torch.float64)
     q = discretised_gaussian(K)
@@ -145,7 +145,7 @@ def test_callable_sources_and_num_queries():
         return torch.randint(6, (n, 2))
 
     r = train(c, source, source, model="current", steps=3, batch_size=8, num_queries=5, queries="data", progress=False)
-    assert r.config["num_queries"] == 5 and r.losses.shape == (3,)
+    assert r.config.num_queries == 5 and r.losses.shape == (3,)
     # per step: x and y (8 each), then 2 x 2 anchor draws of 5 for the data queries of z and w
     assert calls[:6] == [8, 8, 5, 5, 5, 5]
 
@@ -226,23 +226,23 @@ def test_steps_between_check_points_do_not_sync(model, queries, monkeypatch):
     g = torch.Generator().manual_seed(0)
     x, y = torch.randint(16, (200, 2), generator=g), torch.randint(4, 12, (200, 2), generator=g)
     steps = 4
-    assert steps < training._CHECK_EVERY
+    assert steps < training.CHECK_EVERY
     recorder = SyncRecorder()
     checked_at = []
-    train_step, check = training._Trainer.train_step, training._Trainer.check
+    train_step, check = training.Trainer.step, training.Trainer.check
 
-    def recorded_step(self, step_model):
+    def recorded_step(self):
         # from the second step on: the first fills per-device caches (key weights, coefficients)
-        recorder.armed = self.step >= 1
-        return train_step(self, step_model)
+        recorder.armed = self.step_count >= 1
+        return train_step(self)
 
     def unrecorded_check(self):
         recorder.armed = False
-        checked_at.append(self.step)
+        checked_at.append(self.step_count)
         check(self)
 
-    monkeypatch.setattr(training._Trainer, "train_step", recorded_step)
-    monkeypatch.setattr(training._Trainer, "check", unrecorded_check)
+    monkeypatch.setattr(training.Trainer, "step", recorded_step)
+    monkeypatch.setattr(training.Trainer, "check", unrecorded_check)
     with recorder, HostReads(recorder):
         result = train(c, x, y, model=model, steps=steps, batch_size=32, queries=queries, progress=True)
     assert checked_at == [steps] and result.losses.shape == (steps,)
@@ -256,7 +256,7 @@ class Interrupt(Exception):
 
 def fail_on_call(monkeypatch, name: str, call: int, *, nan: bool):
     """Make training's target function raise (or return nan) on its ``call``-th invocation."""
-    original = getattr(training, name)
+    original = getattr(training.loss, name)
     count = {"n": 0}
 
     def wrapped(*args, **kwargs):
@@ -269,7 +269,7 @@ def fail_on_call(monkeypatch, name: str, call: int, *, nan: bool):
             out[0] = math.nan
         return out
 
-    monkeypatch.setattr(training, name, wrapped)
+    monkeypatch.setattr(training.loss, name, wrapped)
 
 
 RESUME_CASES = {
@@ -398,7 +398,7 @@ def bad_input_cases():
         "seed": (dict(seed=-1), ValueError, "seed"),
         "model-kwargs": (dict(model_kwargs=[1]), TypeError, "model_kwargs"),
         "model-kwargs-encoding": (dict(model_kwargs={"encoding": "x"}), ValueError, "encoding"),
-        "backend": (dict(backend="nonesuch"), ValueError, "backend"),
+        "backend": (dict(targets_backend="nonesuch"), ValueError, "backend"),
         "device": (dict(device=3.5), TypeError, "device"),
         "resume-no-path": (dict(resume=True), ValueError, "checkpoint_path"),
         "checkpoint-every": (dict(checkpoint_every=0), ValueError, "checkpoint_every"),

@@ -1,22 +1,26 @@
-"""The paper's experiments end to end (issue 5): data sets, presets, runner and figures.
+"""The paper's experiments end to end: data sets, presets, runs and figures.
 
 * :mod:`.datasets`: distributions on ``{0..K-1}^D`` with samplers and exact pmfs (uniform,
   discretised Gaussian, two moons, swiss roll) and file data (``.npy``/``.csv``);
 * :mod:`.configs`: :class:`ExperimentConfig` and the shipped presets :data:`EXPERIMENTS`;
-* :mod:`.runner`: :func:`run` and its stages (train, sample, evaluate, figures);
+* :mod:`.runner`: :class:`Run` (a configuration resolved once), :func:`run` and the train and
+  sample stages;
+* :mod:`.evaluation`: the evaluate and figures stages (metrics, exact output law);
 * :mod:`.plots`: the figures (matplotlib, imported lazily, Agg backend).
 
 The command line front end is :mod:`ecd2g_fast.cli` (``ecd2g run moons-to-swissroll-2d``).
 """
 
 from .configs import EXPERIMENTS, ExperimentConfig, make_distribution, resolve_datasets
-from .runner import evaluate_stage, load_field, run, sample_stage, train_stage
+from .evaluation import evaluate_stage, figures_stage
+from .runner import Run, run, sample_stage, train_stage
 
 __all__ = [
     "EXPERIMENTS",
     "ExperimentConfig",
+    "Run",
     "evaluate_stage",
-    "load_field",
+    "figures_stage",
     "make_distribution",
     "resolve_datasets",
     "run",

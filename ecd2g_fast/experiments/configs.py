@@ -29,7 +29,7 @@ Shipped experiments (:data:`EXPERIMENTS`):
   carry a near-uniform current (with the exact field, the forward-only walk's bias is TV 0.130,
   0.075, 0.077, 0.077 for ``L`` = 2, 5, 10, 20 and the bidirectional walk is exact for every
   ``L``); the walk costs about ``L + 0.4`` moves. The default model is the potential network
-  (THEORY §6): its sampler needs no network call per move and its walk always terminates, which
+  (docs/theory.md §6): its sampler needs no network call per move and its walk always terminates, which
   is what lets train + sample + exact evaluation fit in under three minutes on a 2-core CPU.
   Its training budget was chosen by measurement (1 CPU thread, other jobs running; TV of the
   exact output law of the learned field, no sampling noise): the paper's budget (5000 steps,
@@ -47,13 +47,16 @@ Shipped experiments (:data:`EXPERIMENTS`):
 
 from __future__ import annotations
 
-import dataclasses
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from .. import backends
+from ..sampling import MODES
+from ..settings import Settings, choice, integer, optional, real, setting, text
+from ..training import TrainConfig
 from .datasets import (
     DiscretisedGaussian1D,
     EmpiricalDistribution,
@@ -68,14 +71,31 @@ __all__ = ["EXPERIMENTS", "NAMED_DATASETS", "ExperimentConfig", "make_distributi
 
 #: Data sets known by name, with the dimension they fix (None: any D).
 NAMED_DATASETS = {"uniform": None, "gaussian": 1, "moons": 2, "swissroll": 2}
-MODELS = ("current", "potential")
-MODES = ("bidirectional", "forward")
-QUERIES = ("uniform", "data")
 
 
-@dataclass
-class ExperimentConfig:
+def _train_config(name: str, value: object) -> TrainConfig:
+    if not isinstance(value, TrainConfig):
+        raise TypeError(f"{name} must be a TrainConfig, got {type(value).__name__}")
+    return value
+
+
+def _note(name: str, value: object) -> str:
+    if not isinstance(value, str):
+        raise TypeError(f"{name} must be a str, got {type(value).__name__}")
+    return value
+
+
+def _sampler_backends() -> tuple[str, ...]:
+    return ("auto", *backends.names("sample"))
+
+
+@dataclass(frozen=True)
+class ExperimentConfig(Settings):
     """Everything that defines a run; stored as ``config.json`` in the output folder.
+
+    A frozen, validated settings dataclass (:mod:`ecd2g_fast.settings`): the ``ecd2g`` options
+    are generated from its fields (groups ``data``, ``circuit``, ``sample``, ``device``) and from
+    those of :class:`~ecd2g_fast.training.TrainConfig`.
 
     Attributes:
         experiment: preset name (``custom`` for ad-hoc specs).
@@ -84,54 +104,69 @@ class ExperimentConfig:
         dim: ``D``; None: inferred from the specs.
         num_layers: ``L``.
         r, R: the circuit's resistances.
-        model: ``"current"`` or ``"potential"``.
-        steps, batch_size, num_queries, queries, lr: training (:func:`ecd2g_fast.training.train`);
-            ``num_queries`` None means ``batch_size``; ``lr`` None the trainer's default.
+        train: the training settings; ``train.seed`` is the run's master seed (data, start
+            states, walk and noise floors derive from it).
         mode: walk mode, ``"bidirectional"`` (exact) or ``"forward"`` (the paper's).
         backend: sampler backend (``"auto"``, ``"torch"``, ``"cpp"``, ``"potential"``).
-        num_samples: generated samples; None: the preset's default.
-        seed: master seed (data, initialisation, sampling and the noise floors derive from it).
+        num_samples: generated samples; None: ten per occupied target cell, at least 10,000.
+        sample_seed: seed of the start states and the walk; None: derived from ``train.seed``.
         device: ``"cpu"``, ``"cuda"``, ...; None: CUDA when available, else the CPU.
         exact_max_states: compute the exact output law (``tv_exact``) when ``M`` is at most this
             (and ``2 L M^2 <= 2**28``, the limit of ``exact_output_distribution``).
+        notes: one line shown by ``ecd2g list``.
     """
 
-    experiment: str = "custom"
-    source: str = "uniform"
-    target: str = "gaussian"
-    num_categories: int | None = None
-    dim: int | None = None
-    num_layers: int = 10
-    r: float = 0.1
-    R: float = 100.0
-    model: str = "current"
-    steps: int = 5000
-    batch_size: int = 256
-    num_queries: int | None = None
-    queries: str = "uniform"
-    lr: float | None = None
-    mode: str = "bidirectional"
-    backend: str = "auto"
-    num_samples: int | None = None
-    seed: int = 0
-    device: str | None = None
-    exact_max_states: int = 5000
-    notes: str = ""
-    extra: dict = field(default_factory=dict)
-
-    def to_json(self) -> dict:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_json(cls, data: dict) -> ExperimentConfig:
-        names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in names})
+    experiment: str = setting("custom", "preset name", check=text, cli=False)
+    source: str = setting(
+        "uniform",
+        "source data set: uniform, gaussian, moons, swissroll or a .npy/.csv file",
+        check=text,
+        group="data",
+    )
+    target: str = setting("gaussian", "target data set, as --source", check=text, group="data")
+    num_categories: int | None = setting(
+        None, "K; none: inferred from the data files", check=optional(integer(2)), group="data"
+    )
+    dim: int | None = setting(
+        None, "D; none: inferred from the data sets", check=optional(integer(1)), cli=False
+    )
+    num_layers: int = setting(10, "L, the number of layers of edges", check=integer(1), group="circuit")
+    r: float = setting(0.1, "forward resistance", check=real(0.0, inclusive=False), group="circuit")
+    R: float = setting(100.0, "lateral resistance", check=real(0.0, inclusive=False), group="circuit")
+    train: TrainConfig = setting(
+        help="the training settings", check=_train_config, default_factory=TrainConfig, cli=False
+    )
+    mode: str = setting("bidirectional", "walk mode", check=choice(MODES), group="sample")
+    backend: str = setting("auto", "sampler backend", check=choice(_sampler_backends), group="sample")
+    num_samples: int | None = setting(
+        None, "generated samples; none: 10 per occupied target cell, at least 10,000",
+        check=optional(integer(1)), group="sample",
+    )  # fmt: skip
+    sample_seed: int | None = setting(
+        None, "seed of the start states and the walk; none: derived from --seed",
+        check=optional(integer(0)), group="sample",
+    )  # fmt: skip
+    device: str | None = setting(
+        None,
+        "cpu, cuda, cuda:1, ...; none: cuda if available, else cpu",
+        check=optional(text),
+        group="device",
+    )
+    exact_max_states: int = setting(5000, "largest M with an exact output law", check=integer(1), cli=False)
+    notes: str = setting("", "one line for `ecd2g list`", check=_note, cli=False)
 
     def save(self, path: str | Path) -> None:
+        """Write ``config.json``."""
         Path(path).write_text(json.dumps(self.to_json(), indent=2) + "\n")
 
     @classmethod
     def load(cls, path: str | Path) -> ExperimentConfig:
+        """Read ``config.json``.
+
+        Raises:
+            FileNotFoundError: no file.
+            TypeError, ValueError: not a valid configuration (the message names the setting).
+        """
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(
@@ -142,18 +177,10 @@ class ExperimentConfig:
 
 #: The shipped presets (module docstring); command-line options override their fields.
 EXPERIMENTS: dict[str, ExperimentConfig] = {
+    # the defaults are the paper's 1D setting: uniform -> gaussian, L = 10, r = 0.1, R = 100, and
+    # TrainConfig's defaults are its current network and budget
     "uniform-to-gaussian-1d": ExperimentConfig(
-        experiment="uniform-to-gaussian-1d",
-        source="uniform",
-        target="gaussian",
-        num_categories=50,
-        dim=1,
-        num_layers=10,
-        model="current",
-        steps=5000,
-        batch_size=256,
-        queries="uniform",
-        num_samples=20_000,
+        experiment="uniform-to-gaussian-1d", num_categories=50, dim=1, num_samples=20_000,
         notes="paper §5.1: K=50, L=10, r=0.1, R=100; the paper's current network and budget",
     ),
     "moons-to-swissroll-2d": ExperimentConfig(
@@ -163,18 +190,15 @@ EXPERIMENTS: dict[str, ExperimentConfig] = {
         num_categories=32,
         dim=2,
         num_layers=10,
-        model="potential",
-        steps=10_000,
-        batch_size=16_384,
-        num_queries=512,
-        queries="data",
+        train=TrainConfig(
+            model="potential", steps=10_000, batch_size=16_384, num_queries=512, queries="data"
+        ),
         num_samples=100_000,
         notes="paper §5.2 with K=32, L=10 (the paper's values were lost); potential network",
     ),
 }
 # the noise-to-data case: the 2D preset with uniform noise over the grid as its source
-EXPERIMENTS["noise-to-swissroll-2d"] = dataclasses.replace(
-    EXPERIMENTS["moons-to-swissroll-2d"],
+EXPERIMENTS["noise-to-swissroll-2d"] = EXPERIMENTS["moons-to-swissroll-2d"].replace(
     experiment="noise-to-swissroll-2d",
     source="uniform",
     notes="uniform noise over the 32 x 32 grid -> swiss roll; as moons-to-swissroll-2d otherwise",
@@ -225,10 +249,11 @@ def make_distribution(
     return swiss_roll(num_categories)
 
 
-def resolve_datasets(config: ExperimentConfig) -> tuple[GridDistribution, GridDistribution]:
+def resolve_datasets(config: ExperimentConfig) -> tuple[ExperimentConfig, GridDistribution, GridDistribution]:
     """Build the source and target distributions of ``config``, filling in ``K`` and ``D``.
 
-    ``config.num_categories`` and ``config.dim`` are set in place when they were None.
+    Returns:
+        ``(config with num_categories and dim set, source, target)``.
 
     Raises:
         ValueError: specs that disagree on ``D``, a missing ``K`` with no file to infer it from,
@@ -238,28 +263,21 @@ def resolve_datasets(config: ExperimentConfig) -> tuple[GridDistribution, GridDi
     dims = []
     for role in ("source", "target"):
         spec = getattr(config, role)
-        if not isinstance(spec, str) or not spec:
-            raise ValueError(f"{role} must be a data-set name or a .npy/.csv path, got {spec!r}")
         if _is_file_spec(spec):
             loaded[role] = load_states(spec, name=role)
             dims.append(loaded[role].shape[1])
         elif spec in NAMED_DATASETS and NAMED_DATASETS[spec] is not None:
             dims.append(NAMED_DATASETS[spec])
-    if config.dim is None:
-        config.dim = dims[0] if dims else 1
+    dim = config.dim if config.dim is not None else (dims[0] if dims else 1)
     for d in dims:
-        if d != config.dim:
-            raise ValueError(
-                f"source and target must have the same dimension D; got {dims} (dim={config.dim})"
-            )
-    if config.num_categories is None:
+        if d != dim:
+            raise ValueError(f"source and target must have the same dimension D; got {dims} (dim={dim})")
+    num_categories = config.num_categories
+    if num_categories is None:
         if not loaded:
             raise ValueError("num_categories is required unless a data file gives it (--num-categories)")
-        config.num_categories = max(2, max(int(a.max()) + 1 for a in loaded.values()))
-    source = make_distribution(
-        config.source, config.num_categories, config.dim, name="source", states=loaded.get("source")
-    )
-    target = make_distribution(
-        config.target, config.num_categories, config.dim, name="target", states=loaded.get("target")
-    )
-    return source, target
+        num_categories = max(2, max(int(a.max()) + 1 for a in loaded.values()))
+    config = config.replace(num_categories=num_categories, dim=dim)
+    source = make_distribution(config.source, num_categories, dim, name="source", states=loaded.get("source"))
+    target = make_distribution(config.target, num_categories, dim, name="target", states=loaded.get("target"))
+    return config, source, target

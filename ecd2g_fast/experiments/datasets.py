@@ -124,7 +124,7 @@ class UniformGrid(GridDistribution):
 
 @dataclass
 class DiscretisedGaussian1D(GridDistribution):
-    """``q(k) proportional to exp(-(k - mean)^2 / (2 sd^2))`` on ``k = 0..K-1`` (THEORY §4).
+    """``q(k) proportional to exp(-(k - mean)^2 / (2 sd^2))`` on ``k = 0..K-1`` (docs/theory.md §4).
 
     Defaults: ``mean = (K-1)/2``, ``sd = K/10``.
     """

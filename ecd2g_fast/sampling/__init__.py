@@ -17,11 +17,8 @@ from .reference import MODES, FieldError, walk
 __all__ = ["sample", "exact_output_distribution", "OutputDistribution", "FieldError", "MODES"]
 
 
-def _torch_backend(field, start, mode, generator, chunk_size, max_moves):
-    return walk(field, start, mode, generator, chunk_size, max_moves)
-
-
-backends.register("sample", "torch", _torch_backend)
+# the walk with its default drawer takes the arguments of every "sample" backend
+backends.register("sample", "torch", walk)
 from . import cpp as _cpp  # noqa: E402, F401  (registers "cpp")
 from . import potential as _potential  # noqa: E402, F401  (registers "potential")
 
@@ -53,11 +50,11 @@ def sample(
             they should be drawn from the field's source pmf.
         mode: ``"bidirectional"`` (default; exact: output ~ q) or ``"forward"`` (the paper's
             forward-only inference: moves to layer l+1 only, renormalised, stops at layer L;
-            biased, THEORY §4).
+            biased, docs/theory.md §4).
         backend: ``"torch"`` (plain-torch walk, ``reference.py``), ``"cpp"`` (the C++/CUDA
             extension: chunked one-pass draw, Philox RNG; on-the-fly currents for potential
             fields), ``"potential"`` (potential fields only: sorted tables and prefix sums,
-            O(log M) per move, THEORY §6) or ``"auto"``: ``"potential"`` for potential fields,
+            O(log M) per move, docs/theory.md §6) or ``"auto"``: ``"potential"`` for potential fields,
             else ``"cpp"``, else ``"torch"`` (warning once if the extension is not built).
         generator: ``torch.Generator`` on ``field.device`` for reproducible draws.
         chunk_size: neighbour states evaluated at once per walker (memory ``O(B x chunk)``);
@@ -90,6 +87,6 @@ def sample(
         max_moves = (L + 1) * M if field.acyclic else 100 * L + 1000
     check_int("max_moves", max_moves, 1)
     impl = backends.select("sample", backend, x0.device, subject=field).impl
-    terminal, moves = impl(field, circuit._flatten(x0), mode, generator, chunk_size, max_moves)
-    states = circuit._unflatten(terminal)
+    terminal, moves = impl(field, circuit.flatten(x0), mode, generator, chunk_size, max_moves)
+    states = circuit.unflatten(terminal)
     return (states, moves) if return_moves else states

@@ -6,8 +6,9 @@ compiled ops of ``ecd2g_fast._C`` (C++ on CPU tensors, CUDA kernels on CUDA tens
   the outlet in the same pass; nothing of size ``B x M`` exists at any time.
 * Any other field: the field's own ``currents_to_next`` / ``-currents_from_prev`` /
   ``sink_currents`` are evaluated in chunks of ``chunk_size`` neighbour states (one chunk when
-  ``B x M`` is small) and ``consume_outlets`` folds each chunk into a streaming weighted reservoir,
-  as :class:`.reference.OutletDraw` does: memory ``O(B x chunk)``.
+  ``B x M`` is small) by :func:`.reference.draw_outlets`, and ``consume_outlets`` folds each chunk
+  into a streaming weighted reservoir (:class:`CompiledOutletDraw`, the compiled form of
+  :class:`.reference.OutletDraw`): memory ``O(B x chunk)``.
 
 Randomness: every op call draws a 64-bit Philox key and a 64-bit counter offset from the
 ``torch.Generator`` passed to :func:`ecd2g_fast.sample` (on the field's device); walker ``i`` of
@@ -17,11 +18,14 @@ device, whatever the number of threads, and CPU and CUDA follow the same streams
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
+
 import torch
 
 from .. import _extension, backends
 from ..fields import Field, PotentialField
-from .reference import FieldError, default_chunk_size, describe_vertex, walk
+from .reference import DrawFn, FieldError, OutletDraw, describe_vertex, draw_outlets, walk_with
 
 
 def philox_key(generator: torch.Generator | None, device: torch.device) -> tuple[int, int]:
@@ -65,71 +69,66 @@ def raise_for_status(field: Field, layer: torch.Tensor, z: torch.Tensor, status:
     raise FieldError(f"no positive outflow at {where}")
 
 
-def draw_outlets_chunked(
-    field: Field,
-    layer: torch.Tensor,
-    z: torch.Tensor,
-    mode: str,
-    generator: torch.Generator | None,
-    chunk_size: int,
-) -> torch.Tensor:
-    """One move's outlets for walkers of a generic field, drawn by ``consume_outlets``.
+class CompiledOutletDraw(OutletDraw):
+    """:class:`.reference.OutletDraw` with each chunk consumed by the compiled ``consume_outlets``.
 
-    Same contract as :func:`.reference.draw_outlets`: outlet ``w`` is the edge to ``(l+1, w)``,
-    ``M + w`` the edge to ``(l-1, w)``, ``2M`` the sink.
-
-    Args:
-        field: any :class:`~ecd2g_fast.fields.Field`.
-        layer, z: ``(n,)`` int64 walker positions on ``field.device``.
-        mode: ``"bidirectional"`` or ``"forward"``.
-        generator: ``torch.Generator`` on ``field.device`` or None.
-        chunk_size: neighbour states per field evaluation (memory ``O(n x chunk_size)``).
-
-    Returns:
-        ``(n,)`` int64 outlet codes.
+    Every :meth:`consume` draws a fresh Philox key from the generator; the per-walker status flags
+    of the op are raised, for the first flagged walker, by :meth:`result`.
 
     Raises:
-        FieldError: non-finite currents, or no positive outflow, at a walker's vertex.
+        RuntimeError: the extension is not built (on construction).
     """
-    ops = _extension.ops()
-    circuit = field.circuit
-    M, L = circuit.num_states, circuit.num_layers
-    n, device = layer.shape[0], layer.device
-    total = torch.zeros(n, dtype=torch.float64, device=device)
-    choice = torch.full((n,), -1, dtype=torch.int64, device=device)
-    status = torch.zeros(n, dtype=torch.int32, device=device)
 
-    def consume(rows, weights, outlet_offset, negate):
-        nonlocal total, choice, status
+    def __init__(self, field: Field, layer: torch.Tensor, z: torch.Tensor, generator: torch.Generator | None):
+        self.ops = _extension.ops()
+        super().__init__(field, layer, z, generator)
+        self.status = torch.zeros(layer.shape[0], dtype=torch.int32, device=layer.device)
+
+    def consume(self, rows: torch.Tensor, weights: torch.Tensor, offset: int, negate: bool = False) -> None:
         if rows.numel() == 0:
             return
         if weights.dtype not in (torch.float32, torch.float64):
             weights = weights.to(torch.float64)
-        seed, offset = philox_key(generator, device)
-        total, choice, status = ops.consume_outlets(
-            weights, rows, total, choice, status, outlet_offset, negate, seed, offset
+        seed, key_offset = philox_key(self.generator, self.layer.device)
+        self.total, self.choice, self.status = self.ops.consume_outlets(
+            weights, rows, self.total, self.choice, self.status, offset, negate, seed, key_offset
         )
 
-    forward_rows = torch.nonzero(layer < L).squeeze(1)
-    lf, zf = layer[forward_rows], z[forward_rows]
-    for start in range(0, M, chunk_size):
-        stop = min(start + chunk_size, M)
-        consume(forward_rows, field.currents_to_next(lf, zf, start, stop), start, False)
-    if mode == "bidirectional":
-        backward_rows = torch.nonzero(layer > 0).squeeze(1)
-        lb, zb = layer[backward_rows], z[backward_rows]
-        for start in range(0, M, chunk_size):
-            stop = min(start + chunk_size, M)
-            # out-current to (l-1, w) is minus the current arriving from it
-            consume(backward_rows, field.currents_from_prev(lb, zb, start, stop), M + start, True)
-        sink_rows = torch.nonzero(layer == L).squeeze(1)
-        consume(sink_rows, field.sink_currents(z[sink_rows]).unsqueeze(1), 2 * M, False)
-    status = torch.where((status == 0) & (total <= 0), _extension.STATUS_NO_OUTFLOW, status)
-    raise_for_status(field, layer, z, status)
-    return choice
+    def result(self) -> torch.Tensor:
+        status = torch.where(
+            (self.status == 0) & (self.total <= 0), _extension.STATUS_NO_OUTFLOW, self.status
+        )
+        raise_for_status(self.field, self.layer, self.z, status)
+        return self.choice
 
 
-def potential_drawer(field: PotentialField, mode: str):
+#: One move's outlets for walkers of a generic field: :func:`.reference.draw_outlets` (same
+#: signature and outlet codes) with the compiled reservoir :class:`CompiledOutletDraw`.
+draw_outlets_chunked = functools.partial(draw_outlets, reservoir=CompiledOutletDraw)
+
+
+def op_drawer(field: Field, move: Callable[..., tuple[torch.Tensor, torch.Tensor]]) -> DrawFn:
+    """A per-move drawer (signature of :func:`.reference.draw_outlets`) from a compiled move op.
+
+    Args:
+        field: the field (named in error messages).
+        move: ``(layer, z, seed, offset) -> (outlet, status)``: one move of the walkers with the
+            Philox key ``(seed, offset)``, drawn afresh from the generator for every move.
+
+    Returns:
+        The drawer; it raises (:func:`raise_for_status`) for the first walker the op flags.
+    """
+
+    def draw(field_, layer, z, mode_, generator, chunk_size):
+        seed, offset = philox_key(generator, layer.device)
+        outlet, status = move(layer, z, seed, offset)
+        raise_for_status(field, layer, z, status)
+        return outlet
+
+    return draw
+
+
+def potential_drawer(field: PotentialField, mode: str) -> DrawFn:
     """The per-move drawer of a potential field: ``potential_move`` on its cached tables.
 
     Args:
@@ -149,48 +148,33 @@ def potential_drawer(field: PotentialField, mode: str):
         sink = torch.zeros(circuit.num_states, dtype=torch.float64, device=phi.device)
     G, e = float(circuit.G), float(circuit.e)
 
-    def draw(field_, layer, z, mode_, generator, chunk_size):
-        seed, offset = philox_key(generator, layer.device)
-        outlet, status = ops.potential_move(phi, sink, layer, z, G, e, bidirectional, seed, offset)
-        raise_for_status(field, layer, z, status)
-        return outlet
+    def move(layer, z, seed, offset):
+        return ops.potential_move(phi, sink, layer, z, G, e, bidirectional, seed, offset)
 
-    return draw
+    return op_drawer(field, move)
 
 
-def sample_cpp(
-    field: Field,
-    start: torch.Tensor,
-    mode: str,
-    generator: torch.Generator | None,
-    chunk_size: int | None,
-    max_moves: int,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """The ``"cpp"`` backend of :func:`ecd2g_fast.sample` (arguments checked there).
+def cpp_drawer(field: Field, mode: str, device: torch.device) -> DrawFn:
+    """The per-move drawer of the ``"cpp"`` backend of :func:`ecd2g_fast.sample`.
 
-    Args:
-        field: any field; potential fields take the on-the-fly ``potential_move`` path.
-        start: ``(B,)`` int64 flat start states on ``field.device``.
-        mode: ``"bidirectional"`` or ``"forward"``.
-        generator: ``torch.Generator`` on ``field.device`` or None.
-        chunk_size: neighbour states per chunk for generic fields (None: ``min(M, 2**23 // B)``);
-            unused for potential fields.
-        max_moves: see :func:`.reference.walk`.
-
-    Returns:
-        ``(B,)`` int64 terminal flat states and ``(B,)`` int64 move counts.
+    Potential fields take the on-the-fly :func:`potential_drawer`; any other field
+    :data:`draw_outlets_chunked`, in chunks of ``chunk_size`` neighbour states (None:
+    ``min(M, 2**23 // B)``).
 
     Raises:
-        FieldError: see :func:`raise_for_status`.
-        RuntimeError: the extension is not built, or a walker exceeded ``max_moves``.
+        RuntimeError: the extension is not built (for a potential field here, otherwise at the
+            first move).
     """
     if isinstance(field, PotentialField):
-        draw = potential_drawer(field, mode)
-    else:
-        draw = draw_outlets_chunked
-        if chunk_size is None:
-            chunk_size = default_chunk_size(start.shape[0], field.circuit.num_states)
-    return walk(field, start, mode, generator, chunk_size, max_moves, draw=draw)
+        return potential_drawer(field, mode)
+    return draw_outlets_chunked
+
+
+#: The ``"cpp"`` backend of :func:`ecd2g_fast.sample` (arguments checked there): the walk of
+#: :func:`.reference.walk` with the moves of :func:`cpp_drawer`. Raises :class:`FieldError` (see
+#: :func:`raise_for_status`) and ``RuntimeError`` (the extension is not built, or a walker
+#: exceeded ``max_moves``).
+sample_cpp = walk_with(cpp_drawer)
 
 
 def is_available(device: torch.device) -> bool:

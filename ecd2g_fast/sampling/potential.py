@@ -1,4 +1,4 @@
-"""The ``"potential"`` sampler backend: O(log M) per move for potential fields (THEORY §6).
+"""The ``"potential"`` sampler backend: O(log M) per move for potential fields (docs/theory.md §6).
 
 For a :class:`~ecd2g_fast.fields.PotentialField` the out-currents of ``(l, z)`` are, by Ohm's law,
 
@@ -33,7 +33,7 @@ Memory: the tables hold about 80 bytes per vertex, ``80 (L+1) M`` bytes, ten tim
 table itself; nothing scales with ``B x M``.
 
 A field without a potential table cannot use this draw. Because this backend comes first in the
-``"auto"`` order and backends are selected by device only, :func:`sample_potential` hands such a
+``"auto"`` order and backends are selected by device only, :data:`sample_potential` hands such a
 field to ``"cpp"`` (or ``"torch"`` without the extension).
 """
 
@@ -45,8 +45,8 @@ import torch
 
 from .. import _extension, backends
 from ..fields import Field, PotentialField
-from .cpp import philox_key, raise_for_status
-from .reference import FieldError, describe_vertex, walk
+from .cpp import op_drawer
+from .reference import DrawFn, FieldError, check_outflow, describe_vertex, walk_with
 
 #: Group indices of :attr:`PotentialTables.masses`.
 FORWARD_LATERAL, FORWARD_DIAGONAL, BACKWARD_LATERAL, BACKWARD_DIAGONAL, SINK = range(5)
@@ -54,7 +54,7 @@ FORWARD_LATERAL, FORWARD_DIAGONAL, BACKWARD_LATERAL, BACKWARD_DIAGONAL, SINK = r
 
 @dataclass(frozen=True)
 class PotentialTables:
-    """Per-vertex tables of a potential field for the O(log M) draw (THEORY §6).
+    """Per-vertex tables of a potential field for the O(log M) draw (docs/theory.md §6).
 
     Attributes:
         phi: ``(L+1, M)`` float64 potential table.
@@ -195,7 +195,7 @@ def _check_finite(field: Field, table: torch.Tensor, what: str, first_layer: int
         raise FieldError(f"field returned a non-finite {what} at {describe_vertex(field, first_layer + l, z)}")
 
 
-def potential_drawer(field: PotentialField, mode: str, use_extension: bool | None = None):
+def potential_drawer(field: PotentialField, mode: str, use_extension: bool | None = None) -> DrawFn:
     """The per-move drawer of the ``"potential"`` backend for one field and mode.
 
     Args:
@@ -224,59 +224,22 @@ def potential_drawer(field: PotentialField, mode: str, use_extension: bool | Non
         op = _extension.ops().potential_move_sorted
         arrays = (tables.phi, tables.order, tables.reference, tables.prefix, tables.count, tables.masses)
 
-        def draw(field_, layer, z, mode_, generator, chunk_size):
-            seed, offset = philox_key(generator, layer.device)
-            outlet, status = op(*arrays, layer, z, seed, offset)
-            raise_for_status(field, layer, z, status)
-            return outlet
+        def move(layer, z, seed, offset):
+            return op(*arrays, layer, z, seed, offset)
 
-        return draw
+        return op_drawer(field, move)
 
     def draw(field_, layer, z, mode_, generator, chunk_size):
         outlet = tables.draw(layer, z, generator)
-        stuck = outlet < 0
-        if bool(stuck.any()):
-            i = int(torch.nonzero(stuck)[0])
-            raise FieldError(f"no positive outflow at {describe_vertex(field, int(layer[i]), int(z[i]))}")
+        check_outflow(field, layer, z, outlet < 0)
         return outlet
 
     return draw
 
 
-def sample_potential(
-    field: Field,
-    start: torch.Tensor,
-    mode: str,
-    generator: torch.Generator | None,
-    chunk_size: int | None,
-    max_moves: int,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """The ``"potential"`` backend of :func:`ecd2g_fast.sample` (arguments checked there).
-
-    For a :class:`~ecd2g_fast.fields.PotentialField`: builds :class:`PotentialTables` once, then
-    walks with the O(log M) draw, in the compiled ``potential_move_sorted`` op when the extension
-    has kernels for the device and in plain torch otherwise.
-
-    When the extension lacks kernels for the device, one ``RuntimeWarning`` per process says so
-    (the plain-torch paths are slower, never less exact).
-
-    Args:
-        field: a :class:`~ecd2g_fast.fields.PotentialField` (selection guarantees it).
-        start: ``(B,)`` int64 flat start states on ``field.device``.
-        mode: ``"bidirectional"`` or ``"forward"``.
-        generator: ``torch.Generator`` on ``field.device`` or None.
-        chunk_size: unused (the O(log M) draw needs no chunks).
-        max_moves: see :func:`.reference.walk`.
-
-    Returns:
-        ``(B,)`` int64 terminal flat states and ``(B,)`` int64 move counts.
-
-    Raises:
-        FieldError: a non-finite potential or sink current anywhere in the tables, or a visited
-            vertex without positive outflow (both named by layer and state).
-        RuntimeError: a walker exceeded ``max_moves``.
-    """
-    device = start.device
+def _backend_drawer(field: PotentialField, mode: str, device: torch.device) -> DrawFn:
+    """The drawer of :data:`sample_potential`: compiled where the extension has kernels for
+    ``device``, else in plain torch after one ``RuntimeWarning`` per process."""
     compiled = _extension.has_device_kernels(device)
     if not compiled:
         # the same cause as "auto" passing over "cpp": one warning between them
@@ -284,8 +247,21 @@ def sample_potential(
             ("sample", "cpp"),
             f"ecd2g_fast sample: the compiled kernels are not available on {device} "
             f"({_extension.device_unavailable_reason(device)}); using the plain-torch potential sampler",
+            stacklevel=5,
         )
-    return walk(field, start, mode, generator, 1, max_moves, draw=potential_drawer(field, mode, compiled))
+    return potential_drawer(field, mode, compiled)
+
+
+#: The ``"potential"`` backend of :func:`ecd2g_fast.sample` (arguments checked there; the
+#: selection guarantees a :class:`~ecd2g_fast.fields.PotentialField`): builds
+#: :class:`PotentialTables` once, then walks (:func:`.reference.walk`) with the O(log M) draw, in
+#: the compiled ``potential_move_sorted`` op when the extension has kernels for the device and in
+#: plain torch otherwise. ``chunk_size`` is unused (the draw needs no chunks). When the extension
+#: lacks kernels for the device, one ``RuntimeWarning`` per process says so (the plain-torch paths
+#: are slower, never less exact). Raises :class:`FieldError` for a non-finite potential or sink
+#: current anywhere in the tables, or a visited vertex without positive outflow (both named by
+#: layer and state), and ``RuntimeError`` when a walker exceeded ``max_moves``.
+sample_potential = walk_with(_backend_drawer)
 
 
 backends.register(

@@ -11,6 +11,8 @@ weights, with memory ``O(B x chunk)`` and one field evaluation per neighbour.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 from ..fields import Field
@@ -18,6 +20,14 @@ from ..fields import Field
 MODES = ("bidirectional", "forward")
 #: Default bound on ``B x chunk`` float64 values held at once by a move.
 DEFAULT_CHUNK_ELEMENTS = 2**23
+
+
+#: A per-move outlet sampler, with the signature of :func:`draw_outlets`:
+#: ``(field, layer, z, mode, generator, chunk_size) -> (n,) int64 outlet codes``.
+DrawFn = Callable[..., torch.Tensor]
+#: A backend of :func:`ecd2g_fast.sample`, with the signature of :func:`walk` without ``draw``:
+#: ``(field, start, mode, generator, chunk_size, max_moves) -> (terminal, moves)``.
+SampleFn = Callable[..., tuple[torch.Tensor, torch.Tensor]]
 
 
 class FieldError(ValueError):
@@ -30,12 +40,25 @@ def default_chunk_size(num_walkers: int, num_states: int) -> int:
 
 def describe_vertex(field: Field, layer: int, index: int) -> str:
     """``layer l, state (z_1, ..., z_D)`` for error messages."""
-    state = field.circuit._unflatten(torch.tensor([index]))[0].tolist()
+    state = field.circuit.unflatten(torch.tensor([index]))[0].tolist()
     return f"layer {layer}, state {tuple(state)} (index {index})"
 
 
+def check_outflow(field: Field, layer: torch.Tensor, z: torch.Tensor, stuck: torch.Tensor) -> None:
+    """Raise :class:`FieldError` for the first walker (in batch order) flagged in ``stuck``.
+
+    Args:
+        field: the field (for the state's coordinates in the message).
+        layer, z: ``(n,)`` int64 walker positions.
+        stuck: ``(n,)`` bool: the walker's vertex has no positive outflow.
+    """
+    if bool(stuck.any()):
+        i = int(torch.nonzero(stuck)[0])
+        raise FieldError(f"no positive outflow at {describe_vertex(field, int(layer[i]), int(z[i]))}")
+
+
 class OutletDraw:
-    """Running state of one move's streaming draw for ``n`` walkers."""
+    """Running state of one move's streaming draw for ``n`` walkers, in plain torch."""
 
     def __init__(self, field: Field, layer: torch.Tensor, z: torch.Tensor, generator: torch.Generator | None):
         self.field, self.layer, self.z, self.generator = field, layer, z, generator
@@ -43,11 +66,14 @@ class OutletDraw:
         self.total = torch.zeros(n, dtype=torch.float64, device=layer.device)
         self.choice = torch.full((n,), -1, dtype=torch.int64, device=layer.device)
 
-    def consume(self, rows: torch.Tensor, weights: torch.Tensor, offset: int) -> None:
-        """Offer outlets ``offset + j`` with weights ``max(weights[:, j], 0)`` to walkers ``rows``."""
+    def consume(self, rows: torch.Tensor, weights: torch.Tensor, offset: int, negate: bool = False) -> None:
+        """Offer outlets ``offset + j`` with weights ``max(+-weights[:, j], 0)`` to walkers ``rows``
+        (``-weights`` when ``negate``)."""
         if rows.numel() == 0:
             return
         weights = weights.to(torch.float64)
+        if negate:
+            weights = -weights
         finite = torch.isfinite(weights).all(dim=1)
         if not bool(finite.all()):
             bad = int(rows[~finite][0])
@@ -65,12 +91,8 @@ class OutletDraw:
         self.total[rows] = new_total
 
     def result(self) -> torch.Tensor:
-        stuck = self.total <= 0
-        if bool(stuck.any()):
-            bad = int(torch.nonzero(stuck)[0])
-            raise FieldError(
-                f"no positive outflow at {describe_vertex(self.field, int(self.layer[bad]), int(self.z[bad]))}"
-            )
+        """``(n,)`` int64 outlet codes; raises :class:`FieldError` for a walker without outflow."""
+        check_outflow(self.field, self.layer, self.z, self.total <= 0)
         return self.choice
 
 
@@ -81,11 +103,18 @@ def draw_outlets(
     mode: str,
     generator: torch.Generator | None,
     chunk_size: int,
+    reservoir: type[OutletDraw] = OutletDraw,
 ) -> torch.Tensor:
-    """One move's outlet for each walker at ``(layer, z)``; see the module docstring for codes."""
+    """One move's outlet for each walker at ``(layer, z)``; see the module docstring for codes.
+
+    The field's currents are evaluated in chunks of ``chunk_size`` neighbour states and offered to
+    ``reservoir(field, layer, z, generator)`` (:class:`OutletDraw` or a class with its methods):
+    forward currents, then the negated currents from the previous layer and the sink currents
+    (bidirectional mode only).
+    """
     circuit = field.circuit
     M, L = circuit.num_states, circuit.num_layers
-    draw = OutletDraw(field, layer, z, generator)
+    draw = reservoir(field, layer, z, generator)
     forward_rows = torch.nonzero(layer < L).squeeze(1)
     lf, zf = layer[forward_rows], z[forward_rows]
     for start in range(0, M, chunk_size):
@@ -96,7 +125,8 @@ def draw_outlets(
         lb, zb = layer[backward_rows], z[backward_rows]
         for start in range(0, M, chunk_size):
             stop = min(start + chunk_size, M)
-            draw.consume(backward_rows, -field.currents_from_prev(lb, zb, start, stop), M + start)
+            # out-current to (l-1, w) is minus the current arriving from it
+            draw.consume(backward_rows, field.currents_from_prev(lb, zb, start, stop), M + start, negate=True)
         sink_rows = torch.nonzero(layer == L).squeeze(1)
         draw.consume(sink_rows, field.sink_currents(z[sink_rows]).unsqueeze(1), 2 * M)
     return draw.result()
@@ -109,7 +139,7 @@ def walk(
     generator: torch.Generator | None,
     chunk_size: int | None,
     max_moves: int,
-    draw=draw_outlets,
+    draw: DrawFn = draw_outlets,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Run walkers from ``(0, start)`` to termination.
 
@@ -153,3 +183,22 @@ def walk(
         f"{active.numel()} walkers did not terminate within max_moves={max_moves}; the field has "
         "a current cycle (possible for a learned current field) or max_moves is too small"
     )
+
+
+def walk_with(choose_draw: Callable[[Field, str, torch.device], DrawFn]) -> SampleFn:
+    """A sampler backend that runs :func:`walk` with the drawer that ``choose_draw`` picks.
+
+    Args:
+        choose_draw: ``(field, mode, device) -> drawer`` (a :data:`DrawFn`), called once per
+            :func:`ecd2g_fast.sample` call, before the first move (it may build tables).
+
+    Returns:
+        The backend: ``(field, start, mode, generator, chunk_size, max_moves) -> (terminal,
+        moves)``, the arguments and results of :func:`walk` (checked by :func:`ecd2g_fast.sample`).
+    """
+
+    def sample_backend(field, start, mode, generator, chunk_size, max_moves):
+        draw = choose_draw(field, mode, start.device)
+        return walk(field, start, mode, generator, chunk_size, max_moves, draw=draw)
+
+    return sample_backend

@@ -2,7 +2,7 @@
 
 A batch of source samples ``x`` and target samples ``y`` replaces the pmfs by their empirical
 frequencies, ``p(v) = #{i: x_i == v} / B``; because the potentials are affine in ``(p, q)`` the
-targets are unbiased estimates of the exact currents and potentials (THEORY §3). Backends are
+targets are unbiased estimates of the exact currents and potentials (docs/theory.md §3). Backends are
 registered in :mod:`ecd2g_fast.backends` under the op names ``"current_targets"`` and
 ``"potential_targets"``.
 """
@@ -15,43 +15,31 @@ from .. import backends
 from .._validation import check_int, check_ranges, check_states, check_tensor, state_range
 from ..circuit import Circuit
 from . import triton as _triton
-from .packed import current_targets_torch, potential_targets_torch
+from .packed import TORCH as _TORCH
 from .reference import current_targets_reference, potential_targets_reference
 
 __all__ = ["current_targets", "potential_targets"]
 
-backends.register("current_targets", "reference", current_targets_reference)
-backends.register("potential_targets", "reference", potential_targets_reference)
-backends.register("current_targets", "torch", current_targets_torch)
-backends.register("potential_targets", "torch", potential_targets_torch)
-backends.register(
-    "current_targets",
-    "triton",
-    _triton.current_targets_triton,
-    _triton.is_available,
-    _triton.UNAVAILABLE_REASON,
-)
-backends.register(
-    "potential_targets",
-    "triton",
-    _triton.potential_targets_triton,
-    _triton.is_available,
-    _triton.UNAVAILABLE_REASON,
-)
+_REFERENCE = {"current_targets": current_targets_reference, "potential_targets": potential_targets_reference}
 for _op in ("current_targets", "potential_targets"):
+    backends.register(_op, "reference", _REFERENCE[_op])
+    backends.register(_op, "torch", getattr(_TORCH, _op))
+    backends.register(
+        _op, "triton", getattr(_triton.TRITON, _op), _triton.is_available, _triton.UNAVAILABLE_REASON
+    )
     # On CPU the Triton interpreter is for testing only: it runs when named explicitly.
     backends.set_auto_order(_op, "cuda", ("triton", "torch", "reference"))
     backends.set_auto_order(_op, "cpu", ("torch", "reference"))
 
 
-def _check_arguments(
-    circuit: Circuit, layer, queries: dict, x, y, edges: bool, check_values: bool
-) -> tuple[torch.Tensor, ...]:
-    """Check the arguments of a pass; returns ``(layer, *queries.values(), x, y)``.
+def _run(
+    op: str, circuit: Circuit, layer, queries: dict, x, y, backend: str, check_values: bool
+) -> torch.Tensor:
+    """Check the arguments of a pass and run the backend of ``op`` that ``backend`` selects.
 
-    ``queries``: name -> ``(Q, D)`` query states (``z``, and ``w`` for currents). ``edges``:
-    layers index edge tails, ``[0, L-1]``; otherwise vertices, ``[0, L]``. The value ranges of
-    all tensors are checked together, with one device-to-host copy, when ``check_values``.
+    ``queries``: name -> ``(Q, D)`` query states (``z``, and ``w`` for currents: then layers
+    index edge tails, ``[0, L-1]``; otherwise vertices, ``[0, L]``). The value ranges of all
+    tensors are checked together, with one device-to-host copy, when ``check_values``.
     """
     if not isinstance(circuit, Circuit):
         raise TypeError(f"circuit must be an ecd2g_fast.Circuit, got {type(circuit).__name__}")
@@ -75,10 +63,11 @@ def _check_arguments(
         if t.device != layer.device:
             raise ValueError(f"{name} must be on layer's device {layer.device}, got {t.device}")
     if check_values:
-        layer_max = circuit.num_layers - 1 if edges else circuit.num_layers
+        layer_max = circuit.num_layers - 1 if "w" in states else circuit.num_layers
         ranges = [("layer", layer, 0, layer_max + 1, f"layer indices in [0, {layer_max}]")]
         check_ranges(ranges + [state_range(name, t, K) for name, t in states.items()])
-    return (layer, *states.values())
+    impl = backends.select(op, backend, layer.device).impl
+    return impl(circuit, layer, *states.values())
 
 
 def current_targets(
@@ -121,9 +110,7 @@ def current_targets(
         ValueError: wrong shapes, states or layers out of range, mixed devices, empty batch,
             unknown or unavailable backend.
     """
-    layer, z, w, x, y = _check_arguments(circuit, layer, {"z": z, "w": w}, x, y, True, check_values)
-    impl = backends.select("current_targets", backend, layer.device).impl
-    return impl(circuit, layer, z, w, x, y)
+    return _run("current_targets", circuit, layer, {"z": z, "w": w}, x, y, backend, check_values)
 
 
 def potential_targets(
@@ -151,6 +138,4 @@ def potential_targets(
     Raises:
         TypeError, ValueError: as :func:`current_targets`.
     """
-    layer, z, x, y = _check_arguments(circuit, layer, {"z": z}, x, y, False, check_values)
-    impl = backends.select("potential_targets", backend, layer.device).impl
-    return impl(circuit, layer, z, x, y)
+    return _run("potential_targets", circuit, layer, {"z": z}, x, y, backend, check_values)

@@ -293,66 +293,102 @@ def prepare(
     return PreparedBatches(state_keys, nx, ny, x=sort_batch(x, state_keys), y=sort_batch(y, state_keys))
 
 
-def currents_from_prepared(
+def targets_from_prepared(
     circuit: Circuit,
     prepared: PreparedBatches,
     layer: torch.Tensor,
     z: torch.Tensor,
-    w: torch.Tensor,
     kz: torch.Tensor,
-    kw: torch.Tensor,
+    w: torch.Tensor | None = None,
+    kw: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """``(Q,)`` float64 current targets from prepared batches and the query keys ``kz``, ``kw``."""
-    counts = (*prepared.counts(kz, z), *prepared.counts(kw, w))
+    """``(Q,)`` float64 targets from prepared batches and the query keys ``kz`` (and ``kw``).
+
+    The current targets ``I_layer(z, w)`` when the head states ``w`` and their keys ``kw`` are
+    given, else the potential targets ``phi_layer(z)``.
+    """
+    counts = prepared.counts(kz, z)
+    if w is None:
+        return potential_from_counts(circuit, layer, *counts, prepared.x_size, prepared.y_size)
+    counts = (*counts, *prepared.counts(kw, w))
     same = same_states(prepared.state_keys, z, w, kz, kw)
     return current_from_counts(circuit, layer, same, counts, prepared.x_size, prepared.y_size)
 
 
-def potentials_from_prepared(
-    circuit: Circuit, prepared: PreparedBatches, layer: torch.Tensor, z: torch.Tensor, kz: torch.Tensor
+def evaluate_torch(
+    circuit: Circuit, prepared: PreparedBatches, layer: torch.Tensor, z: torch.Tensor, w: torch.Tensor | None
 ) -> torch.Tensor:
-    """``(Q,)`` float64 potential targets from prepared batches and the query keys ``kz``."""
-    return potential_from_counts(circuit, layer, *prepared.counts(kz, z), prepared.x_size, prepared.y_size)
-
-
-def current_targets_torch(
-    circuit: Circuit,
-    layer: torch.Tensor,
-    z: torch.Tensor,
-    w: torch.Tensor,
-    x: torch.Tensor,
-    y: torch.Tensor,
-    *,
-    hash_fn: HashFn | None = None,
-) -> torch.Tensor:
-    """The ``"torch"`` backend of :func:`ecd2g_fast.targets.current_targets` (checked inputs).
-
-    Args:
-        circuit: the circuit.
-        layer: ``(Q,)`` int64 in ``[0, L)``; ``z``, ``w``: ``(Q, D)`` int64 states.
-        x, y: ``(B, D)``, ``(B', D)`` int64 batches.
-        hash_fn: replaces the row hash and forces hashed keys (for testing collisions).
-
-    Returns:
-        ``(Q,)`` float64 current targets.
-    """
-    prepared = prepare(circuit, x, y, hash_fn)
+    """The pass of the ``"torch"`` backend on prepared batches: :func:`targets_from_prepared`."""
     keys = prepared.state_keys
-    return currents_from_prepared(circuit, prepared, layer, z, w, keys(z), keys(w))
+    return targets_from_prepared(circuit, prepared, layer, z, keys(z), w, None if w is None else keys(w))
 
 
-def potential_targets_torch(
-    circuit: Circuit,
-    layer: torch.Tensor,
-    z: torch.Tensor,
-    x: torch.Tensor,
-    y: torch.Tensor,
-    *,
-    hash_fn: HashFn | None = None,
-) -> torch.Tensor:
-    """The ``"torch"`` backend of :func:`ecd2g_fast.targets.potential_targets` (checked inputs).
+#: A backend's pass on prepared batches: ``(circuit, prepared, layer, z, w) -> (Q,) float64``
+#: targets, the currents for head states ``w`` and the potentials for ``w=None``.
+EvaluateFn = Callable[
+    [Circuit, PreparedBatches, torch.Tensor, torch.Tensor, torch.Tensor | None], torch.Tensor
+]
 
-    Args and Returns as :func:`current_targets_torch`, with ``layer`` in ``[0, L]`` and no ``w``.
+
+@dataclass(frozen=True)
+class TargetBackend:
+    """A backend of the pass: the functions it registers for both ops, from its two parts.
+
+    Both prepare the batches with :func:`prepare` (contiguous, as kernels read them) and hand
+    them to ``evaluate``.
+
+    Attributes:
+        evaluate: the pass on prepared batches (:data:`EvaluateFn`).
+        table_fn: builds the dense count table (:data:`CountTableFn`).
     """
-    prepared = prepare(circuit, x, y, hash_fn)
-    return potentials_from_prepared(circuit, prepared, layer, z, prepared.state_keys(z))
+
+    evaluate: EvaluateFn
+    table_fn: CountTableFn = count_table
+
+    def current_targets(
+        self,
+        circuit: Circuit,
+        layer: torch.Tensor,
+        z: torch.Tensor,
+        w: torch.Tensor | None,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        *,
+        hash_fn: HashFn | None = None,
+    ) -> torch.Tensor:
+        """The backend of :func:`ecd2g_fast.targets.current_targets` (checked inputs).
+
+        Args:
+            circuit: the circuit.
+            layer: ``(Q,)`` int64 in ``[0, L)``; ``z``, ``w``: ``(Q, D)`` int64 states (``w=None``:
+                the potential targets of :meth:`potential_targets` instead).
+            x, y: ``(B, D)``, ``(B', D)`` int64 batches, on the same device.
+            hash_fn: replaces the row hash and forces hashed keys (for testing collisions).
+
+        Returns:
+            ``(Q,)`` float64 current targets.
+        """
+        prepared = prepare(circuit, x.contiguous(), y.contiguous(), hash_fn, self.table_fn)
+        return self.evaluate(circuit, prepared, layer, z, w)
+
+    def potential_targets(
+        self,
+        circuit: Circuit,
+        layer: torch.Tensor,
+        z: torch.Tensor,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        *,
+        hash_fn: HashFn | None = None,
+    ) -> torch.Tensor:
+        """The backend of :func:`ecd2g_fast.targets.potential_targets` (checked inputs).
+
+        Args and Returns as :meth:`current_targets`, with ``layer`` in ``[0, L]`` and no ``w``.
+        """
+        return self.current_targets(circuit, layer, z, None, x, y, hash_fn=hash_fn)
+
+
+#: The ``"torch"`` backend: sorted batches or a dense count table, in plain torch.
+TORCH = TargetBackend(evaluate_torch)
+current_targets_torch = TORCH.current_targets
+potential_targets_torch = TORCH.potential_targets

@@ -5,8 +5,6 @@ Obviously correct and slow; the oracle for the fast backends.
 
 from __future__ import annotations
 
-from typing import NamedTuple
-
 import torch
 
 from ..circuit import Circuit
@@ -32,40 +30,11 @@ def count_matches(queries: torch.Tensor, batch: torch.Tensor) -> torch.Tensor:
     return counts
 
 
-class DeviceCoefficients(NamedTuple):
-    """The circuit constants a pass reads, on one device (all float64).
-
-    Attributes:
-        a, b: ``(L+1,)`` the coefficients ``a_l``, ``b_l`` of eq. (12).
-        scalars: ``(4,)`` ``(s, 1/M, g, G)`` (a kernel's float scalar argument would be float32).
-    """
-
-    a: torch.Tensor
-    b: torch.Tensor
-    scalars: torch.Tensor
-
-
-def device_coefficients(circuit: Circuit, device: torch.device) -> DeviceCoefficients:
-    """:class:`DeviceCoefficients` of ``circuit`` on ``device``, copied there once per device.
-
-    Cached on the circuit object: a training step must not pay a host-to-device copy per call.
-    """
-    cache = vars(circuit).setdefault("_device_coefficients", {})
-    found = cache.get(device)
-    if found is None:
-        # int / int rounds correctly and underflows to 0.0 for huge M; float(M) would overflow
-        scalars = [circuit.s, 1 / circuit.num_states, circuit.g, circuit.G]
-        found = cache[device] = DeviceCoefficients(
-            circuit.a.to(device), circuit.b.to(device), torch.tensor(scalars, dtype=torch.float64, device=device)
-        )
-    return found
-
-
 def potential_from_counts(
     circuit: Circuit, layer: torch.Tensor, count_x: torch.Tensor, count_y: torch.Tensor, nx: int, ny: int
 ) -> torch.Tensor:
     """``phi_layer(z)`` of eq. (12) with ``p(z) = count_x / nx``, ``q(z) = count_y / ny``; float64."""
-    coefficients = device_coefficients(circuit, layer.device)
+    coefficients = circuit.coefficients(layer.device)
     # int / int rounds correctly and underflows to 0.0 for huge M; float(M) would overflow
     uniform = 1 / circuit.num_states
     a = coefficients.a[layer]

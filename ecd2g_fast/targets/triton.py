@@ -28,16 +28,7 @@ from types import ModuleType
 import torch
 
 from ..circuit import Circuit
-from .packed import (
-    HashFn,
-    PreparedBatches,
-    SortedBatch,
-    StateKeys,
-    currents_from_prepared,
-    potentials_from_prepared,
-    prepare,
-)
-from .reference import device_coefficients
+from .packed import PreparedBatches, SortedBatch, StateKeys, TargetBackend, targets_from_prepared
 
 UNAVAILABLE_REASON = "needs the triton package, and a CUDA tensor or TRITON_INTERPRET=1 for CPU tensors"
 
@@ -161,7 +152,7 @@ def _launch(
     out = torch.empty(num_queries, dtype=torch.float64, device=device)
     flag = torch.zeros(num_queries, dtype=torch.int8, device=device) if hashed else out
     current = w is not None
-    coefficients = device_coefficients(circuit, device)
+    coefficients = circuit.coefficients(device)
     kernel = _kernels_for(device).targets_kernel
     grid = (-(-num_queries // _BLOCK_Q),)
     kernel[grid](
@@ -198,61 +189,27 @@ def _query_keys(prepared: PreparedBatches, states: torch.Tensor) -> torch.Tensor
     return prepared.state_keys(states)
 
 
-def current_targets_triton(
-    circuit: Circuit,
-    layer: torch.Tensor,
-    z: torch.Tensor,
-    w: torch.Tensor,
-    x: torch.Tensor,
-    y: torch.Tensor,
-    *,
-    hash_fn: HashFn | None = None,
+def evaluate_triton(
+    circuit: Circuit, prepared: PreparedBatches, layer: torch.Tensor, z: torch.Tensor, w: torch.Tensor | None
 ) -> torch.Tensor:
-    """The ``"triton"`` backend of :func:`ecd2g_fast.targets.current_targets` (checked inputs).
-
-    Args:
-        circuit: the circuit.
-        layer: ``(Q,)`` int64 in ``[0, L)``; ``z``, ``w``: ``(Q, D)`` int64 states.
-        x, y: ``(B, D)``, ``(B', D)`` int64 batches, on the same device.
-        hash_fn: replaces the row hash and forces hashed keys (for testing collisions).
-
-    Returns:
-        ``(Q,)`` float64 current targets.
-    """
-    z, w, layer = z.contiguous(), w.contiguous(), layer.contiguous()
-    prepared = prepare(circuit, x.contiguous(), y.contiguous(), hash_fn, _count_table)
-    kz, kw = _query_keys(prepared, z), _query_keys(prepared, w)
+    """The pass of the ``"triton"`` backend on prepared batches: one kernel launch, then the torch
+    recount of the queries it flags (hashed keys in an ambiguous run; normally none)."""
+    z, layer = z.contiguous(), layer.contiguous()
+    w = None if w is None else w.contiguous()
+    kz = _query_keys(prepared, z)
+    kw = None if w is None else _query_keys(prepared, w)
     if z.shape[0] == 0:
         return torch.empty(0, dtype=torch.float64, device=layer.device)
     out, flag = _launch(circuit, prepared, layer, z, kz, w, kw)
     if flag is not None:
         fix = torch.nonzero(flag).squeeze(1)
         if fix.numel():
-            out[fix] = currents_from_prepared(circuit, prepared, layer[fix], z[fix], w[fix], kz[fix], kw[fix])
+            w_fix, kw_fix = (None, None) if w is None else (w[fix], kw[fix])
+            out[fix] = targets_from_prepared(circuit, prepared, layer[fix], z[fix], kz[fix], w_fix, kw_fix)
     return out
 
 
-def potential_targets_triton(
-    circuit: Circuit,
-    layer: torch.Tensor,
-    z: torch.Tensor,
-    x: torch.Tensor,
-    y: torch.Tensor,
-    *,
-    hash_fn: HashFn | None = None,
-) -> torch.Tensor:
-    """The ``"triton"`` backend of :func:`ecd2g_fast.targets.potential_targets` (checked inputs).
-
-    Args and Returns as :func:`current_targets_triton`, with ``layer`` in ``[0, L]`` and no ``w``.
-    """
-    z, layer = z.contiguous(), layer.contiguous()
-    prepared = prepare(circuit, x.contiguous(), y.contiguous(), hash_fn, _count_table)
-    kz = _query_keys(prepared, z)
-    if z.shape[0] == 0:
-        return torch.empty(0, dtype=torch.float64, device=layer.device)
-    out, flag = _launch(circuit, prepared, layer, z, kz, None, None)
-    if flag is not None:
-        fix = torch.nonzero(flag).squeeze(1)
-        if fix.numel():
-            out[fix] = potentials_from_prepared(circuit, prepared, layer[fix], z[fix], kz[fix])
-    return out
+#: The ``"triton"`` backend (:func:`is_available` says where it runs).
+TRITON = TargetBackend(evaluate_triton, _count_table)
+current_targets_triton = TRITON.current_targets
+potential_targets_triton = TRITON.potential_targets

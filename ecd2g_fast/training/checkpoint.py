@@ -1,0 +1,176 @@
+"""The one owner of the checkpoint format: atomic save, load, resume check, models from files.
+
+A checkpoint is a ``torch.save`` dict, read back with ``weights_only=True``:
+
+=================  ==========================================================================
+``format``         :data:`FORMAT`
+``circuit``        the circuit's constructor arguments (``CircuitConfig``)
+``config``         the :class:`~ecd2g_fast.training.TrainConfig`, as JSON
+``model_config``   the network's constructor arguments with defaults filled in
+``world_size``     processes that trained it; ``amp``: whether bf16 autocast was on
+``step``           completed steps; ``losses``: ``(step,)`` float64, the loss of every step
+``model``          the last iterate's state dict; ``ema_model``: the weight average's, or None
+``optimizer``      the optimiser's state dict
+``generator``      the trainer's generator state; ``torch_rng``/``cuda_rng``: the global ones
+=================  ==========================================================================
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from dataclasses import asdict
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+from torch import nn
+
+from ..circuit import Circuit
+from ..distributed import resolve_device
+from ..fields import Field
+from .config import MODELS, TrainConfig
+
+if TYPE_CHECKING:
+    from .trainer import Trainer
+
+__all__ = ["FORMAT", "atomic_save", "load_checkpoint", "load_field", "load_model", "restore", "save"]
+
+#: Version of the checkpoint layout (module docstring).
+FORMAT = 2
+
+
+def atomic_save(obj: object, path: Path) -> None:
+    """``torch.save`` to a temporary file in ``path``'s directory, fsync, ``os.replace``.
+
+    A reader sees the old file or the complete new one, never a partial write.
+    """
+    directory = path.parent
+    directory.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    with contextlib.suppress(OSError):  # make the rename durable (POSIX; not on every platform)
+        dir_fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+
+
+def save(trainer: Trainer, path: Path) -> None:
+    """Write ``trainer``'s complete state to ``path`` (atomically)."""
+    dev = trainer.device
+    atomic_save(
+        {
+            "format": FORMAT,
+            "circuit": asdict(trainer.circuit.config),
+            "config": trainer.config.to_json(),
+            "model_config": trainer.net.config(),
+            "world_size": trainer.ctx.world_size,
+            "amp": trainer.use_amp,
+            "step": trainer.step_count,
+            "losses": torch.tensor(trainer.losses, dtype=torch.float64),
+            "model": trainer.net.state_dict(),
+            "ema_model": None if trainer.ema_net is None else trainer.ema_net.state_dict(),
+            "optimizer": trainer.optimizer.state_dict(),
+            "generator": trainer.gen.get_state(),
+            "torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state(dev) if dev.type == "cuda" else None,
+        },
+        path,
+    )
+
+
+def load_checkpoint(path: str | os.PathLike) -> dict:
+    """Read a checkpoint (tensors on the CPU); the keys are in the module docstring.
+
+    Raises:
+        FileNotFoundError: no file at ``path``.
+        ValueError: not a readable checkpoint of this format.
+    """
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise
+    except Exception as err:  # truncated or foreign file: torch raises several types
+        raise ValueError(f"{os.fspath(path)!r} is not a readable training checkpoint: {err}") from err
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+        raise ValueError(f"{os.fspath(path)!r} is not an ecd2g_fast training checkpoint (format {FORMAT})")
+    return ckpt
+
+
+def restore(trainer: Trainer, path: Path) -> None:
+    """Load ``path`` into ``trainer``, after checking that it holds the same run.
+
+    Raises:
+        ValueError: another circuit, model or resume setting (the message lists them), or more
+            steps than ``trainer.config.steps``; an unreadable file.
+    """
+    ckpt = load_checkpoint(path)
+    saved = {
+        "circuit": ckpt["circuit"],
+        "model_config": ckpt["model_config"],
+        **TrainConfig.from_json(ckpt["config"]).resume_key(),
+    }
+    wanted = {
+        "circuit": asdict(trainer.circuit.config),
+        "model_config": trainer.net.config(),
+        **trainer.config.resume_key(),
+    }
+    wanted.pop("model_kwargs"), saved.pop("model_kwargs")  # compared as model_config, defaults filled in
+    diff = [k for k in wanted if saved.get(k) != wanted[k]]
+    if diff:
+        details = ", ".join(f"{k}: {saved.get(k)!r} != {wanted[k]!r}" for k in diff)
+        raise ValueError(f"checkpoint_path {os.fspath(path)!r} holds a different run ({details})")
+    if int(ckpt["step"]) > trainer.config.steps:
+        raise ValueError(
+            f"steps={trainer.config.steps} is smaller than the checkpoint's step {int(ckpt['step'])}"
+        )
+    trainer.step_count = trainer.last_saved = int(ckpt["step"])
+    trainer.net.load_state_dict(ckpt["model"])
+    if trainer.ema_net is not None:
+        trainer.ema_net.load_state_dict(ckpt["ema_model"])
+    trainer.optimizer.load_state_dict(ckpt["optimizer"])
+    for group in trainer.optimizer.param_groups:
+        group["foreach"] = True
+    trainer.gen.set_state(ckpt["generator"])
+    torch.set_rng_state(ckpt["torch_rng"])
+    if trainer.device.type == "cuda" and ckpt.get("cuda_rng") is not None:
+        torch.cuda.set_rng_state(ckpt["cuda_rng"], trainer.device)
+    trainer.losses = ckpt["losses"].tolist()
+
+
+def load_model(path: str | os.PathLike, device: str | torch.device | None = None) -> nn.Module:
+    """The trained network stored in a checkpoint, in eval mode on ``device``.
+
+    The model :func:`ecd2g_fast.train` returned: the moving average of the weights when the
+    checkpoint holds one, else the last iterate.
+
+    Args:
+        path: a checkpoint written by training.
+        device: ``"cpu"``, ``"cuda"``, ...; None: CUDA when available, else the CPU.
+
+    Raises:
+        FileNotFoundError: no file at ``path``.
+        ValueError: not a checkpoint of this format.
+    """
+    ckpt = load_checkpoint(path)
+    circuit = Circuit(**ckpt["circuit"])
+    net = MODELS[ckpt["config"]["model"]](circuit, **ckpt["model_config"])
+    net.load_state_dict(ckpt["ema_model"] if ckpt.get("ema_model") is not None else ckpt["model"])
+    return net.to(resolve_device(device)).eval()
+
+
+def load_field(path: str | os.PathLike, device: str | torch.device | None = None) -> Field:
+    """The :class:`~ecd2g_fast.fields.Field` of :func:`load_model`'s network, ready for sampling."""
+    return load_model(path, device).field()
