@@ -21,7 +21,7 @@ bench: $(STAMP)
 	$(PY) -m pytest -q benchmarks/bench_*.py -o python_files='bench_*.py' --benchmark-only
 
 report: $(STAMP)
-	$(PY) benchmarks/report.py $(REPORT_ARGS)
+	$(PY) -m benchmarks.report $(REPORT_ARGS)
 
 lint: $(STAMP)
 	$(PY) -m pip install -q ruff && $(PY) -m ruff check .

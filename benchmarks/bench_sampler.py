@@ -1,57 +1,118 @@
-"""Sampler backends on the issue's workload: B walkers through a 12 x 12 grid (K=12, D=2, L=10),
-uniform source -> a 2D Gaussian target, ExactField, bidirectional walk.
+"""The sampler: whole walks and one move, for every backend.
 
-Two ways to run it:
+Groups:
 
-* ``python benchmarks/bench_sampler.py [--walkers B] [--threads T] [--repeats R] [--backends ...]``
-  times each backend (best of R, backends in round robin, after a warm-up run that also checks
-  the output against the target), prints a table with samples/s and the speed-up over "torch"
-  measured in the same run, and appends one JSON row per backend to
-  ``benchmarks/results/sampler.jsonl``.
-* ``pytest benchmarks/bench_sampler.py --benchmark-only``: the same cases under
-  pytest-benchmark (``ECD2G_BENCH_WALKERS`` sets B, default 100000; one round each, the torch
-  baseline takes tens of seconds on a 2-core CPU).
+* **walk**: ``Limits.walkers`` (100,000) walkers through a 12 x 12 grid (K = 12, D = 2, L = 10),
+  uniform source -> a 2D Gaussian target, :class:`~ecd2g_fast.ExactField`, bidirectional walk;
+  one :func:`ecd2g_fast.sample` call timed. Backends: ``"torch"`` (the plain-torch reference
+  walk), ``"cpp"`` (compiled; for this potential field the on-the-fly O(M) op),
+  ``"cpp-generic"`` (compiled, the field wrapped as a plain current field, so currents are
+  evaluated in torch chunk by chunk), ``"potential"`` (O(log M) tables, compiled draw),
+  ``"potential-torch"`` (O(log M) tables, plain-torch draw). Check: the terminal states pass the
+  chi-square test against the target pmf.
+* **move**: one move of ``B`` walkers (``Limits.move_walkers`` = {256, 65536}) at uniformly drawn
+  vertices ``(l, z)``, ``M`` in {50 (1D, K = 50), 2500 (2D, 50 x 50), 65536 (2D, 256 x 256)},
+  ``L = 10``, for the ExactField of uniform -> discretised Gaussian pmfs and for a CurrentNet
+  with random weights (its output bias set to +1 so that every vertex has outflow; weights do
+  not change the cost of a move). Table building (``"potential"``) is set-up, not part of the
+  move. Check: every drawn outlet has a positive out-current, and the outlets drawn by many
+  walkers at one interior vertex pass the chi-square test against the normalised out-currents
+  of that vertex.
 
-Backends: "torch" (the plain-torch reference walk), "cpp" (compiled; for this potential field the
-on-the-fly O(M) op), "cpp-generic" (compiled, the field wrapped as a plain current field, so
-currents are evaluated in torch chunk by chunk), "potential" (O(log M) tables, compiled draw),
-"potential-torch" (O(log M) tables, plain-torch draw).
+Cases above the cost caps of :class:`~benchmarks.cases.Limits` are skipped with the reason
+(:func:`skip_reason`); chi-square tests are :func:`ecd2g_fast.metrics.chi_square_test` at a
+false-failure rate of about 1e-6.
+
+Run: ``python -m benchmarks.bench_sampler --cases walk --threads 1 --repeats 3`` (a table, rows
+appended to ``benchmarks/results/sampler.jsonl``), ``python -m benchmarks.report --cases move``,
+or under pytest-benchmark with ``make bench`` (``ECD2G_BENCH_WALKERS`` sets the walkers).
 """
 
 from __future__ import annotations
 
-import argparse
-import datetime
-import os
-import platform
-import sys
-import time
-from pathlib import Path
+import dataclasses
+import functools
+import math
+from collections.abc import Callable, Iterator
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import harness  # noqa: E402  (benchmarks/ is not a package)
-
 import ecd2g_fast as E
 from ecd2g_fast import _extension
-from ecd2g_fast.fields import Field
-from ecd2g_fast.sampling.potential import potential_drawer
-from ecd2g_fast.sampling.reference import walk
+from ecd2g_fast.fields import Field, PotentialField
+from ecd2g_fast.models import CurrentNetField
+from ecd2g_fast.sampling import cpp as sampling_cpp
+from ecd2g_fast.sampling import potential as sampling_potential
+from ecd2g_fast.sampling.reference import default_chunk_size, draw_outlets, walk
 
-K, D, L = 12, 2, 10
-BACKENDS = ("torch", "cpp", "cpp-generic", "potential", "potential-torch")
-RESULTS = Path(__file__).parent / "results" / "sampler.jsonl"
+from . import cases, runner
+from .cases import Case, Limits, Prepared
+
+#: The whole-walk grid.
+WALK_K, WALK_D, WALK_L = 12, 2, 10
+WALK_BACKENDS = ("torch", "cpp", "cpp-generic", "potential", "potential-torch")
+#: Backends of a move (and of a 2D sampling run) for each kind of field.
+BACKENDS = {"exact": ("torch", "cpp", "potential", "potential-torch"), "current-net": ("torch", "cpp")}
+#: M -> (K, D) of the move cases.
+MOVE_GRIDS = {50: (50, 1), 2500: (50, 2), 65536: (256, 2)}
+MOVE_LAYERS = 10
+#: How the bytes of this family's rows are counted (the reports print it).
+NOTES = {
+    "bytes": {
+        "potential": "8-byte words per walker-move: 9 table gathers (5 masses, count, phi, reference, "
+        "order), ceil(log2 M) + 1 prefix-sum gathers of the binary search, 4 walker-state reads/writes "
+        "(+8 for the walk loop's bookkeeping in whole walks); the mean number of moves is measured",
+    }
+}
 
 
+def move_words(num_states: int) -> int:
+    """8-byte words one potential-sampler move reads and writes per walker (``NOTES``)."""
+    return 9 + math.ceil(math.log2(num_states)) + 1 + 4
+
+
+# ----------------------------------------------------------------------------- costs
+def skip_reason(
+    kind: str, backend: str, neighbours: float, device: torch.device, limits: Limits, what: str
+) -> str | None:
+    """Why a sampling case is not run, or None.
+
+    Args:
+        kind: ``"exact"`` (an exact or potential field) or ``"current-net"``.
+        backend: the sampler backend.
+        neighbours: walker x neighbour-state evaluations of the case (a walk: ``B 2 M (L + 1)``;
+            a move: ``B 2 M``).
+        device: where it runs.
+        limits: the caps (for a move, with ``max_net_pairs`` set to ``max_move_net_pairs``).
+        what: ``"walk"`` or ``"move"``, for the message.
+    """
+    if backend in ("cpp", "cpp-generic", "potential") and not _extension.has_device_kernels(device):
+        return _extension.device_unavailable_reason(device)
+    if kind == "current-net":
+        if neighbours > limits.max_net_pairs:
+            return f"{what} needs ~{neighbours:.1e} CurrentNet pair evaluations > cap {limits.max_net_pairs:.1e} on this device"
+        return None
+    if backend in ("torch", "cpp-generic") and neighbours > limits.max_dense_currents:
+        return f"plain-torch {what} builds ~{neighbours:.1e} currents > cap {limits.max_dense_currents:.1e} on this device"
+    if backend == "cpp" and neighbours > limits.max_compiled_currents:
+        return f"O(M) compiled {what} computes ~{neighbours:.1e} currents > cap {limits.max_compiled_currents:.1e} on this device"
+    return None
+
+
+def walk_neighbours(circuit: E.Circuit, walkers: int) -> float:
+    """Walker x neighbour-state evaluations of one walk: ``B 2 M (L + 1)``."""
+    return walkers * 2 * circuit.num_states * (circuit.num_layers + 1)
+
+
+# ----------------------------------------------------------------------------- whole walks
 class _CurrentField(Field):
-    """The ExactField seen as a generic current field (no potential table)."""
+    """An exact field seen as a generic current field (no potential table)."""
 
-    def __init__(self, inner):
+    def __init__(self, inner: Field) -> None:
         self.inner, self.circuit = inner, inner.circuit
 
     @property
-    def device(self):
+    def device(self) -> torch.device:
         return self.inner.device
 
     def currents_to_next(self, layer, z, start, stop):
@@ -64,126 +125,248 @@ class _CurrentField(Field):
         return self.inner.sink_currents(z)
 
 
-def workload(walkers: int, device: str = "cpu"):
-    """The circuit, field, target pmf and ``(B, 2)`` start states of the benchmark."""
-    circuit = E.Circuit(K, D, L)
-    M = circuit.num_states
-    p = torch.full((M,), 1.0 / M, dtype=torch.float64, device=device)
-    axis = torch.arange(K, dtype=torch.float64, device=device)
-    density = torch.exp(-((axis[:, None] - 7.0) ** 2 / 8.0 + (axis[None, :] - 4.0) ** 2 / 4.5))
-    q = (density / density.sum()).flatten()
-    field = E.ExactField(circuit, p, q)
-    x0 = circuit.index_state(torch.multinomial(p, walkers, replacement=True, generator=torch.Generator(device).manual_seed(0)))
-    return circuit, field, q, x0
-
-
-def run_backend(name: str, field, x0: torch.Tensor, seed: int = 1) -> torch.Tensor:
-    """Terminal flat states of one backend."""
+def run_backend(name: str, field: Field, x0: torch.Tensor, seed: int = 1) -> torch.Tensor:
+    """``(B,)`` int64 terminal flat states of one bidirectional walk from the ``(B, D)`` start
+    states ``x0`` with backend ``name`` (``WALK_BACKENDS``; a CurrentNet field's cached sink
+    currents are dropped first, so a call costs what one fresh ``sample`` call costs)."""
     c = field.circuit
     g = torch.Generator(x0.device).manual_seed(seed)
+    if isinstance(field, CurrentNetField):
+        field.refresh()
     if name == "potential-torch":
-        draw = potential_drawer(field, "bidirectional", use_extension=False)
-        out, _ = walk(field, c.state_index(x0), "bidirectional", g, 1, (c.num_layers + 1) * c.num_states, draw=draw)
+        draw = sampling_potential.potential_drawer(field, "bidirectional", use_extension=False)
+        out, _ = walk(
+            field, c.state_index(x0), "bidirectional", g, 1, (c.num_layers + 1) * c.num_states, draw=draw
+        )
         return out
     if name == "cpp-generic":
         return c.state_index(E.sample(_CurrentField(field), x0, backend="cpp", generator=g))
     return c.state_index(E.sample(field, x0, backend=name, generator=g))
 
 
-def check_output(name: str, terminal: torch.Tensor, q: torch.Tensor) -> float:
-    """Total variation to the target; raises if it is far above the sampling noise."""
-    counts = torch.bincount(terminal.cpu(), minlength=q.numel()).double()
-    tv = 0.5 * float((counts / counts.sum() - q.cpu()).abs().sum())
-    # sampling noise alone: E[TV] <= 0.5 sqrt(M / B); 4x that is far outside it
-    bound = 2.0 * (q.numel() / counts.sum().item()) ** 0.5
-    if tv > bound:
-        raise AssertionError(f"{name}: TV to the target {tv:.4f} > {bound:.4f}: wrong output, not timed")
-    return tv
+@functools.lru_cache(maxsize=1)
+def walk_workload(walkers: int, device: str = "cpu") -> tuple[Field, torch.Tensor, torch.Tensor]:
+    """The ExactField (uniform -> Gaussian on the 12 x 12 grid), its ``(M,)`` float64 target pmf
+    and ``(B, 2)`` int64 start states drawn from the source."""
+    circuit = E.Circuit(WALK_K, WALK_D, WALK_L)
+    M = circuit.num_states
+    p = torch.full((M,), 1.0 / M, dtype=torch.float64, device=device)
+    axis = torch.arange(WALK_K, dtype=torch.float64, device=device)
+    density = torch.exp(-((axis[:, None] - 7.0) ** 2 / 8.0 + (axis[None, :] - 4.0) ** 2 / 4.5))
+    q = (density / density.sum()).flatten()
+    g = torch.Generator(device).manual_seed(0)
+    x0 = circuit.index_state(torch.multinomial(p, walkers, replacement=True, generator=g))
+    return E.ExactField(circuit, p, q), q, x0
 
 
+def _prepare_walk(name: str, walkers: int, device: str) -> Prepared:
+    field, q, x0 = walk_workload(walkers, device)
+    terminal = run_backend(name, field, x0)  # also the warm-up
+    what = f"walk {name} B={walkers}"
+    counts = torch.bincount(terminal.cpu(), minlength=q.numel())
+    return Prepared(functools.partial(run_backend, name, field, x0), cases.check_counts(counts, q, what))
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--walkers", type=int, default=100_000)
-    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--backends", nargs="+", default=list(BACKENDS), choices=BACKENDS)
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--no-save", action="store_true")
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    circuit, field, q, x0 = workload(args.walkers, args.device)
-    names = []
-    for name in args.backends:
-        if name in ("cpp", "cpp-generic") and not _extension.has_device_kernels(torch.device(args.device)):
-            print(f"{name}: skipped ({_extension.device_unavailable_reason(torch.device(args.device))})")
-            continue
-        names.append(name)
-    tvs = {name: check_output(name, run_backend(name, field, x0), q) for name in names}  # also warms up
-    # round robin, best of R: on a shared machine every backend sees the same load conditions
-    times = {name: [] for name in names}
-    for repeat in range(args.repeats):
-        for name in names:
-            if args.device == "cuda":
-                torch.cuda.synchronize()
-            start = time.perf_counter()
-            run_backend(name, field, x0, seed=100 + repeat)
-            if args.device == "cuda":
-                torch.cuda.synchronize()
-            times[name].append(time.perf_counter() - start)
-    rows = [
-        {"backend": n, "seconds": min(times[n]), "all_seconds": times[n], "tv_to_target": tvs[n]} for n in names
-    ]
-    base = next((r["seconds"] for r in rows if r["backend"] == "torch"), None)
-    meta = {
-        "op": "sample",
-        "walkers": args.walkers,
-        "K": K,
-        "D": D,
-        "L": L,
-        "device": args.device if args.device != "cpu" else f"cpu ({platform.processor() or platform.machine()})",
-        "threads": args.threads,
-        "torch": torch.__version__,
-        "commit": harness.short_commit(),
-        "timestamp": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "load_average_1min": os.getloadavg()[0],
-    }
-    print(f"B={args.walkers} K={K} D={D} L={L} device={args.device} threads={args.threads} "
-          f"load={meta['load_average_1min']:.1f}")
-    print(f"{'backend':<16}{'best s':>10}{'samples/s':>14}{'vs torch':>10}  all runs (s)")
-    for r in rows:
-        r["samples_per_second"] = args.walkers / r["seconds"]
-        r["speedup_vs_torch"] = base / r["seconds"] if base else None
-        ratio = f"{r['speedup_vs_torch']:.1f}x" if base else "-"
-        runs = ", ".join(f"{t:.3f}" for t in r["all_seconds"])
-        print(f"{r['backend']:<16}{r['seconds']:>10.3f}{r['samples_per_second']:>14,.0f}{ratio:>10}  {runs}")
-    if not args.no_save:
-        harness.append_jsonl(RESULTS, [{**meta, **r} for r in rows])
+def walk_cases(device: torch.device, limits: Limits) -> Iterator[Case]:
+    """Every backend on the whole-walk workload."""
+    circuit = E.Circuit(WALK_K, WALK_D, WALK_L)
+    for name in WALK_BACKENDS:
+        yield Case(
+            "walk",
+            f"walk exact K={WALK_K} D={WALK_D} B={limits.walkers}",
+            name,
+            functools.partial(_prepare_walk, name, limits.walkers, str(device)),
+            unit="samples/s",
+            work=limits.walkers,
+            params={"field": "exact", "K": WALK_K, "D": WALK_D, "L": WALK_L, "B": limits.walkers},
+            skip=skip_reason("exact", name, walk_neighbours(circuit, limits.walkers), device, limits, "walk"),
+        )
 
 
-# ----------------------------------------------------------------------------- pytest-benchmark
+# ----------------------------------------------------------------------------- one move
+@functools.lru_cache(maxsize=8)
+def move_field(kind: str, num_states: int, device: str = "cpu") -> Field:
+    """The field of a move case: ExactField uniform -> discretised Gaussian, or a seeded random
+    CurrentNet with output bias +1 (positive forward currents everywhere)."""
+    K, D = MOVE_GRIDS[num_states]
+    c = E.Circuit(K, D, MOVE_LAYERS)
+    if kind == "exact":
+        axis = torch.arange(K, dtype=torch.float64)
+        density = torch.exp(-0.5 * ((axis - (K - 1) / 2) / (K / 8)) ** 2)
+        q = density
+        for _ in range(D - 1):
+            q = (q[:, None] * density[None, :]).flatten()
+        p = torch.full((c.num_states,), 1.0 / c.num_states, dtype=torch.float64)
+        return E.ExactField(c, p.to(device), (q / q.sum()).to(device))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        net = E.CurrentNet(c)
+    with torch.no_grad():
+        net.body[-1].bias.fill_(1.0)
+    return net.to(device).eval().field()
 
-try:
-    import pytest
-except ImportError:  # the script mode needs no pytest
-    pytest = None
 
-if pytest is not None:
+def move_walkers(field: Field, walkers: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(B,)`` int64 layers in ``[0, L]`` and flat states, uniform, on the field's device."""
+    c = field.circuit
+    g = torch.Generator().manual_seed(seed)
+    layer = torch.randint(0, c.num_layers + 1, (walkers,), generator=g)
+    z = torch.randint(0, c.num_states, (walkers,), generator=g)
+    return layer.to(field.device), z.to(field.device)
 
-    @pytest.fixture(scope="module")
-    def bench_workload():
-        return workload(int(os.environ.get("ECD2G_BENCH_WALKERS", "100000")))
 
-    @pytest.mark.parametrize("name", BACKENDS)
-    def test_bench_sample(benchmark, bench_workload, name):
-        if name in ("cpp", "cpp-generic") and not _extension.available():
-            pytest.skip("extension not built")
-        _, field, q, x0 = bench_workload
-        check_output(name, run_backend(name, field, x0), q)
-        benchmark.extra_info.update(walkers=x0.shape[0], threads=torch.get_num_threads())
-        benchmark.pedantic(run_backend, args=(name, field, x0), rounds=1, iterations=1)
+DrawFn = Callable[[torch.Tensor, torch.Tensor, torch.Generator], torch.Tensor]
+
+
+def move_drawer(backend: str, field: Field, walkers: int) -> DrawFn:
+    """``draw(layer, z, generator) -> (B,)`` int64 outlet codes of one bidirectional move (codes:
+    :mod:`ecd2g_fast.sampling.reference`). Set-up (the potential tables) happens here."""
+    chunk = default_chunk_size(walkers, field.circuit.num_states)
+    if backend == "torch":
+        inner = draw_outlets
+    elif backend == "cpp":
+        inner = sampling_cpp.cpp_drawer(field, "bidirectional", field.device)
+    elif backend in ("potential", "potential-torch"):
+        inner = sampling_potential.potential_drawer(
+            field, "bidirectional", use_extension=backend == "potential"
+        )
+    else:
+        raise ValueError(f"unknown move backend {backend!r}")
+    return lambda layer, z, g: inner(field, layer, z, "bidirectional", g, chunk)
+
+
+def outlet_currents(field: Field, layer: torch.Tensor, z: torch.Tensor, outlet: torch.Tensor) -> torch.Tensor:
+    """``(B,)`` float64 out-current of each walker's drawn outlet (``(B,)`` int64 codes)."""
+    c = field.circuit
+    M = c.num_states
+    sink = outlet == 2 * M
+    backward = (outlet >= M) & ~sink
+    w = torch.where(sink, z, outlet % M)
+    other = layer + torch.where(backward, -1, 1)
+    out = torch.zeros(layer.shape[0], dtype=torch.float64, device=layer.device)
+    edge = ~sink
+    if isinstance(field, PotentialField):
+        phi = field.potential_table().to(torch.float64)
+        g = torch.tensor(c.g, dtype=torch.float64, device=layer.device)
+        conductance = torch.where(w == z, g, torch.tensor(c.G, dtype=torch.float64, device=layer.device))
+        drop = phi[layer[edge], z[edge]] - phi[other[edge].clamp(0, c.num_layers), w[edge]]
+        out[edge] = conductance[edge] * drop
+        out[sink] = field.sink_table().to(torch.float64)[z[sink]]
+        return out
+    net = field.net
+    zs, ws = c.unflatten(z), c.unflatten(w)
+    fwd = edge & ~backward
+    out[fwd] = net.currents(layer[fwd], zs[fwd], ws[fwd])
+    out[backward] = -net.currents(layer[backward] - 1, ws[backward], zs[backward])
+    out[sink] = field.sink_currents(z[sink])
+    return out
+
+
+def vertex_probabilities(field: Field, layer: int, state: int) -> torch.Tensor:
+    """``(2M + 1,)`` float64 probabilities of the outlets of vertex ``(layer, state)``."""
+    c = field.circuit
+    M, L = c.num_states, c.num_layers
+    dev = field.device
+    lt, zt = torch.tensor([layer], device=dev), torch.tensor([state], device=dev)
+    weights = torch.zeros(2 * M + 1, dtype=torch.float64, device=dev)
+    if layer < L:
+        weights[:M] = field.currents_to_next(lt, zt, 0, M)[0].to(torch.float64)
+    if layer > 0:
+        weights[M : 2 * M] = -field.currents_from_prev(lt, zt, 0, M)[0].to(torch.float64)
+    if layer == L:
+        weights[2 * M] = field.sink_currents(zt)[0].to(torch.float64)
+    weights = weights.clamp_min(0.0)
+    return weights / weights.sum()
+
+
+def check_move(
+    backend: str, field: Field, draw: DrawFn, layer: torch.Tensor, z: torch.Tensor, stat_walkers: int
+) -> str:
+    """Validity on the timed ``(B,)`` walkers, then a chi-square test at one interior vertex
+    with ``stat_walkers`` walkers."""
+    c = field.circuit
+    M = c.num_states
+    what = f"move {backend} M={M} B={layer.numel()}"
+    g = torch.Generator(field.device).manual_seed(7)
+    outlet = draw(layer, z, g)
+    if int(outlet.min()) < 0 or int(outlet.max()) > 2 * M:
+        raise AssertionError(f"{what}: outlet codes out of range; not timed")
+    current = outlet_currents(field, layer, z, outlet)
+    if not bool((current > 0).all()):
+        raise AssertionError(
+            f"{what}: {int((current <= 0).sum())} outlets without positive out-current; not timed"
+        )
+    vertex_layer, vertex_state = c.num_layers // 2, M // 3
+    probs = vertex_probabilities(field, vertex_layer, vertex_state)
+    lt = torch.full((stat_walkers,), vertex_layer, dtype=torch.int64, device=field.device)
+    zt = torch.full((stat_walkers,), vertex_state, dtype=torch.int64, device=field.device)
+    counts = torch.bincount(draw(lt, zt, g).cpu(), minlength=2 * M + 1)
+    return "outlets valid; " + cases.check_counts(counts, probs, what)
+
+
+def stat_walkers_for(kind: str, num_states: int, limits: Limits) -> int:
+    """Walkers of a move's chi-square test, within the run's caps (at least 256)."""
+    cap = min(limits.max_move_net_pairs, 2.0**30) if kind == "current-net" else limits.max_dense_currents
+    return int(max(256, min(65536, cap / 4 / (2 * num_states))))
+
+
+def _prepare_move(kind: str, name: str, num_states: int, walkers: int, device: str, stat: int) -> Prepared:
+    field = move_field(kind, num_states, device)
+    layer, z = move_walkers(field, walkers)
+    draw = move_drawer(name, field, walkers)
+    verdict = check_move(name, field, draw, layer, z, stat)
+    g = torch.Generator(field.device).manual_seed(3)
+    flops = bytes_moved = None
+    if kind == "current-net":
+        L = field.circuit.num_layers
+        pairs = num_states * float((layer < L).sum() + (layer > 0).sum())
+        flops = 2.0 * cases.mlp_macs(field.net.body) * pairs
+    if name == "potential":
+        bytes_moved = 8.0 * walkers * move_words(num_states)
+    return Prepared(
+        functools.partial(draw, layer, z, g),
+        verdict,
+        flops=flops,
+        flops_dtype="fp32" if flops else None,
+        bytes_moved=bytes_moved,
+        bytes_note=NOTES["bytes"]["potential"] if bytes_moved else None,
+    )
+
+
+def move_cases(device: torch.device, limits: Limits) -> Iterator[Case]:
+    """Every backend, field kind, ``M`` and ``B`` of a move."""
+    move_limits = dataclasses.replace(limits, max_net_pairs=limits.max_move_net_pairs)
+    for kind, names in BACKENDS.items():
+        for num_states, (K, D) in MOVE_GRIDS.items():
+            for walkers in limits.move_walkers:
+                stat = stat_walkers_for(kind, num_states, limits)
+                for name in names:
+                    why = skip_reason(kind, name, walkers * 2 * num_states, device, move_limits, "move")
+                    yield Case(
+                        "move",
+                        f"move {kind} M={num_states} B={walkers}",
+                        name,
+                        functools.partial(_prepare_move, kind, name, num_states, walkers, str(device), stat),
+                        unit="walker-moves/s",
+                        work=walkers,
+                        params={
+                            "field": kind,
+                            "M": num_states,
+                            "K": K,
+                            "D": D,
+                            "L": MOVE_LAYERS,
+                            "B": walkers,
+                            "check_walkers": stat,
+                        },
+                        skip=why,
+                    )
+
+
+GROUPS = {"walk": walk_cases, "move": move_cases}
+
+#: pytest-benchmark (``make bench``): every case of GROUPS, parametrized by benchmarks/conftest.py.
+test_bench = runner.run_benchmark
 
 
 if __name__ == "__main__":
-    main()
+    runner.main(GROUPS, __doc__.split("\n\n")[0], "sampler")

@@ -1,55 +1,52 @@
 """The current-target pass (eq. 13): every available backend on Q = B queries and batch rows.
 
-Workload: K = 256 categories, D in {1, 2, 64} (M = 256 and 65536: exact int64 keys; 256**64:
-hashed keys), L = 10, Q = B = B' in {256, 8192, 65536}. The source batch ``x`` is uniform, the
-target batch ``y`` has duplicates (drawn from 64 states), half the queries ``z`` are rows of ``x``
-(hits), a quarter have ``w == z``.
-
-Two ways to run it:
-
-* ``pytest benchmarks/bench_targets.py --benchmark-only`` (``make bench``): one case per backend,
-  size and D, under pytest-benchmark.
-* ``python benchmarks/bench_targets.py [--device cuda] [--threads T] [--sizes ...] [--dims ...]``:
-  best of 5 per case, a table with queries/s and the speed-up over "torch" measured in the same
-  run, one JSON row per case appended to ``benchmarks/results/targets.jsonl``. On a shared CPU
-  ``--threads 1`` gives repeatable numbers.
+Workload: K = 256 categories, D in ``Limits.target_dims`` = {1, 2, 64} (M = 256 and 65536: exact
+int64 keys; 256**64: hashed keys), L = 10, Q = B = B' in ``Limits.target_sizes`` = {256, 8192,
+65536}. The source batch ``x`` is uniform, the target batch ``y`` has duplicates (drawn from 64
+states), half the queries ``z`` are rows of ``x`` (hits), a quarter have ``w == z``.
 
 Every call passes ``check_values=False`` (the pass as the trainer calls it: the default range
-check adds a device-to-host copy, a sync on CUDA, to each call). Each backend's output is checked
-against the "torch" backend before it is timed. "reference"
-(pairwise, O(Q B D)) runs only where ``Q B D <= 2**24``; "triton" runs only on CUDA (on CPU it
-would be Triton's interpreter, a correctness tool).
+check adds a device-to-host copy, a sync on CUDA, to each call). Before it is timed, each
+backend's output is checked against the pairwise ``"reference"`` backend (O(Q B D), run only
+where ``Q B D`` is within ``Limits.max_reference_target_work``), or against ``"torch"`` where the
+reference is skipped, to 1e-12 of each target's terms. ``"triton"`` runs only on CUDA (on the CPU
+it would be Triton's interpreter, a correctness tool).
+
+Run: ``python -m benchmarks.bench_targets [--device cuda] [--threads 1] [--set target_sizes=8192]``
+(a table, rows appended to ``benchmarks/results/targets.jsonl``), ``python -m benchmarks.report
+--cases targets``, or under pytest-benchmark with ``make bench``.
 """
 
 from __future__ import annotations
 
-import argparse
-import datetime
-import os
-import platform
-import sys
-import time
-from pathlib import Path
+import functools
+from collections.abc import Iterator
 
 import torch
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import harness  # noqa: E402  (benchmarks/ is not a package)
 
 import ecd2g_fast as E
 from ecd2g_fast import backends
 from ecd2g_fast.targets import current_targets
 
+from . import runner
+from .cases import Case, Limits, Prepared
+
 K, L = 256, 10
-SIZES = (256, 8192, 65536)
-DIMS = (1, 2, 64)
 BACKENDS = ("reference", "torch", "triton")
-REFERENCE_MAX_WORK = 2**24
-RESULTS = Path(__file__).parent / "results" / "targets.jsonl"
+#: How the bytes of this family's rows are counted (the reports print it).
+NOTES = {
+    "bytes": {
+        "targets": "compulsory DRAM traffic, a lower bound: read layer (8 B) and z, w (2 x 8 D B) per "
+        "query, x, y (2 x 8 D B) per batch row, write 8 B per query; the count table (or the sort of "
+        "the batch keys) and the count gathers (or binary searches) are not counted",
+    }
+}
 
 
-def workload(size: int, dim: int, device: str = "cpu", seed: int = 0):
-    """``(circuit, layer, z, w, x, y)`` of one case, on ``device``."""
+@functools.lru_cache(maxsize=1)
+def workload(size: int, dim: int, device: str = "cpu", seed: int = 0) -> tuple:
+    """``(circuit, layer, z, w, x, y)`` of one case on ``device``: ``(Q,)`` int64 layers in
+    ``[0, L)``, ``(Q, D)`` int64 queries ``z``, ``w`` and ``(B, D)`` int64 batches ``x``, ``y``."""
     g = torch.Generator().manual_seed(seed)
     circuit = E.Circuit(K, dim, L)
     x = torch.randint(0, K, (size, dim), generator=g)
@@ -63,10 +60,31 @@ def workload(size: int, dim: int, device: str = "cpu", seed: int = 0):
     return circuit, *(t.to(device) for t in (layer, z, w, x, y))
 
 
-def runnable(name: str, size: int, dim: int, device: torch.device) -> str | None:
-    """``None`` if the backend runs on this case, else why not."""
-    if name == "reference" and size * size * dim > REFERENCE_MAX_WORK:
-        return f"reference is O(Q B D): Q B D > {REFERENCE_MAX_WORK}"
+@functools.lru_cache(maxsize=3)
+def output(size: int, dim: int, device: str, backend: str) -> torch.Tensor:
+    """``(Q,)`` float64 targets of one backend on :func:`workload` (cached: the oracles)."""
+    return current_targets(*workload(size, dim, device), backend=backend, check_values=False)
+
+
+def check(case: tuple, out: torch.Tensor, expected: torch.Tensor, name: str, oracle: str) -> str:
+    """Raise unless ``out`` equals ``expected`` (the ``oracle`` backend's targets) to 1e-12 of
+    each target's terms ``C ((2l+1) s + a_l + b_l + a_{l+1} + b_{l+1})`` (``p_hat, q_hat <= 1``)."""
+    circuit, layer, z, w = case[:4]
+    a, b = circuit.a.to(layer.device), circuit.b.to(layer.device)
+    terms = (2 * layer + 1).double() * circuit.s + 2 * (a[layer] + b[layer] + a[layer + 1] + b[layer + 1])
+    scale = torch.where((z == w).all(1), circuit.g * terms, circuit.G * terms)
+    error = (out - expected).abs() / scale
+    bad = int((error > 1e-12).sum())
+    if bad:
+        raise AssertionError(f"current_targets {name}: {bad} targets differ from {oracle}; not timed")
+    return f"equal to {oracle} (max err {float(error.max()):.1e} of the terms' scale)"
+
+
+def skip_reason(name: str, size: int, dim: int, device: torch.device, limits: Limits) -> str | None:
+    """``None`` if backend ``name`` runs on this case, else why not."""
+    work = size * size * dim
+    if name == "reference" and work > limits.max_reference_target_work:
+        return f"pairwise reference is O(Q B D): {work:.1e} > cap {limits.max_reference_target_work:.1e}"
     if name == "triton" and device.type != "cuda":
         return "triton on CPU is the interpreter"
     try:
@@ -76,114 +94,42 @@ def runnable(name: str, size: int, dim: int, device: torch.device) -> str | None
     return None
 
 
-def check_against_torch(name: str, case, out: torch.Tensor) -> None:
-    """Raise unless ``out`` equals the "torch" backend's result to 1e-12 of each target's terms."""
-    circuit, layer, z, w, x, y = case
-    expected = current_targets(circuit, layer, z, w, x, y, backend="torch")
-    a, b = circuit.a.to(layer.device), circuit.b.to(layer.device)
-    # |terms| <= C ((2l+1) s + a_l + b_l + a_{l+1} + b_{l+1}) (p_hat, q_hat <= 1; 1/M < 1)
-    terms = (2 * layer + 1).double() * circuit.s + 2 * (a[layer] + b[layer] + a[layer + 1] + b[layer + 1])
-    scale = torch.where((z == w).all(1), circuit.g * terms, circuit.G * terms)
-    bad = (out - expected).abs() > 1e-12 * scale
-    if bool(bad.any()):
-        raise AssertionError(f"{name}: {int(bad.sum())} targets differ from the torch backend; not timed")
+def _prepare(name: str, size: int, dim: int, device: str, oracle: str) -> Prepared:
+    case = workload(size, dim, device)
+    out = output(size, dim, device, name)  # also the first warm-up call
+    if name == "reference":
+        verdict = "is the reference"
+    elif name == oracle:
+        verdict = "not checked here: the reference was skipped (tests compare torch with it)"
+    else:
+        verdict = check(case, out, output(size, dim, device, oracle), name, oracle)
+    return Prepared(
+        functools.partial(current_targets, *case, backend=name, check_values=False),
+        verdict,
+        bytes_moved=8 * size + 16 * size * dim + 16 * size * dim + 8 * size,
+        bytes_note=NOTES["bytes"]["targets"],
+    )
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
+def target_cases(device: torch.device, limits: Limits) -> Iterator[Case]:
+    """Every backend on every ``(D, Q = B)`` of ``limits``."""
+    for dim in limits.target_dims:
+        for size in limits.target_sizes:
+            oracle = "torch" if skip_reason("reference", size, dim, device, limits) else "reference"
+            figure = f"current_targets D={dim} Q=B={size}"
+            params = {"Q": size, "B": size, "D": dim, "K": K, "L": L}
+            common = {"reference": "reference", "unit": "queries/s", "work": size, "params": params}
+            for name in BACKENDS:
+                prepare = functools.partial(_prepare, name, size, dim, str(device), oracle)
+                why = skip_reason(name, size, dim, device, limits)
+                yield Case("targets", figure, name, prepare, skip=why, **common)
 
 
+GROUPS = {"targets": target_cases}
 
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--sizes", type=int, nargs="+", default=list(SIZES))
-    parser.add_argument("--dims", type=int, nargs="+", default=list(DIMS))
-    parser.add_argument("--backends", nargs="+", default=list(BACKENDS), choices=BACKENDS)
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
-    parser.add_argument("--no-save", action="store_true")
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
-    meta = {
-        "op": "current_targets",
-        "K": K,
-        "L": L,
-        "device": torch.cuda.get_device_name(device)
-        if device.type == "cuda"
-        else f"cpu ({platform.machine()})",
-        "threads": torch.get_num_threads(),
-        "torch": torch.__version__,
-        "commit": harness.short_commit(),
-        "timestamp": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "load_average_1min": os.getloadavg()[0],
-    }
-    print(f"device={meta['device']} threads={meta['threads']} load={meta['load_average_1min']:.1f}")
-    print(f"{'D':>4}{'Q=B':>8}  {'backend':<10}{'best ms':>10}{'Mqueries/s':>12}{'vs torch':>10}")
-    rows = []
-    for dim in args.dims:
-        for size in args.sizes:
-            case = workload(size, dim, args.device)
-            times = {}
-            for name in args.backends:
-                why = runnable(name, size, dim, device)
-                if why:
-                    print(f"{dim:>4}{size:>8}  {name:<10}skipped: {why}")
-                    continue
-                check_against_torch(name, case, current_targets(*case, backend=name, check_values=False))
-                runs = []
-                for _ in range(args.repeats):
-                    _sync(device)
-                    start = time.perf_counter()
-                    current_targets(*case, backend=name, check_values=False)
-                    _sync(device)
-                    runs.append(time.perf_counter() - start)
-                times[name] = min(runs)
-                rows.append(
-                    {**meta, "D": dim, "Q": size, "B": size, "backend": name, "seconds": min(runs)}
-                    | {"queries_per_second": size / min(runs), "all_seconds": runs}
-                )
-            for name, seconds in times.items():
-                ratio = f"{times['torch'] / seconds:.1f}x" if "torch" in times else "-"
-                print(
-                    f"{dim:>4}{size:>8}  {name:<10}{seconds * 1e3:>10.2f}"
-                    f"{size / seconds / 1e6:>12.2f}{ratio:>10}"
-                )
-    if not args.no_save:
-        harness.append_jsonl(RESULTS, rows)
-
-
-# ----------------------------------------------------------------------------- pytest-benchmark
-
-try:
-    import pytest
-except ImportError:  # the script mode needs no pytest
-    pytest = None
-
-if pytest is not None:
-
-    @pytest.mark.parametrize("device", harness.devices())
-    @pytest.mark.parametrize("name", BACKENDS)
-    @pytest.mark.parametrize("size", SIZES, ids=lambda s: f"Q=B={s}")
-    @pytest.mark.parametrize("dim", DIMS, ids=lambda d: f"D={d}")
-    def test_bench_current_targets(benchmark, dim, size, name, device):
-        why = runnable(name, size, dim, torch.device(device))
-        if why:
-            pytest.skip(why)
-        case = workload(size, dim, device)
-        check_against_torch(name, case, current_targets(*case, backend=name, check_values=False))
-
-        def run():
-            out = current_targets(*case, backend=name, check_values=False)
-            _sync(torch.device(device))
-            return out
-
-        benchmark.extra_info.update(queries=size, batch=size, D=dim, K=K, threads=torch.get_num_threads())
-        benchmark.pedantic(run, rounds=3, iterations=1, warmup_rounds=1)
+#: pytest-benchmark (``make bench``): every case of GROUPS, parametrized by benchmarks/conftest.py.
+test_bench = runner.run_benchmark
 
 
 if __name__ == "__main__":
-    main()
+    runner.main(GROUPS, __doc__.split("\n\n")[0], "targets")

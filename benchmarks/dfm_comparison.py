@@ -6,7 +6,7 @@ with the same number of gradient steps, networks of comparable size, and are eva
 way on the same machine in one run:
 
 * **ECD2G**: :class:`~ecd2g_fast.models.CurrentNet` (the paper's network) and
-  :class:`~ecd2g_fast.models.PotentialNet` (THEORY §6), trained by :func:`ecd2g_fast.training.train`
+  :class:`~ecd2g_fast.models.PotentialNet` (docs/theory.md §6), trained by :func:`ecd2g_fast.training.train`
   with the ``moons-to-swissroll-2d`` settings (batch 16384 samples for the Monte-Carlo targets,
   512 queries drawn around the data per step, SGD with the trainer's defaults), ``L = 10``, both
   walk modes. The potential network's field is the exact field of its density estimates
@@ -35,24 +35,21 @@ pool of moons samples.
 
 Usage::
 
-    python benchmarks/dfm_comparison.py                    # ~12 min on a 2-core CPU
-    python benchmarks/dfm_comparison.py --steps 200 --quick # smoke run
+    python -m benchmarks.dfm_comparison                     # ~12 min on a 2-core CPU
+    python -m benchmarks.dfm_comparison --steps 200 --quick # smoke run
 
-Writes ``benchmarks/results/dfm_comparison.md`` and ``.json`` (``--out-stem`` to change).
+Writes ``benchmarks/results/dfm_comparison.md`` and ``.json`` (``--out-stem`` to change), with the
+run's metadata (:func:`benchmarks.harness.run_metadata`). Times are single runs
+(:func:`benchmarks.harness.timed`): a training run or a sampling run is not repeated.
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime
+import functools
 import itertools
-import json
 import math
-import platform
-import subprocess
 import sys
-import time
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -60,17 +57,17 @@ from torch import nn
 
 import ecd2g_fast as E
 from ecd2g_fast import metrics as M
-from ecd2g_fast import training as T
 from ecd2g_fast.experiments.datasets import moons, swiss_roll
-from ecd2g_fast.experiments.runner import density_projection_info
+from ecd2g_fast.experiments.evaluation import density_projection_info
 from ecd2g_fast.fields import Field
-from ecd2g_fast.training import train
+from ecd2g_fast.training import TrainConfig, train
 
-RESULTS = Path(__file__).resolve().parent / "results"
+from . import harness
+
 EPSILON = 1e-3  # DFM trains on t in [0, 1 - eps) and samples up to 1 - eps (the package's example)
 
 
-# ---------------------------------------------------------------------------- helpers
+# ---------------------------------------------------------------------------- fields and networks
 class CountingField(Field):
     """Forwards every query to ``inner`` and counts the (walker, neighbour) current evaluations."""
 
@@ -112,24 +109,6 @@ class DFMNet(nn.Module):
         return self.net(torch.cat([scaled, t.float().reshape(-1, 1)], dim=1)).reshape(-1, self.D, self.K)
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def _git_commit() -> str | None:
-    try:
-        return subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            capture_output=True,
-            text=True,
-            check=True,
-            cwd=RESULTS.parent,
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return None
-
-
 def _scores(counts: np.ndarray, q: np.ndarray, law: np.ndarray | None) -> dict:
     out = {"tv": M.total_variation(counts, q), "js": M.js_divergence(q, counts)}
     if law is not None:
@@ -154,22 +133,25 @@ def train_dfm(args, batch_size, source, target, device, rngs):
     loss_fn = MixturePathGeneralizedKL(path=path)
     optimizer = torch.optim.Adam(net.parameters(), lr=args.dfm_lr)
     draw_x0, draw_x1 = source.sampler(rngs[0], device), target.sampler(rngs[1], device)
-    start = time.perf_counter()
-    for _ in tqdm(
-        range(args.steps),
-        desc=f"train dfm (batch {batch_size})",
-        disable=not args.progress,
-        dynamic_ncols=True,
-    ):
-        x_0, x_1 = draw_x0(batch_size), draw_x1(batch_size)  # independent coupling
-        t = torch.rand(x_1.shape[0], device=device) * (1 - EPSILON)
-        sample = path.sample(t=t, x_0=x_0, x_1=x_1)
-        loss = loss_fn(logits=net(sample.x_t, sample.t), x_1=x_1, x_t=sample.x_t, t=sample.t)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-    _sync(device)
-    return net.eval(), path, time.perf_counter() - start
+
+    def run() -> None:
+        steps = tqdm(
+            range(args.steps),
+            desc=f"train dfm (batch {batch_size})",
+            disable=not args.progress,
+            dynamic_ncols=True,
+        )
+        for _ in steps:
+            x_0, x_1 = draw_x0(batch_size), draw_x1(batch_size)  # independent coupling
+            t = torch.rand(x_1.shape[0], device=device) * (1 - EPSILON)
+            sample = path.sample(t=t, x_0=x_0, x_1=x_1)
+            loss = loss_fn(logits=net(sample.x_t, sample.t), x_1=x_1, x_t=sample.x_t, t=sample.t)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+
+    _, seconds = harness.timed(run, device)
+    return net.eval(), path, seconds
 
 
 @torch.no_grad()
@@ -209,11 +191,11 @@ def sample_dfm(net, path, x0, nfe, device, seed):
     solver = MixtureDiscreteEulerSolver(model=Probabilities(net), path=path, vocabulary_size=net.K)
     grid = torch.linspace(0.0, 1.0 - EPSILON, nfe + 1, device=device)
     torch.manual_seed(seed)  # the solver draws from torch's global generator
-    _sync(device)
-    start = time.perf_counter()
-    out = solver.sample(x_init=x0, step_size=None, time_grid=grid, dtype_categorical=torch.float64)
-    _sync(device)
-    return out, time.perf_counter() - start, grid
+    out, seconds = harness.timed(
+        lambda: solver.sample(x_init=x0, step_size=None, time_grid=grid, dtype_categorical=torch.float64),
+        device,
+    )
+    return out, seconds, grid
 
 
 # ---------------------------------------------------------------------------- main
@@ -273,15 +255,21 @@ def main(argv: list[str] | None = None) -> int:
     # ---------------- ECD2G
     for model in args.models:
         data_rngs = [np.random.default_rng(s) for s in seeds[2].spawn(2)]
-        _sync(device)
-        start = time.perf_counter()
-        result = train(
-            circuit, source.sampler(data_rngs[0]), target.sampler(data_rngs[1]), model=model, steps=args.steps,
-            batch_size=args.batch_size, num_queries=args.num_queries, queries="data", device=device,
-            seed=args.seed, progress=args.progress,
-        )  # fmt: skip
-        _sync(device)
-        train_seconds = time.perf_counter() - start
+        run = functools.partial(
+            train,
+            circuit,
+            source.sampler(data_rngs[0]),
+            target.sampler(data_rngs[1]),
+            model=model,
+            steps=args.steps,
+            batch_size=args.batch_size,
+            num_queries=args.num_queries,
+            queries="data",
+            device=device,
+            seed=args.seed,
+            progress=args.progress,
+        )
+        result, train_seconds = harness.timed(run, device)
         field, projection = result.field, density_projection_info(result.field)
         params = sum(t.numel() for t in result.model.parameters())
         log(f"ECD2G {model}: trained in {train_seconds:.1f} s")
@@ -291,16 +279,15 @@ def main(argv: list[str] | None = None) -> int:
             x0 = torch.from_numpy(pool[:n]).to(device)
             generator = torch.Generator(device=device).manual_seed(args.seed + 1)
             try:
-                _sync(device)
-                start = time.perf_counter()
-                samples, moves = E.sample(counting or field, x0, mode, generator=generator, return_moves=True)
-                _sync(device)
-                sample_seconds = time.perf_counter() - start
-                start = time.perf_counter()
-                law = (
-                    E.exact_output_distribution(field, torch.from_numpy(p).to(device), mode).pmf.cpu().numpy()
+                run = functools.partial(
+                    E.sample, counting or field, x0, mode, generator=generator, return_moves=True
                 )
-                exact_seconds = time.perf_counter() - start
+                (samples, moves), sample_seconds = harness.timed(run, device)
+                run = functools.partial(
+                    E.exact_output_distribution, field, torch.from_numpy(p).to(device), mode
+                )
+                law, exact_seconds = harness.timed(run, device)
+                law = law.pmf.cpu().numpy()
             except E.FieldError as error:  # a learned current field may trap walkers
                 rows.append(
                     {
@@ -347,9 +334,9 @@ def main(argv: list[str] | None = None) -> int:
         log(f"DFM batch {batch_size}: trained in {dfm_train_seconds:.1f} s")
         for nfe in nfes:
             samples, seconds, grid = sample_dfm(net, path, x0, nfe, device, args.seed + 2)
-            start = time.perf_counter()
-            law = dfm_exact_law(net, path, torch.from_numpy(p), grid)
-            exact_seconds = time.perf_counter() - start
+            law, exact_seconds = harness.timed(
+                functools.partial(dfm_exact_law, net, path, torch.from_numpy(p), grid), device
+            )
             rows.append(
                 {
                     "method": f"DFM, batch {batch_size}",
@@ -371,6 +358,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import flow_matching
 
+    defaults = TrainConfig()
     meta = {
         "task": f"moons -> swiss roll on a {K} x {K} grid (exact target pmf), L = {L} for ECD2G",
         "steps": args.steps,
@@ -379,8 +367,7 @@ def main(argv: list[str] | None = None) -> int:
             "num_queries": args.num_queries,
             "queries": "data",
             "optimizer": (
-                f"SGD lr {T.DEFAULT_LR}, momentum {T.DEFAULT_MOMENTUM}, EMA {getattr(T, 'DEFAULT_EMA_DECAY', None)} "
-                "(the trainer's defaults)"
+                f"SGD lr {defaults.lr}, momentum {defaults.momentum}, EMA {defaults.ema_decay} (the trainer's defaults)"
             ),
         },
         "dfm": {
@@ -389,21 +376,11 @@ def main(argv: list[str] | None = None) -> int:
             "scheduler": "PolynomialConvexScheduler(n=2)",
             "coupling": "independent",
         },
-        "device": str(device),
-        "threads": torch.get_num_threads(),
-        "machine": platform.processor() or platform.machine(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
         "flow_matching": getattr(flow_matching, "__version__", "1.0.10"),
-        "commit": _git_commit(),
-        "timestamp": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "command": " ".join(
-            ["python", "benchmarks/dfm_comparison.py", *(argv if argv is not None else sys.argv[1:])]
-        ),
+        **harness.run_metadata(device, None if argv is None else ["-m", "benchmarks.dfm_comparison", *argv]),
     }
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / f"{args.out_stem}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
-    (RESULTS / f"{args.out_stem}.md").write_text(render_markdown(meta, rows))
+    harness.write_json(harness.RESULTS / f"{args.out_stem}.json", {"meta": meta, "rows": rows})
+    (harness.RESULTS / f"{args.out_stem}.md").write_text(render_markdown(meta, rows))
     print(render_markdown(meta, rows))
     return 0
 
@@ -416,9 +393,9 @@ def render_markdown(meta: dict, rows: list[dict]) -> str:
         "# ECD2G vs discrete flow matching: moons -> swiss roll",
         "",
         (
-            f"{meta['task']}; {meta['steps']} gradient steps for every method; device {meta['device']} "
-            f"({meta['threads']} thread(s)), torch {meta['torch']}, flow_matching {meta['flow_matching']}, "
-            f"commit {meta['commit']}, {meta['timestamp']}."
+            f"{meta['task']}; {meta['steps']} gradient steps for every method; device {meta['device_name']} "
+            f"({meta['cpu']['torch_threads']} thread(s)), torch {meta['versions']['torch']}, flow_matching "
+            f"{meta['flow_matching']}, commit {(meta['git']['commit'] or 'unknown')[:7]}, {meta['timestamp']}."
         ),
         f"Command: `{meta['command']}`",
         "",

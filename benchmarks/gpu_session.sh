@@ -1,16 +1,17 @@
 #!/usr/bin/env bash
-# The GPU work of the benchmark issue, cut into parts that each fit one device-tool call (10 min).
-# Everything a part produces (logs, report JSON/markdown/log) goes under $OUT, which the tool
-# brings back; commit it under benchmarks/results/ with the command that made it.
+# The GPU throughput report, cut into parts that each take under 10 minutes.
+# Each part writes its logs and a copy of the report files (JSON, markdown, log) under $OUT;
+# commit the report files under benchmarks/results/ with the command they record.
 #
 #   bash benchmarks/gpu_session.sh build-test   # nvidia-smi, CUDA build, the whole test suite
 #   bash benchmarks/gpu_session.sh ops          # report: target pass, one move, one training step
 #   bash benchmarks/gpu_session.sh end-to-end   # report: 2D training, sampling 256 and 1,000,000
 #
 # Each part builds the extension first if the machine is fresh (a warm one keeps the build). The
-# report parts start from benchmarks/results/cuda-*.json when present and merge into it, so copy
-# the first part's $OUT/results/* into benchmarks/results/ before running the second.
-# Environment: OUT (required), PYTHON (default python), REPORT_ARGS (extra report.py options).
+# report parts write into benchmarks/results/ and merge with the cuda-*.json already there (the
+# report records its command relative to the repository root), so on a fresh machine copy the
+# first part's $OUT/results/* into benchmarks/results/ before running the second.
+# Environment: OUT (required), PYTHON (default python), REPORT_ARGS (extra report options).
 set -euo pipefail
 : "${OUT:?set OUT to the folder to write into}"
 PY=${PYTHON:-python}
@@ -26,9 +27,9 @@ build() {
 }
 
 report() {
-    cp benchmarks/results/cuda-*.json "$OUT/results/" 2>/dev/null || true
     # shellcheck disable=SC2086  # REPORT_ARGS is a list of options
-    "$PY" benchmarks/report.py --device cuda --out "$OUT/results" --merge --cases "$@" ${REPORT_ARGS:-}
+    "$PY" -m benchmarks.report --device cuda --merge --cases "$@" ${REPORT_ARGS:-}
+    cp benchmarks/results/cuda-*.json benchmarks/results/cuda-*.md benchmarks/results/cuda-*.log "$OUT/results/"
 }
 
 case "${1:-}" in

@@ -1,9 +1,10 @@
-"""The one benchmark harness: timing, run metadata, device peaks, result rows and writers.
+"""The benchmark harness: timing, device peaks, run metadata and writers (what is measured and recorded).
 
-Everything that measures time in ``benchmarks/`` should go through :func:`measure`, and every
-results file should carry :func:`run_metadata`. (``bench_targets.py``, ``bench_sampler.py`` and
-``bench_training.py`` still have their own timing loops and JSONL writers; a later clean-up
-switches them to this module. ``bench_end_to_end.py`` and ``report.py`` use it already.)
+What is run (cases, limits, sessions, the command line) is in :mod:`benchmarks.cases`.
+
+Every timing in ``benchmarks/`` goes through :func:`measure` (or :func:`timed` for a single run
+whose result is kept), every results file carries :func:`run_metadata`, and every file is
+written by :func:`write_json` or :func:`append_jsonl`.
 
 Timing rule (:func:`measure`): ``warmup`` untimed calls (CUDA: the first call compiles kernels
 and grows the caching allocator), then timed calls until at least ``repeats`` calls *and*
@@ -16,8 +17,6 @@ timed calls are kept next to it, because on a shared machine the best time is th
 disturbed by other work and the spread says how much it was disturbed. Short calls are repeated
 until ``min_time`` has passed, so a microsecond-scale figure is the best of thousands of calls.
 
-Rows: one dict per (figure, backend), JSON-friendly; :func:`write_json` writes
-``{"metadata": ..., "rows": [...], ...}`` and :func:`markdown_table` formats rows for reports.
 """
 
 from __future__ import annotations
@@ -40,20 +39,27 @@ from pathlib import Path
 import torch
 
 __all__ = [
-    "PEAKS",
-    "DevicePeak",
-    "Timing",
+    "append_jsonl",
+    "command_line",
     "device_peak",
     "device_slug",
+    "DevicePeak",
     "format_number",
     "markdown_table",
     "measure",
+    "PEAKS",
+    "REPO",
+    "repo_path",
+    "RESULTS",
     "run_metadata",
     "synchronize",
+    "timed",
+    "Timing",
     "write_json",
 ]
 
 REPO = Path(__file__).resolve().parent.parent
+RESULTS = REPO / "benchmarks" / "results"
 #: Above this many timed calls a :class:`Timing` keeps deciles instead of every time.
 MAX_LISTED_RUNS = 50
 
@@ -118,6 +124,16 @@ def synchronize(device: torch.device | str) -> None:
     device = torch.device(device)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+def timed(fn: Callable[[], object], device: torch.device | str = "cpu") -> tuple[object, float]:
+    """``(fn(), seconds)``: one call, synchronised like :func:`measure`'s, its result kept (for
+    runs too long to repeat, such as a whole training run whose model is used afterwards)."""
+    synchronize(device)
+    start = time.perf_counter()
+    result = fn()
+    synchronize(device)
+    return result, time.perf_counter() - start
 
 
 def measure(
@@ -249,6 +265,29 @@ def _version(module: str) -> str | None:
         return None
 
 
+def repo_path(path: str | os.PathLike) -> str:
+    """``path`` relative to the repository root when it lies inside it, else unchanged."""
+    try:
+        return str(Path(path).resolve().relative_to(REPO)) if os.path.isabs(path) else str(path)
+    except ValueError:
+        return str(path)
+
+
+def command_line(argv: Sequence[str] | None = None) -> str:
+    """The command that started this process, as typed in the repository root.
+
+    ``argv`` is what follows the interpreter (``["-m", "benchmarks.report", "--quick"]`` or
+    ``["benchmarks/report.py", "--quick"]``); by default this process's, with ``-m MODULE`` when
+    it was started as a module. The interpreter is written ``python`` and paths inside the
+    repository relative to its root, so a recorded command never holds a path of this machine.
+    """
+    if argv is None:
+        spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+        head = ["-m", spec.name] if spec is not None and spec.name else [sys.argv[0]]
+        argv = [*head, *sys.argv[1:]]
+    return shlex.join(["python", *(repo_path(a) if os.path.isabs(a) else a for a in argv)])
+
+
 def run_metadata(device: torch.device | str = "cpu", argv: Sequence[str] | None = None) -> dict:
     """Everything needed to reproduce and compare a run, JSON-friendly.
 
@@ -256,11 +295,10 @@ def run_metadata(device: torch.device | str = "cpu", argv: Sequence[str] | None 
     ``gpu`` (name, capability, memory, driver and CUDA versions, from torch and ``nvidia-smi``
     when present), ``cpu`` (model, logical CPUs usable, torch threads), ``load_average`` (1, 5,
     15 min, at the start), versions (python, torch, triton, numpy, ecd2g_fast, the extension),
-    ``git`` (commit, dirty flag), ``timestamp`` (UTC), ``command`` (the exact command line) and
-    the ``ECD2G_*`` environment variables that were set.
+    ``git`` (commit, dirty flag), ``timestamp`` (UTC), ``command`` (:func:`command_line` of
+    ``argv``) and the ``ECD2G_*`` environment variables that were set.
     """
     device = torch.device(device)
-    argv = sys.argv if argv is None else argv
     meta: dict = {"device": device.type}
     cpu = {
         "model": _cpu_model(),
@@ -280,14 +318,8 @@ def run_metadata(device: torch.device | str = "cpu", argv: Sequence[str] | None 
             "multiprocessors": props.multi_processor_count,
             "cuda_runtime": torch.version.cuda,
         }
-        smi = _run(
-            [
-                "nvidia-smi",
-                f"--id={index}",
-                "--query-gpu=name,driver_version,pci.bus_id",
-                "--format=csv,noheader",
-            ]
-        )
+        query = ["nvidia-smi", f"--id={index}", "--query-gpu=name,driver_version", "--format=csv,noheader"]
+        smi = _run(query)
         if smi:
             parts = [p.strip() for p in smi.split(",")]
             gpu["nvidia_smi_name"], gpu["driver_version"] = parts[0], parts[1] if len(parts) > 1 else None
@@ -304,12 +336,10 @@ def run_metadata(device: torch.device | str = "cpu", argv: Sequence[str] | None 
     try:
         from ecd2g_fast import _extension
 
-        extension = {
-            "available": _extension.available(),
-            "cuda_kernels": _extension.has_device_kernels(torch.device("cuda"))
-            if torch.cuda.is_available()
-            else False,
-        }
+        cuda_kernels = (
+            _extension.has_device_kernels(torch.device("cuda")) if torch.cuda.is_available() else False
+        )
+        extension = {"available": _extension.available(), "cuda_kernels": cuda_kernels}
         extension["reason"] = _extension.unavailable_reason()
     except Exception as error:  # noqa: BLE001  (record why the package failed to import, do not hide it)
         extension = {"available": False, "reason": repr(error)}
@@ -325,33 +355,11 @@ def run_metadata(device: torch.device | str = "cpu", argv: Sequence[str] | None 
     status = _run(["git", "status", "--porcelain", "--untracked-files=no"])
     meta["git"] = {"commit": commit, "dirty": bool(status) if status is not None else None}
     meta["timestamp"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-    meta["command"] = shlex.join([sys.executable, *argv])
+    meta["command"] = command_line(argv)
     meta["env"] = {
         k: v for k, v in sorted(os.environ.items()) if k.startswith("ECD2G_") or k == "TRITON_INTERPRET"
     }
     return meta
-
-
-def short_commit() -> str:
-    """The checkout's short git commit, or ``"unknown"``."""
-    return _run(["git", "rev-parse", "--short", "HEAD"]) or "unknown"
-
-
-def append_jsonl(path: str | os.PathLike, rows: Iterable[dict]) -> Path:
-    """Append one JSON object per row to ``path`` (the per-op scripts' results files)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a") as f:
-        for row in rows:
-            f.write(json.dumps(_json_safe(row)) + "\n")
-    return path
-
-
-def devices() -> list:
-    """pytest axis: CPU always, CUDA as a cleanly skipped case when absent."""
-    import pytest
-
-    return ["cpu", pytest.param("cuda", marks=pytest.mark.skipif("not torch.cuda.is_available()"))]
 
 
 def device_slug(meta: dict) -> str:
@@ -381,6 +389,16 @@ def write_json(path: str | os.PathLike, payload: dict) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(_json_safe(payload), indent=2, allow_nan=False) + "\n")
+    return path
+
+
+def append_jsonl(path: str | os.PathLike, rows: Iterable[dict]) -> Path:
+    """Append one JSON object per row to ``path`` (non-finite floats become ``null``)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as f:
+        for row in rows:
+            f.write(json.dumps(_json_safe(row), allow_nan=False) + "\n")
     return path
 
 

@@ -17,6 +17,12 @@ Conventions, chosen once for the whole package:
 Sampling noise: a histogram of ``n`` draws from ``q`` itself is not at TV 0 from ``q``. The
 :func:`tv_floor` family gives the value a perfect generator would reach at the same ``n``, the
 yardstick that every sampled TV must be read against.
+
+Goodness of fit: :func:`chi_square_test` (Pearson's chi-square of counts against a pmf, cells of
+small expected count pooled by :func:`pooled_cells`, rejection above :func:`chi_square_critical`,
+a false-failure rate of about 1e-6) is the one test by which the test suite and the benchmarks
+decide that a sampler draws from the law it should. Its numerical core lives in the private
+sibling :mod:`ecd2g_fast._goodness_of_fit`; import it from here.
 """
 
 from __future__ import annotations
@@ -25,21 +31,37 @@ import math
 
 import numpy as np
 
+from . import _goodness_of_fit as _gof
+from ._goodness_of_fit import (
+    CHI_SQUARE_MIN_EXPECTED,
+    CHI_SQUARE_Z,
+    POOLINGS,
+    ChiSquareTest,
+    chi_square_critical,
+)
+
 #: Pseudo-count added to every cell of a generated histogram before a KL (Krichevsky-Trofimov).
 DEFAULT_KL_ALPHA = 0.5
 #: Mass fraction that defines a distribution's occupied cells (see :func:`occupied_cells`).
 DEFAULT_OCCUPIED_MASS = 0.99
 
 __all__ = [
+    "CHI_SQUARE_MIN_EXPECTED",
+    "CHI_SQUARE_Z",
     "DEFAULT_KL_ALPHA",
     "DEFAULT_OCCUPIED_MASS",
+    "POOLINGS",
+    "ChiSquareTest",
     "additive_smoothing",
+    "chi_square_critical",
+    "chi_square_test",
     "histogram",
     "js_divergence",
     "js_floor",
     "kl_divergence",
     "normalize",
     "occupied_cells",
+    "pooled_cells",
     "smoothed_kl",
     "smoothed_kl_floor",
     "total_variation",
@@ -323,3 +345,70 @@ def js_floor(pmf, num_samples: int, rng: np.random.Generator, repeats: int = 10)
     pmf = normalize(pmf, name="pmf")
     values = [js_divergence(pmf, rng.multinomial(num_samples, pmf)) for _ in range(repeats)]
     return float(np.mean(values))
+
+
+# ---------------------------------------------------------------------------- goodness of fit
+def pooled_cells(
+    expected, min_expected: float = CHI_SQUARE_MIN_EXPECTED, pooling: str = "neighbours"
+) -> np.ndarray:
+    """Cell label of each outcome for a chi-square test, small expected counts pooled.
+
+    Outcomes with expected count ``>= min_expected`` keep a cell each (labels ``0, 1, ...`` in
+    index order). The others are pooled after them, by ``pooling``:
+
+    * ``"neighbours"``: in index order (neighbouring states), into runs closed as soon as their
+      total expected count reaches ``min_expected``; a short last run joins the run before it.
+      Keeps the test's power where much mass lies on small outcomes (a grid's tails).
+    * ``"together"``: all into one cell.
+
+    Args:
+        expected: ``(N,)`` non-negative expected counts.
+        min_expected: the pooling threshold (Cochran's rule: 5).
+        pooling: ``"neighbours"`` or ``"together"``.
+
+    Returns:
+        ``(N,)`` int64 numpy labels in ``[0, cells)``; every label is used.
+    """
+    if pooling not in POOLINGS:
+        raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
+    return _gof.pool(_as_array("expected", expected), min_expected, pooling)
+
+
+def chi_square_test(
+    counts,
+    pmf,
+    *,
+    min_expected: float = CHI_SQUARE_MIN_EXPECTED,
+    pooling: str = "neighbours",
+    z: float = CHI_SQUARE_Z,
+) -> ChiSquareTest:
+    """Pearson chi-square goodness of fit of ``counts`` to ``pmf``.
+
+    The outcomes where ``pmf > 0`` are grouped by :func:`pooled_cells` (expected counts
+    ``n pmf`` below ``min_expected`` pooled), and the test rejects when the statistic exceeds
+    :func:`chi_square_critical` (default ``z``: false-failure rate about 1e-6). A sample on an
+    outcome of probability 0 rejects outright.
+
+    Args:
+        counts: ``(N,)`` non-negative counts of each outcome (numpy or torch).
+        pmf: ``(N,)`` the law they should follow (normalised here).
+        min_expected, pooling: see :func:`pooled_cells`.
+        z: standard-normal quantile of the critical value.
+
+    Returns:
+        :class:`ChiSquareTest`: ``.passed`` says whether ``counts`` are consistent with ``pmf``;
+        ``str()`` is a one-line summary.
+
+    Raises:
+        TypeError, ValueError: bad ``counts`` or ``pmf`` (see :func:`normalize`), different
+        sizes, unknown ``pooling``.
+    """
+    if pooling not in POOLINGS:
+        raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
+    counts = _as_array("counts", counts)
+    pmf = normalize(pmf, name="pmf")
+    if counts.shape != pmf.shape:
+        raise ValueError(
+            f"counts and pmf must have the same number of cells, got {counts.size} and {pmf.size}"
+        )
+    return _gof.evaluate(counts, pmf, min_expected, pooling, z)

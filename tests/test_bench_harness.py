@@ -1,40 +1,34 @@
-"""The benchmark harness and report pieces (benchmarks/harness.py, benchmarks/report.py) on
-synthetic rows: timing, device peaks, writers, derived ratios and the goal evaluation."""
+"""The benchmark harness, cases and report pieces (benchmarks/harness.py, cases.py, report.py) on
+synthetic rows and cases: timing, device peaks, metadata, writers, limits, the case runner,
+derived ratios and the goal evaluation."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
-import sys
-from pathlib import Path
 
 import pytest
 
-BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
-
-
-def _load(name: str):
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
+from benchmarks import cases
+from benchmarks import harness as harness_module
+from benchmarks import report as report_module
 
 
 @pytest.fixture(scope="module")
 def harness():
-    return _load("harness")
+    return harness_module
 
 
 @pytest.fixture(scope="module")
 def report():
-    return _load("report")
+    return report_module
 
 
 H100 = "NVIDIA H100 80GB HBM3"
+#: The figures of the four goals of benchmarks/goals.json, in its order.
+TARGETS_FIGURE, TRAIN_FIGURE, SAMPLE_FIGURE, POTENTIAL_FIGURE = (
+    g["figure"] for g in report_module.load_goals()["goals"]
+)
 
 
 def _meta(harness, device="cuda", name=H100):
@@ -50,7 +44,7 @@ def _meta(harness, device="cuda", name=H100):
         "versions": {"torch": "2.13", "triton": "3.9", "python": "3.11"},
         "git": {"commit": "0123456789abcdef", "dirty": False},
         "timestamp": "2026-01-01T00:00:00+00:00",
-        "command": "python benchmarks/report.py",
+        "command": "python -m benchmarks.report",
         "load_average": [0.5, 0.5, 0.5],
     }
 
@@ -79,11 +73,11 @@ def _row(figure, backend, seconds, work, unit, reference, **extra):
 def _rows(report):
     Q = 65536
     return [
-        _row(report.TARGETS_FIGURE, "reference", 1e-2, Q, "queries/s", "reference"),
-        _row(report.TARGETS_FIGURE, "triton", 1e-4, Q, "queries/s", "reference", bytes=6.7e6),
-        _row(report.TRAIN_FIGURE, "reference", 10.0, 5000, "steps/s", "reference", paper_seconds=120.0),
+        _row(TARGETS_FIGURE, "reference", 1e-2, Q, "queries/s", "reference"),
+        _row(TARGETS_FIGURE, "triton", 1e-4, Q, "queries/s", "reference", bytes=6.7e6),
+        _row(TRAIN_FIGURE, "reference", 10.0, 5000, "steps/s", "reference", paper_seconds=120.0),
         _row(
-            report.TRAIN_FIGURE,
+            TRAIN_FIGURE,
             "auto",
             5.0,
             5000,
@@ -93,8 +87,8 @@ def _rows(report):
             flops=1e12,
             flops_dtype="bf16",
         ),
-        _row(report.SAMPLE_FIGURE, "torch", 0.05, 256, "samples/s", "torch", paper_seconds=0.13),
-        _row(report.SAMPLE_FIGURE, "cpp", 0.01, 256, "samples/s", "torch", paper_seconds=0.13),
+        _row(SAMPLE_FIGURE, "torch", 0.05, 256, "samples/s", "torch", paper_seconds=0.13),
+        _row(SAMPLE_FIGURE, "cpp", 0.01, 256, "samples/s", "torch", paper_seconds=0.13),
     ]
 
 
@@ -154,31 +148,31 @@ def test_writers_produce_valid_json_and_markdown(harness, tmp_path):
 
 
 def test_derive_ratios_and_peak_fractions(harness, report):
-    rows = report.derive(_rows(report), {"r1": _meta(harness)})
+    rows = cases.derive(_rows(report), {"r1": _meta(harness)})
     by = {(r["figure"], r["backend"]): r for r in rows}
-    triton = by[(report.TARGETS_FIGURE, "triton")]
+    triton = by[(TARGETS_FIGURE, "triton")]
     assert triton["ratio_to_reference"] == pytest.approx(100.0)
     assert triton["bandwidth_fraction"] == pytest.approx(6.7e6 / 1e-4 / 3.35e12)
-    auto = by[(report.TRAIN_FIGURE, "auto")]
+    auto = by[(TRAIN_FIGURE, "auto")]
     assert auto["ratio_to_paper"] == pytest.approx(24.0)
     assert auto["ratio_to_reference"] == pytest.approx(2.0)
     assert auto["flops_fraction"] == pytest.approx(1e12 / 5.0 / 989e12)
     # rows of another run are never compared with this run's reference
     other = dict(triton, run="r2")
-    assert report.derive([other], {"r2": _meta(harness)})[0]["ratio_to_reference"] is None
+    assert cases.derive([other], {"r2": _meta(harness)})[0]["ratio_to_reference"] is None
 
 
 def test_goal_evaluation(harness, report):
     meta = _meta(harness)
-    rows = report.derive(_rows(report), {"r1": meta})
+    rows = cases.derive(_rows(report), {"r1": meta})
     goals = {g["figure"]: g for g in report.evaluate_goals(rows, meta)}
     # 65536 / 1e-4 = 6.55e8 queries/s: 1e9 / 6.55e8 = 1.53x short; 100x the reference
-    assert goals[report.TARGETS_FIGURE]["status"] == "rate: missed by 1.53x; vs reference: met"
-    assert goals[report.TRAIN_FIGURE]["status"] == "met"
+    assert goals[TARGETS_FIGURE]["status"] == "rate: missed by 1.53x; vs reference: met"
+    assert goals[TRAIN_FIGURE]["status"] == "met"
     # 0.13 / 0.01 = 13x the paper, 25 / 13 = 1.92x short
-    assert goals[report.SAMPLE_FIGURE]["status"] == "missed by 1.92x"
-    assert goals[report.SAMPLE_FIGURE]["backend"] == "cpp"
-    assert goals[report.POTENTIAL_FIGURE]["status"] == "not measured"
+    assert goals[SAMPLE_FIGURE]["status"] == "missed by 1.92x"
+    assert goals[SAMPLE_FIGURE]["backend"] == "cpp"
+    assert goals[POTENTIAL_FIGURE]["status"] == "not measured"
 
     cpu = report.evaluate_goals(rows, _meta(harness, "cpu", "Test CPU"))
     assert all(g["status"].startswith("not measured on this device") for g in cpu)
@@ -188,7 +182,7 @@ def test_goal_evaluation(harness, report):
 
 def test_render_markdown(harness, report):
     meta = _meta(harness)
-    rows = report.derive(_rows(report), {"r1": meta})
+    rows = cases.derive(_rows(report), {"r1": meta})
     payload = {
         "latest_run": "r1",
         "runs": {"r1": meta},
@@ -209,4 +203,57 @@ def test_render_markdown(harness, report):
     assert "| sm90_gemm | 8 | 0.05 |" in text and "120 kernels and copies per step" in text
     assert "| figure | backend | value |" in text and "## Goals" in text and "too big" in text
     assert "3.35 TB/s" in text and "driver 555.42" in text
-    assert text.count(f"| {report.TARGETS_FIGURE} |") == 2  # its two rows
+    assert text.count(f"| {TARGETS_FIGURE} |") == 2  # its two rows
+
+
+def test_recorded_command_is_repo_relative(harness):
+    assert (
+        harness.command_line(["-m", "benchmarks.report", "--quick"]) == "python -m benchmarks.report --quick"
+    )
+    script, out = harness.REPO / "benchmarks" / "report.py", harness.REPO / "benchmarks" / "results"
+    assert (
+        harness.command_line([str(script), "--out", str(out)])
+        == "python benchmarks/report.py --out benchmarks/results"
+    )
+    assert harness.repo_path("/elsewhere/x.json") == "/elsewhere/x.json"
+
+
+def test_limits_settings(harness):
+    limits = cases.Limits.for_run("cpu", quick=True)
+    changed = limits.with_settings(
+        ["target_sizes=256,8192", "repeats=2", "max_time=1.5", "statistical_currentnet=1"]
+    )
+    assert changed.target_sizes == (256, 8192) and changed.repeats == 2 and changed.max_time == 1.5
+    assert changed.statistical_currentnet is True and changed.max_dense_currents == limits.max_dense_currents
+    with pytest.raises(ValueError, match="FIELD=VALUE"):
+        limits.with_settings(["no_such_field=1"])
+
+
+def test_session_runs_cases_into_rows_and_skips(harness):
+    lines = []
+    session = cases.Session("cpu", cases.Limits(repeats=2, max_time=0.05), run_id="r1", log=lines.append)
+    prepared = cases.Prepared(
+        lambda: sum(range(100)), "checked", params={"found": 1}, flops=10.0, flops_dtype="fp32"
+    )
+    case = cases.Case(
+        "g", "figure one", "fast", lambda: prepared, unit="items/s", work=100, params={"n": 100}
+    )
+    row = session.run(case)
+    assert (
+        row["figure"] == "figure one"
+        and row["params"] == {"n": 100, "found": 1}
+        and row["check"] == "checked"
+    )
+    assert row["value"] == pytest.approx(100 / row["seconds"]) and row["timing"]["runs"] >= 2
+    assert session.run(cases.Case("g", "figure one", "slow", skip="too slow")) is None
+    assert session.skipped == [
+        {"group": "g", "figure": "figure one", "backend": "slow", "reason": "too slow"}
+    ]
+    assert case.id == "figure-one-fast" and len(lines) == 2 and "skipped: too slow" in lines[1]
+
+    def failing():
+        raise AssertionError("differs from the reference; not timed")
+
+    with pytest.raises(AssertionError, match="not timed"):
+        session.run(cases.Case("g", "figure two", "wrong", failing))
+    assert len(session.rows) == 1

@@ -134,3 +134,72 @@ def test_kl_and_js_floors_are_small_and_positive():
 def test_bad_inputs_raise_value_error_naming_the_argument(call, match):
     with pytest.raises((ValueError, TypeError), match=match):
         call()
+
+
+# ---------------------------------------------------------------------------- chi-square test
+@pytest.mark.parametrize(
+    "dof, exact, rel",
+    [(1, 23.9281, 0.15), (10, 46.8630, 0.024), (100, 182.1268, 0.0016), (1000, 1227.1524, 1e-4)],
+)
+def test_chi_square_critical_is_a_slightly_conservative_quantile(dof, exact, rel):
+    # exact: the 1 - 1e-6 quantile of chi-square(dof) (regularised upper incomplete gamma, mpmath);
+    # Wilson-Hilferty lies above it, so the false-failure rate is at most 1e-6
+    assert exact < M.chi_square_critical(dof) < exact * (1 + rel)
+    assert M.chi_square_critical(dof, z=0.0) == pytest.approx(dof * (1 - 2 / (9 * dof)) ** 3)
+
+
+def test_pooled_cells_neighbours_and_together():
+    expected = [10.0, 1.0, 2.0, 3.0, 7.0, 1.0, 1.0, 0.5]
+    # big cells 0 and 4 keep labels 0, 1; the small ones form runs 1+2+3 (closed at 6) and
+    # 1+1+0.5 (short: joins the run before)
+    np.testing.assert_array_equal(M.pooled_cells(expected), [0, 2, 2, 2, 1, 2, 2, 2])
+    np.testing.assert_array_equal(M.pooled_cells(expected[:7]), [0, 2, 2, 2, 1, 2, 2])
+    np.testing.assert_array_equal(M.pooled_cells([3.0, 3.0, 9.0, 4.0, 1.0]), [1, 1, 0, 2, 2])
+    np.testing.assert_array_equal(M.pooled_cells(expected, pooling="together"), [0, 2, 2, 2, 1, 2, 2, 2])
+    np.testing.assert_array_equal(M.pooled_cells([6.0, 6.0], pooling="together"), [0, 1])
+    assert M.pooled_cells([1.0, 1.0, 1.0, 1.0, 1.0, 1.0], min_expected=2.0).tolist() == [0, 0, 1, 1, 2, 2]
+
+
+def test_chi_square_test_hand_computed_statistic():
+    # n = 100, expected 50, 30, 20; observed 55, 25, 20: (25 + 25) / 50 + 25 / 30 ... by hand
+    result = M.chi_square_test(torch.tensor([55, 25, 20]), np.array([0.5, 0.3, 0.2]))
+    assert result.statistic == pytest.approx(25 / 50 + 25 / 30 + 0.0)
+    assert result.dof == 2 and result.samples == 100 and result.passed
+    assert result.critical == pytest.approx(M.chi_square_critical(2))
+    assert "dof 2, n 100" in str(result) and "<=" in str(result)
+
+
+def test_chi_square_test_accepts_its_law_and_rejects_another():
+    rng = np.random.default_rng(3)
+    pmf = rng.dirichlet(np.ones(200))
+    pmf[:50] *= 1e-4  # a tail of small expected counts, pooled
+    pmf /= pmf.sum()
+    counts = rng.multinomial(20_000, pmf)
+    for pooling in ("neighbours", "together"):
+        assert M.chi_square_test(counts, pmf, pooling=pooling).passed
+    shifted = np.roll(pmf, 1)
+    failed = M.chi_square_test(counts, shifted)
+    assert not failed.passed and ">" in str(failed)
+
+
+def test_chi_square_test_rejects_samples_of_probability_zero_and_handles_one_cell():
+    impossible = M.chi_square_test([5, 1], [1.0, 0.0])
+    assert not impossible.passed and impossible.impossible == 1 and "probability 0" in str(impossible)
+    single = M.chi_square_test([0, 7], [0.0, 1.0])
+    assert single.passed and single.dof == 0 and "nothing to test" in str(single)
+
+
+@pytest.mark.parametrize(
+    "call, match",
+    [
+        pytest.param(lambda: M.chi_square_critical(0), "dof", id="dof"),
+        pytest.param(lambda: M.chi_square_test([1, 2], [0.5, 0.25, 0.25]), "same number", id="sizes"),
+        pytest.param(
+            lambda: M.chi_square_test([1, -2], [0.5, 0.5]), "counts must be non-negative", id="counts"
+        ),
+        pytest.param(lambda: M.pooled_cells([1.0], pooling="nearest"), "pooling", id="pooling"),
+    ],
+)
+def test_chi_square_bad_inputs(call, match):
+    with pytest.raises(ValueError, match=match):
+        call()

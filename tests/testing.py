@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import math
-
 import pytest
 import torch
+
+from ecd2g_fast import metrics
 
 
 def devices() -> list:
@@ -16,34 +16,19 @@ def devices() -> list:
     ]
 
 
-def chi_square_critical(dof: int, z: float = 4.753) -> float:
-    """Upper critical value of chi^2 with ``dof`` degrees of freedom (Wilson-Hilferty).
-
-    ``z = 4.753`` is the standard-normal quantile of ``1 - 1e-6``: a test that rejects above this
-    value fails falsely with probability about 1e-6.
-    """
-    k = float(dof)
-    return k * (1.0 - 2.0 / (9.0 * k) + z * math.sqrt(2.0 / (9.0 * k))) ** 3
+def chi_square_critical(dof: int, z: float = metrics.CHI_SQUARE_Z) -> float:
+    """Upper critical value of chi^2 with ``dof`` degrees of freedom (Wilson-Hilferty); the
+    default ``z`` (the standard-normal quantile of ``1 - 1e-6``) makes a test that rejects above
+    it fail falsely with probability about 1e-6. See :func:`ecd2g_fast.metrics.chi_square_critical`."""
+    return metrics.chi_square_critical(dof, z)
 
 
 def assert_samples_follow(counts: torch.Tensor, pmf: torch.Tensor, min_expected: float = 5.0) -> None:
     """Pearson chi-square goodness of fit of integer ``counts`` (M,) to ``pmf`` (M,), false-failure
-    rate about 1e-6. Cells with expected count below ``min_expected`` are pooled into one cell."""
-    counts = counts.to(torch.float64).cpu()
-    pmf = pmf.to(torch.float64).cpu()
-    n = float(counts.sum())
-    expected = n * pmf
-    big = expected >= min_expected
-    if bool((counts[expected == 0] > 0).any()):
-        raise AssertionError("samples landed on states of probability 0")
-    obs = torch.cat([counts[big], counts[~big].sum().reshape(1)])
-    exp = torch.cat([expected[big], expected[~big].sum().reshape(1)])
-    keep = exp > 0
-    obs, exp = obs[keep], exp[keep]
-    stat = float(((obs - exp) ** 2 / exp).sum())
-    dof = max(int(keep.sum()) - 1, 1)
-    critical = chi_square_critical(dof)
-    assert stat <= critical, f"chi-square {stat:.1f} > critical {critical:.1f} (dof {dof}, n {n:.0f})"
+    rate about 1e-6; cells with expected count below ``min_expected`` are pooled into one cell
+    (:func:`ecd2g_fast.metrics.chi_square_test` with ``pooling="together"``)."""
+    result = metrics.chi_square_test(counts, pmf, min_expected=min_expected, pooling="together")
+    assert result.passed, f"samples do not follow the pmf: {result}"
 
 
 def total_variation(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -88,7 +73,7 @@ def assert_equal_to_reference(actual: torch.Tensor, reference: torch.Tensor) -> 
 
 
 def discretised_gaussian(K: int) -> torch.Tensor:
-    """THEORY §4's target on {0..K-1}: mean (K-1)/2, standard deviation K/10; (K,) float64."""
+    """docs/theory.md §4's target on {0..K-1}: mean (K-1)/2, standard deviation K/10; (K,) float64."""
     x = torch.arange(K, dtype=torch.float64)
     w = torch.exp(-0.5 * ((x - (K - 1) / 2) / (K / 10)) ** 2)
     return w / w.sum()
