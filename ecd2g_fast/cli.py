@@ -15,7 +15,9 @@ Usage::
 sampling options given overriding it. The default folder is ``runs/EXPERIMENT``. Progress bars
 go to standard error and are off when it is not a terminal or with ``--quiet``.
 
-Exit status: 0 on success, 1 on a failed run (the message names the cause), 2 on bad usage.
+Exit status: 0 on success, 1 on a failed run (one line names the cause; ``--debug`` shows the
+traceback), 2 on bad usage, 130 when interrupted (Ctrl-C): the folder then holds the last complete
+files, and ``--resume`` continues an interrupted training.
 """
 
 from __future__ import annotations
@@ -66,6 +68,7 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
         "--threads", type=_positive_int, help="torch CPU threads (default on the CPU: half the cores, 1 to 4)"
     )
     parser.add_argument("--quiet", action="store_true", help="no progress bars or status lines")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of a failure")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -94,6 +97,11 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(command, help=text, description=text)
         p.add_argument("experiment", choices=names, metavar="EXPERIMENT", help=f"one of: {', '.join(names)}")
         _add_common(p)
+        p.add_argument(
+            "--resume",
+            action="store_true",
+            help="continue an interrupted training of the same configuration in --out",
+        )
         preset = " (default: the preset's value, `ecd2g list`)"
         add_options(
             p.add_argument_group("data and circuit" + preset),
@@ -183,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from .experiments import runner
     from .experiments.configs import ExperimentConfig
-    from .sampling import FieldError
+    from .experiments.folder import RunFolder
     from .settings import options_from_args
 
     progress = not args.quiet and sys.stderr.isatty()
@@ -200,32 +208,52 @@ def main(argv: list[str] | None = None) -> int:
             config = _config_from_args(args)
             out = args.out if args.out is not None else Path("runs") / args.experiment
             if args.command == "run":
-                metrics = runner.run(config, out, progress=progress, log=log)
+                metrics = runner.run(config, out, resume=args.resume, progress=progress, log=log)
                 log(
                     f"[ecd2g] wrote {out}/ (metrics.json: tv={metrics['tv']:.4f}, wall {metrics['wall_seconds']:.1f} s)"
                 )
             else:
-                runner.train_stage(runner.Run.resolve(config, out), progress=progress, log=log)
-                log(f"[ecd2g] wrote {out}/config.json and {out}/{runner.CHECKPOINT}")
+                with RunFolder(out).locked() as folder:
+                    run = runner.Run.resolve(config, folder)
+                    runner.train_stage(run, resume=args.resume, progress=progress, log=log)
+                log(f"[ecd2g] wrote {out}/config.json and {out}/checkpoint.pt")
             return 0
-        out = _out_dir(args)
-        config = ExperimentConfig.load(out / "config.json")
-        if args.command == "sample":
-            config = config.replace(**options_from_args(args, ExperimentConfig, groups=("sample",)))
-            config.save(out / "config.json")
-        if device is not None:
-            config = config.replace(device=device)
-        run = runner.Run.resolve(config, out)
-        if args.command == "sample":
-            runner.sample_stage(run, run.load_field(), progress=progress, log=log)
-        else:
-            runner.evaluate_stage(run, progress=progress, log=log)
+        with RunFolder(_out_dir(args)).locked() as folder:
+            changes = {} if device is None else {"device": device}
+            if args.command == "sample":
+                sampling = options_from_args(args, ExperimentConfig, groups=("sample",))
+                run = runner.Run.of_folder(folder, **sampling, **changes)
+                runner.sample_stage(run, run.load_field(), progress=progress, log=log)
+            else:
+                runner.evaluate_stage(runner.Run.of_folder(folder, **changes), progress=progress, log=log)
         return 0
-    except (ValueError, TypeError, FileNotFoundError, FieldError) as error:
-        print(f"ecd2g: error: {error}", file=sys.stderr)
+    except KeyboardInterrupt:
+        if args.debug:
+            raise
+        print(
+            "ecd2g: interrupted; the folder holds the last complete files "
+            "(`ecd2g train --resume` or `ecd2g run --resume` continues a training)",
+            file=sys.stderr,
+        )
+        return 130
+    except (ValueError, TypeError, OSError, RuntimeError, MemoryError) as error:
+        if args.debug:
+            raise
+        print(f"ecd2g: error: {_one_line(error)}", file=sys.stderr)
         return 1
     finally:
         torch.set_num_threads(threads_before)  # main() may run in-process (tests, notebooks)
+
+
+def _one_line(error: BaseException) -> str:
+    """The first line of an expected failure's message, with its type where the message is bare."""
+    text = str(error).strip().splitlines()[0] if str(error).strip() else ""
+    kind = type(error).__name__
+    if isinstance(error, MemoryError) or not text:
+        return f"{kind}: {text or 'out of memory'}"
+    if isinstance(error, OSError) and error.filename is not None and str(error.filename) not in text:
+        return f"{text} ({error.filename})"
+    return text
 
 
 if __name__ == "__main__":

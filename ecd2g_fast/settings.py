@@ -24,14 +24,16 @@ Check = Callable[[str, Any], Any]
 
 
 # ---------------------------------------------------------------------------- checks
-def integer(minimum: int) -> Check:
-    """An ``int`` (not a bool) ``>= minimum``."""
+def integer(minimum: int, maximum: int | None = None) -> Check:
+    """An ``int`` (not a bool) ``>= minimum`` (and ``<= maximum`` if given)."""
 
     def check(name: str, value: Any) -> int:
         if isinstance(value, bool) or not isinstance(value, int):
             raise TypeError(f"{name} must be an int, got {type(value).__name__}")
         if value < minimum:
             raise ValueError(f"{name} must be >= {minimum}, got {value}")
+        if maximum is not None and value > maximum:
+            raise ValueError(f"{name} must be <= {maximum}, got {value}")
         return value
 
     check.parse = int  # type: ignore[attr-defined]

@@ -54,9 +54,11 @@ from pathlib import Path
 import numpy as np
 
 from .. import backends
+from .._validation import MAX_ENUMERABLE_STATES
 from ..sampling import MODES
 from ..settings import Settings, choice, integer, optional, real, setting, text
 from ..training import TrainConfig
+from ..training.config import SEED_MAX
 from .datasets import (
     DiscretisedGaussian1D,
     EmpiricalDistribution,
@@ -144,7 +146,7 @@ class ExperimentConfig(Settings):
     )  # fmt: skip
     sample_seed: int | None = setting(
         None, "seed of the start states and the walk; none: derived from --seed",
-        check=optional(integer(0)), group="sample",
+        check=optional(integer(0, SEED_MAX)), group="sample",
     )  # fmt: skip
     device: str | None = setting(
         None,
@@ -180,7 +182,10 @@ EXPERIMENTS: dict[str, ExperimentConfig] = {
     # the defaults are the paper's 1D setting: uniform -> gaussian, L = 10, r = 0.1, R = 100, and
     # TrainConfig's defaults are its current network and budget
     "uniform-to-gaussian-1d": ExperimentConfig(
-        experiment="uniform-to-gaussian-1d", num_categories=50, dim=1, num_samples=20_000,
+        experiment="uniform-to-gaussian-1d",
+        num_categories=50,
+        dim=1,
+        num_samples=20_000,
         notes="paper §5.1: K=50, L=10, r=0.1, R=100; the paper's current network and budget",
     ),
     "moons-to-swissroll-2d": ExperimentConfig(
@@ -277,6 +282,17 @@ def resolve_datasets(config: ExperimentConfig) -> tuple[ExperimentConfig, GridDi
         if not loaded:
             raise ValueError("num_categories is required unless a data file gives it (--num-categories)")
         num_categories = max(2, max(int(a.max()) + 1 for a in loaded.values()))
+    # the experiments tabulate pmfs over all M = K**D states: bound M before anything is allocated
+    if num_categories**dim > MAX_ENUMERABLE_STATES:
+        given = (
+            "given"
+            if config.num_categories is not None
+            else "inferred from the largest state in the data files"
+        )
+        raise ValueError(
+            f"num_categories = {num_categories} ({given}) and D = {dim} make K**D states, more than the "
+            f"{MAX_ENUMERABLE_STATES} (2**24) an experiment can tabulate"
+        )
     config = config.replace(num_categories=num_categories, dim=dim)
     source = make_distribution(config.source, num_categories, dim, name="source", states=loaded.get("source"))
     target = make_distribution(config.target, num_categories, dim, name="target", states=loaded.get("target"))

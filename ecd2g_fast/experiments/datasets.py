@@ -78,13 +78,31 @@ class GridDistribution(abc.ABC):
         """True when :meth:`pmf` is the exact law (not an empirical estimate)."""
         return True
 
-    def sampler(self, rng: np.random.Generator, device: torch.device | str = "cpu"):
+    def sampler(self, rng: np.random.Generator, device: torch.device | str = "cpu") -> StateSampler:
         """A callable ``n -> (n, D)`` int64 tensor on ``device`` drawing from this distribution."""
+        return StateSampler(self, rng, device)
 
-        def draw(n: int) -> torch.Tensor:
-            return torch.from_numpy(self.sample(n, rng)).to(device)
 
-        return draw
+class StateSampler:
+    """``n -> (n, D)`` int64 tensor draws of a :class:`GridDistribution` with its own numpy generator.
+
+    ``state_dict()`` / ``load_state_dict()`` save and restore the generator, so the trainer's
+    checkpoints resume a run that draws from it exactly.
+    """
+
+    def __init__(
+        self, distribution: GridDistribution, rng: np.random.Generator, device: torch.device | str
+    ) -> None:
+        self.distribution, self.rng, self.device = distribution, rng, device
+
+    def __call__(self, n: int) -> torch.Tensor:
+        return torch.from_numpy(self.distribution.sample(n, self.rng)).to(self.device)
+
+    def state_dict(self) -> dict:
+        return {"bit_generator": self.rng.bit_generator.state}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.rng.bit_generator.state = state["bit_generator"]
 
 
 def _check_size(name: str, value, minimum: int) -> int:
@@ -318,6 +336,10 @@ class EmpiricalDistribution(GridDistribution):
         return counts / counts.sum()
 
 
+#: States in data files must be below this (a larger K could never be tabulated anyway).
+MAX_STATE_VALUE = 2**31
+
+
 def load_states(path: str | Path, *, name: str = "path") -> np.ndarray:
     """Integer states from a ``.npy`` or ``.csv`` file.
 
@@ -334,7 +356,8 @@ def load_states(path: str | Path, *, name: str = "path") -> np.ndarray:
 
     Raises:
         FileNotFoundError: no such file.
-        ValueError: unknown suffix, non-integer or negative values, wrong rank, no rows.
+        ValueError: unknown suffix; non-numeric, non-integer, negative or huge values; wrong rank; no
+            rows or columns.
     """
     path = Path(path)
     if not path.is_file():
@@ -354,15 +377,20 @@ def load_states(path: str | Path, *, name: str = "path") -> np.ndarray:
     else:
         raise ValueError(f"{name} must be a .npy or .csv file, got {str(path)!r}")
     array = np.asarray(array)
+    where = f"{name} file {str(path)!r}"
+    if array.dtype.kind not in "iuf" and array.dtype != np.bool_:
+        raise ValueError(f"{where} must hold integer states, got values of dtype {array.dtype}")
     if array.ndim == 1:
         array = array[:, None]
-    if array.ndim != 2 or array.shape[0] == 0:
-        raise ValueError(f"{name} must hold an (N, D) array of states with N >= 1, got shape {array.shape}")
-    if not np.issubdtype(array.dtype, np.integer) and (
-        not np.all(np.isfinite(array)) or not np.all(array == np.round(array))
-    ):
-        raise ValueError(f"{name} must hold integer states, found non-integer values in {str(path)!r}")
-    array = array.astype(np.int64)
+    if array.ndim != 2 or array.shape[0] == 0 or array.shape[1] == 0:
+        raise ValueError(
+            f"{where} must hold an (N, D) array of states with N >= 1 and D >= 1, got shape {array.shape}"
+        )
+    if array.dtype.kind == "f" and (not np.all(np.isfinite(array)) or not np.all(array == np.round(array))):
+        raise ValueError(f"{where} must hold integer states, found non-integer values")
     if array.min() < 0:
-        raise ValueError(f"{name} must hold non-negative states, got minimum {array.min()}")
+        raise ValueError(f"{where} must hold non-negative states, got minimum {array.min()}")
+    if array.max() >= MAX_STATE_VALUE:
+        raise ValueError(f"{where} holds state {array.max()}; states must be below {MAX_STATE_VALUE} (2**31)")
+    array = array.astype(np.int64)
     return array

@@ -25,6 +25,7 @@ from ..fields import ExactField, Field
 from ..models import PotentialNetField
 from ..sampling import FieldError, exact_output_distribution
 from .configs import ExperimentConfig
+from .folder import SAMPLES, RunFolderError
 
 if TYPE_CHECKING:
     from .runner import Run
@@ -177,10 +178,14 @@ def evaluate_stage(
         The full ``metrics.json`` content.
     """
     if samples is None:
-        path = run.out / "samples.npy"
-        if not path.is_file():
-            raise FileNotFoundError(f"no samples at {str(path)!r}: run `ecd2g sample` first")
-        samples = np.load(path)
+        if not (run.out / SAMPLES).is_file():
+            raise FileNotFoundError(f"no {SAMPLES} in {str(run.out)!r}: run `ecd2g sample` first")
+        samples = np.load(run.folder.check(SAMPLES, run.run_id), allow_pickle=False)
+        expected = f"(N, {run.config.dim}) int64 states in [0, {run.config.num_categories})"
+        if samples.ndim != 2 or samples.shape[1] != run.config.dim or samples.dtype != np.int64:
+            raise RunFolderError(f"{SAMPLES} must hold {expected}, got {samples.dtype} {samples.shape}")
+        if samples.size and (samples.min() < 0 or samples.max() >= run.config.num_categories):
+            raise RunFolderError(f"{SAMPLES} must hold {expected}")
     counts = M.histogram(samples, run.config.num_categories)
     values: dict = {}
     exact_pmf = None

@@ -27,6 +27,16 @@ def _pyplot():
     return plt
 
 
+def _save(fig, path: str | Path, **options) -> None:
+    """Save ``fig`` as PNG atomically (temporary file, then rename) and close it."""
+    from .folder import atomic_write
+
+    try:
+        atomic_write(Path(path), lambda handle: fig.savefig(handle, format="png", **options))
+    finally:
+        _pyplot().close(fig)
+
+
 def _as_pmf(values) -> np.ndarray:
     values = np.asarray(values, dtype=np.float64).reshape(-1)
     return values / values.sum()
@@ -91,8 +101,7 @@ def plot_histograms(
         fig.tight_layout()
     if title:
         fig.suptitle(title, fontsize=10, y=0.95 if dim == 2 else 1.02)
-    fig.savefig(path, dpi=110, bbox_inches="tight")
-    plt.close(fig)
+    _save(fig, path, dpi=110, bbox_inches="tight")
     return path
 
 
@@ -190,8 +199,7 @@ def plot_current_flow(
     fig.colorbar(image, ax=fig.axes[-2 * L :], shrink=0.6, label="edge current (symlog)")
     if title:
         fig.suptitle(title, fontsize=10)
-    fig.savefig(path, dpi=100, bbox_inches="tight")
-    plt.close(fig)
+    _save(fig, path, dpi=100, bbox_inches="tight")
     return path
 
 
@@ -224,6 +232,5 @@ def plot_loss(path: str | Path, losses: np.ndarray, *, title: str | None = None)
     if title:
         ax.set_title(title, fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(fig, path, dpi=110)
     return path

@@ -1,19 +1,27 @@
 """Run an experiment end to end: a configuration is resolved once into a :class:`Run`, then the
 stages (train, sample, evaluate, figures) pass their results forward.
 
-Output folder (``Run.out``):
+Output folder (``Run.folder``; :mod:`.folder` for the lock, the atomic writes and the manifest):
 
 =====================  =====================================================================
-``config.json``        the :class:`~ecd2g_fast.experiments.configs.ExperimentConfig` used
+``config.json``        the :class:`~ecd2g_fast.experiments.configs.ExperimentConfig` and run id
 ``checkpoint.pt``      the trainer's checkpoint (:mod:`ecd2g_fast.training.checkpoint`)
 ``source_samples.npy`` ``(N, D)`` int64 start states of the walkers
 ``samples.npy``        ``(N, D)`` int64 generated states
-``metrics.json``       timings and metrics (:func:`evaluate_stage`; every stage adds its keys)
+``metrics.json``       timings and metrics (every stage adds its keys), with the run id
+``run.json``           the manifest: run id and SHA-256 of every file above but config.json
 ``histograms.png``     source / target / generated side by side (paper Figures 5 and 7)
 ``current_flow.png``   1D: exact vs learned current flow (paper Figure 6)
 ``exact_output.png``   2D: target next to the exact output law of the learned field, when computed
 ``loss.png``           the training loss
 =====================  =====================================================================
+
+**Training never destroys the previous model.** A training writes ``config.json.partial`` and
+checkpoints to ``checkpoint.pt.partial`` (every ``checkpoint_every`` steps); only when it has
+finished are they renamed over ``config.json`` and ``checkpoint.pt``, and the previous run's
+samples, metrics and figures removed. An interrupted or failed training leaves the previous run
+intact beside the partial files, and :func:`train_stage` with ``resume=True`` (``ecd2g train
+--resume``) continues it from its last checkpoint, bit-identical to an uninterrupted run.
 
 The figures need matplotlib (an optional dependency): without it they are skipped with one line
 on the log, and everything else is written.
@@ -27,8 +35,11 @@ for the start states and the walk.
 
 from __future__ import annotations
 
-import json
+import dataclasses
+import os
 import time
+import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,9 +57,19 @@ from ..training import Trainer, TrainResult, load_field
 from .configs import ExperimentConfig, resolve_datasets
 from .datasets import GridDistribution
 from .evaluation import Log, density_projection_info, evaluate_stage, figures_stage, load_plots, stderr_log
+from .folder import (
+    CHECKPOINT,
+    CONFIG,
+    FIGURES,
+    PARTIAL,
+    SAMPLES,
+    SOURCE_SAMPLES,
+    RunFolder,
+    RunFolderError,
+    atomic_write,
+)
 
 __all__ = [
-    "CHECKPOINT",
     "Run",
     "evaluate_stage",
     "figures_stage",
@@ -57,7 +78,6 @@ __all__ = [
     "train_stage",
 ]
 
-CHECKPOINT = "checkpoint.pt"
 #: Walkers per call of :func:`ecd2g_fast.sample` (one progress-bar tick each).
 SAMPLE_CHUNK = 2**15
 #: metrics.json keys written by the training stage (kept when new samples are drawn).
@@ -97,7 +117,8 @@ class Run:
     """
 
     config: ExperimentConfig
-    out: Path
+    folder: RunFolder
+    run_id: str
     circuit: Circuit
     source: GridDistribution
     target: GridDistribution
@@ -105,8 +126,13 @@ class Run:
     seeds: Seeds
 
     @classmethod
-    def resolve(cls, config: ExperimentConfig, out: str | Path) -> Run:
-        """Resolve data sets, circuit, device and seeds of ``config``; creates ``out``.
+    def resolve(cls, config: ExperimentConfig, out: str | Path | RunFolder, run_id: str | None = None) -> Run:
+        """Resolve data sets, circuit, device and seeds of ``config``.
+
+        Args:
+            config: the configuration.
+            out: the output folder.
+            run_id: the training run the folder's files belong to; None: a new one.
 
         Raises:
             TypeError, ValueError: a bad configuration (the message names the setting).
@@ -116,41 +142,36 @@ class Run:
             raise TypeError(f"config must be an ExperimentConfig, got {type(config).__name__}")
         config, source, target = resolve_datasets(config)
         circuit = Circuit(config.num_categories, config.dim, config.num_layers, config.r, config.R)
-        out = Path(out)
-        out.mkdir(parents=True, exist_ok=True)
-        return cls(config, out, circuit, source, target, resolve_device(config.device), Seeds.of(config))
+        folder = out if isinstance(out, RunFolder) else RunFolder(out)
+        run_id = uuid.uuid4().hex[:16] if run_id is None else run_id
+        return cls(
+            config, folder, run_id, circuit, source, target, resolve_device(config.device), Seeds.of(config)
+        )
+
+    @classmethod
+    def of_folder(cls, out: str | Path | RunFolder, **changes) -> Run:
+        """The run a trained folder holds (its ``config.json``), with ``changes`` to the config."""
+        folder = out if isinstance(out, RunFolder) else RunFolder(out)
+        config, run_id = folder.read_config()
+        return cls.resolve(config.replace(**changes), folder, run_id)
 
     @property
-    def checkpoint_path(self) -> Path:
-        return self.out / CHECKPOINT
+    def out(self) -> Path:
+        return self.folder.path
 
     def load_field(self) -> Field:
-        """The learned field stored in the run's checkpoint, on the run's device.
+        """The learned field of the run's checkpoint (checked against the manifest), on the run's device.
 
         Raises:
             FileNotFoundError: no checkpoint.
-            ValueError: not a training checkpoint.
+            RunFolderError: a checkpoint of another run, or changed since it was written.
+            ValueError: not a valid training checkpoint.
         """
-        if not self.checkpoint_path.is_file():
-            raise FileNotFoundError(
-                f"no checkpoint at {str(self.checkpoint_path)!r}: run `ecd2g train` first"
-            )
-        return load_field(self.checkpoint_path, self.device)
+        return load_field(self.folder.check(CHECKPOINT, self.run_id), self.device)
 
-    # -------------------------------------------------------------- metrics.json
-    def read_metrics(self) -> dict:
-        path = self.out / "metrics.json"
-        return json.loads(path.read_text()) if path.is_file() else {}
-
-    def write_metrics(self, values: dict, *, keep: frozenset | None = None) -> dict:
-        """Merge ``values`` into ``metrics.json`` (first dropping all keys not in ``keep``, if given)."""
-        old = self.read_metrics()
-        if keep is not None:
-            old = {k: v for k, v in old.items() if k in keep}
-        merged = {**old, **values}
-        text = json.dumps(merged, indent=2, sort_keys=True, allow_nan=False) + "\n"
-        (self.out / "metrics.json").write_text(text)
-        return merged
+    def write_metrics(self, values: dict, *, keep: Iterable[str] | None = None) -> dict:
+        """Merge ``values`` (and the run id) into ``metrics.json`` (:meth:`RunFolder.write_metrics`)."""
+        return self.folder.write_metrics({**values, "run_id": self.run_id}, keep=keep)
 
 
 def _synchronize(device: torch.device) -> None:
@@ -159,22 +180,55 @@ def _synchronize(device: torch.device) -> None:
 
 
 # ---------------------------------------------------------------------------- train
-def train_stage(run: Run, *, progress: bool = True, log: Log = stderr_log) -> TrainResult:
+def _resume_point(run: Run, log: Log) -> str | None:
+    """The run id of an unfinished training of ``run.config`` in the folder, or None."""
+    folder = run.folder
+    if not (folder / (CHECKPOINT + PARTIAL)).is_file() or not (folder / (CONFIG + PARTIAL)).is_file():
+        log(f"[ecd2g] nothing to resume in {str(run.out)!r}: training from the start")
+        return None
+    config, run_id = folder.read_config(partial=True)
+    same = lambda c: c.replace(train=c.train.replace(steps=1), device=None).to_json()  # noqa: E731
+    if same(config) != same(run.config):
+        raise RunFolderError(
+            f"the unfinished training in {str(run.out)!r} has another configuration; "
+            "train without --resume to replace it"
+        )
+    log(f"[ecd2g] resuming run {run_id} from {CHECKPOINT + PARTIAL}")
+    return run_id
+
+
+def train_stage(
+    run: Run, *, resume: bool = False, progress: bool = True, log: Log = stderr_log
+) -> TrainResult:
     """Train the configured model; writes ``config.json``, ``checkpoint.pt``, ``loss.png``.
+
+    The previous model stays in place until the new one is complete (module docstring).
+
+    Args:
+        run: the run; its ``run_id`` becomes the folder's.
+        resume: continue the unfinished training of the same configuration in the folder (its
+            run id replaces ``run.run_id``), or start afresh if there is none.
+        progress: the trainer's progress bar.
+        log: status messages.
 
     Returns:
         :class:`ecd2g_fast.training.TrainResult`.
+
+    Raises:
+        RunFolderError: ``resume`` with an unfinished training of another configuration.
+        ecd2g_fast.training.NonFiniteLossError: the loss diverged (the partial files are kept).
     """
-    config, out = run.config, run.out
-    config.save(out / "config.json")
+    if resume and (run_id := _resume_point(run, log)) is not None:
+        run = dataclasses.replace(run, run_id=run_id)
+    else:
+        resume = False
+    config, folder = run.config, run.folder
+    folder.write_config(config, run.run_id, partial=True)
     src_rng, tgt_rng = (np.random.default_rng(s) for s in run.seeds.data.spawn(2))
     log(
         f"[ecd2g] {config.experiment}: {run.circuit}, {run.source.name} -> {run.target.name}, "
         f"model={config.train.model}, device={run.device}"
     )
-    # a fresh model: earlier checkpoints and metrics in this folder are stale
-    run.checkpoint_path.unlink(missing_ok=True)
-    (out / "metrics.json").unlink(missing_ok=True)
     start = time.perf_counter()
     trainer = Trainer(
         run.circuit,
@@ -182,14 +236,21 @@ def train_stage(run: Run, *, progress: bool = True, log: Log = stderr_log) -> Tr
         run.target.sampler(tgt_rng),
         config.train,
         device=run.device,
-        checkpoint_path=run.checkpoint_path,
+        checkpoint_path=folder / (CHECKPOINT + PARTIAL),
         progress=progress,
+        metadata={"run_id": run.run_id},
     )
-    result = trainer.run()
+    result = trainer.run(resume=resume)
     _synchronize(run.device)
     seconds = time.perf_counter() - start
     losses = result.losses.numpy()
     tail = losses[-max(1, len(losses) // 10) :]
+    # commit: the new config, then the new checkpoint; then the old run's outputs go
+    os.replace(folder / (CONFIG + PARTIAL), folder / CONFIG)
+    os.replace(folder / (CHECKPOINT + PARTIAL), folder / CHECKPOINT)
+    stale = [SAMPLES, SOURCE_SAMPLES, *FIGURES]
+    folder.record(run.run_id, [CHECKPOINT], drop=stale)
+    folder.remove(stale)
     run.write_metrics(
         {
             "train_seconds": seconds,
@@ -199,11 +260,14 @@ def train_stage(run: Run, *, progress: bool = True, log: Log = stderr_log) -> Tr
             "device": str(run.device),
             "model": config.train.model,
             "threads": torch.get_num_threads(),
-        }
+        },
+        keep=(),
     )
     plots = load_plots(log)
     if plots is not None:
-        plots.plot_loss(out / "loss.png", losses, title=f"{config.experiment}: {config.train.model} network")
+        plots.plot_loss(
+            folder / "loss.png", losses, title=f"{config.experiment}: {config.train.model} network"
+        )
     log(f"[ecd2g] trained {config.train.steps} steps in {seconds:.1f} s, final loss {tail.mean():.4g}")
     return result
 
@@ -229,7 +293,7 @@ def sample_stage(run: Run, field: Field, *, progress: bool = True, log: Log = st
     Raises:
         ecd2g_fast.FieldError: the learned field traps a walker (no positive outflow at a vertex).
     """
-    config, out, device = run.config, run.out, run.device
+    config, device = run.config, run.device
     target_pmf = run.target.pmf()
     n = config.num_samples if config.num_samples is not None else default_num_samples(target_pmf)
     occupied = M.occupied_cells(target_pmf)
@@ -239,7 +303,6 @@ def sample_stage(run: Run, field: Field, *, progress: bool = True, log: Log = st
             f"hold 99% of the mass): the sampled metrics will be dominated by sampling noise"
         )
     x0 = run.source.sample(n, np.random.default_rng(run.seeds.start))
-    np.save(out / "source_samples.npy", x0)
     generator = torch.Generator(device=device)
     generator.manual_seed(int(run.seeds.walk.generate_state(1, dtype=np.uint64)[0] >> np.uint64(1)))
     selected = backends.select("sample", config.backend, device, subject=field).name
@@ -267,7 +330,12 @@ def sample_stage(run: Run, field: Field, *, progress: bool = True, log: Log = st
     _synchronize(device)
     seconds = time.perf_counter() - start
     samples = torch.cat(chunks).numpy().astype(np.int64)
-    np.save(out / "samples.npy", samples)
+    # the files appear after the walk, with the sampling settings that made them: an interrupted
+    # sample stage changes nothing
+    for name, array in ((SOURCE_SAMPLES, x0), (SAMPLES, samples)):
+        atomic_write(run.folder / name, lambda handle, a=array: np.save(handle, a))
+    run.folder.record(run.run_id, [SOURCE_SAMPLES, SAMPLES])
+    run.folder.write_config(config, run.run_id)
     mean_moves = float(torch.cat(moves).double().mean())
     run.write_metrics(  # earlier evaluations describe other samples: only the training keys stay
         {
@@ -291,22 +359,33 @@ def sample_stage(run: Run, field: Field, *, progress: bool = True, log: Log = st
 
 
 # ---------------------------------------------------------------------------- all stages
-def run(config: ExperimentConfig, out: str | Path, *, progress: bool = True, log: Log = stderr_log) -> dict:
+def run(
+    config: ExperimentConfig,
+    out: str | Path,
+    *,
+    resume: bool = False,
+    progress: bool = True,
+    log: Log = stderr_log,
+) -> dict:
     """Train, sample, evaluate and draw; returns the metrics (also in ``out/metrics.json``).
 
     Args:
         config: the run (see :class:`~ecd2g_fast.experiments.configs.ExperimentConfig`).
-        out: output folder; files from an earlier run there are overwritten.
+        out: output folder; a previous run there is replaced once the new training has finished.
+        resume: continue an unfinished training of the same configuration (:func:`train_stage`).
         progress: tqdm progress bars.
         log: status messages (default: standard error).
 
     Raises:
         TypeError, ValueError: a bad configuration (the message names the setting).
+        FolderBusyError: another process is writing ``out``.
         ecd2g_fast.FieldError: the learned field traps a walker while sampling.
     """
     wall = time.perf_counter()
-    resolved = Run.resolve(config, out)
-    result = train_stage(resolved, progress=progress, log=log)
-    samples = sample_stage(resolved, result.field, progress=progress, log=log)
-    evaluate_stage(resolved, result.field, samples, progress=progress, log=log)
-    return resolved.write_metrics({"wall_seconds": time.perf_counter() - wall})
+    with RunFolder(out).locked() as folder:
+        resolved = Run.resolve(config, folder)
+        result = train_stage(resolved, resume=resume, progress=progress, log=log)
+        resolved = dataclasses.replace(resolved, run_id=folder.read_config()[1])
+        samples = sample_stage(resolved, result.field, progress=progress, log=log)
+        evaluate_stage(resolved, result.field, samples, progress=progress, log=log)
+        return resolved.write_metrics({"wall_seconds": time.perf_counter() - wall})

@@ -12,12 +12,22 @@ A checkpoint is a ``torch.save`` dict, read back with ``weights_only=True``:
 ``model``          the last iterate's state dict; ``ema_model``: the weight average's, or None
 ``optimizer``      the optimiser's state dict
 ``generator``      the trainer's generator state; ``torch_rng``/``cuda_rng``: the global ones
+``metadata``       what the caller attached (the experiment runner: its run id)
+``sources``        the data sources' states (callables with ``state_dict()``), else None
+``checksum``       SHA-256 of everything above (:func:`tensor_checksum`), verified on load
 =================  ==========================================================================
+
+Loading is safe with untrusted files as far as torch allows (``weights_only=True``), verifies the
+checksum (a file changed after it was written is refused with a message naming it), checks that
+the weights are finite, and builds a network only after checking that no size in its stored
+configuration exceeds what the stored weights could describe (a crafted configuration cannot make
+it allocate far more than the file holds).
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import tempfile
 from dataclasses import asdict
@@ -35,7 +45,16 @@ from .config import MODELS, TrainConfig
 if TYPE_CHECKING:
     from .trainer import Trainer
 
-__all__ = ["FORMAT", "atomic_save", "load_checkpoint", "load_field", "load_model", "restore", "save"]
+__all__ = [
+    "FORMAT",
+    "atomic_save",
+    "load_checkpoint",
+    "load_field",
+    "load_model",
+    "restore",
+    "save",
+    "tensor_checksum",
+]
 
 #: Version of the checkpoint layout (module docstring).
 FORMAT = 2
@@ -67,28 +86,55 @@ def atomic_save(obj: object, path: Path) -> None:
             os.close(dir_fd)
 
 
+def _leaves(obj: object, prefix: str = ""):
+    """``(key path, value)`` of every leaf of nested dicts/lists/tuples, in a fixed order."""
+    if isinstance(obj, dict):
+        for key in sorted(obj, key=str):
+            yield from _leaves(obj[key], f"{prefix}/{key}")
+    elif isinstance(obj, (list, tuple)):
+        for i, item in enumerate(obj):
+            yield from _leaves(item, f"{prefix}/{i}")
+    else:
+        yield prefix, obj
+
+
+def tensor_checksum(state: dict) -> str:
+    """SHA-256 (hex) of everything in ``state`` but its ``"checksum"``: every tensor's key path,
+    dtype, shape and bytes, and every other value's key path and ``repr``."""
+    digest = hashlib.sha256()
+    for key, value in _leaves({k: v for k, v in state.items() if k != "checksum"}):
+        if isinstance(value, torch.Tensor):
+            t = value.detach().cpu().contiguous()
+            digest.update(f"{key}|{t.dtype}|{tuple(t.shape)}|".encode())
+            digest.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        else:
+            digest.update(f"{key}={value!r}|".encode())
+    return digest.hexdigest()
+
+
 def save(trainer: Trainer, path: Path) -> None:
-    """Write ``trainer``'s complete state to ``path`` (atomically)."""
+    """Write ``trainer``'s complete state to ``path`` (atomically), with its checksum."""
     dev = trainer.device
-    atomic_save(
-        {
-            "format": FORMAT,
-            "circuit": asdict(trainer.circuit.config),
-            "config": trainer.config.to_json(),
-            "model_config": trainer.net.config(),
-            "world_size": trainer.ctx.world_size,
-            "amp": trainer.use_amp,
-            "step": trainer.step_count,
-            "losses": torch.tensor(trainer.losses, dtype=torch.float64),
-            "model": trainer.net.state_dict(),
-            "ema_model": None if trainer.ema_net is None else trainer.ema_net.state_dict(),
-            "optimizer": trainer.optimizer.state_dict(),
-            "generator": trainer.gen.get_state(),
-            "torch_rng": torch.get_rng_state(),
-            "cuda_rng": torch.cuda.get_rng_state(dev) if dev.type == "cuda" else None,
-        },
-        path,
-    )
+    state = {
+        "format": FORMAT,
+        "circuit": asdict(trainer.circuit.config),
+        "config": trainer.config.to_json(),
+        "model_config": trainer.net.config(),
+        "world_size": trainer.ctx.world_size,
+        "amp": trainer.use_amp,
+        "step": trainer.step_count,
+        "losses": torch.tensor(trainer.losses, dtype=torch.float64),
+        "model": trainer.net.state_dict(),
+        "ema_model": None if trainer.ema_net is None else trainer.ema_net.state_dict(),
+        "optimizer": trainer.optimizer.state_dict(),
+        "generator": trainer.gen.get_state(),
+        "torch_rng": torch.get_rng_state(),
+        "cuda_rng": torch.cuda.get_rng_state(dev) if dev.type == "cuda" else None,
+        "metadata": dict(trainer.metadata),
+        "sources": [source.state_dict() for source in trainer.sources],
+    }
+    state["checksum"] = tensor_checksum(state)
+    atomic_save(state, path)
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict:
@@ -96,16 +142,27 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
 
     Raises:
         FileNotFoundError: no file at ``path``.
-        ValueError: not a readable checkpoint of this format.
+        ValueError: not a readable checkpoint of this format; a checksum that does not match the
+            stored tensors (the file changed after it was written); non-finite weights.
     """
+    name = repr(os.fspath(path))
+    if Path(path).is_dir():
+        raise ValueError(f"{name} is a folder, not a training checkpoint")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise
     except Exception as err:  # truncated or foreign file: torch raises several types
-        raise ValueError(f"{os.fspath(path)!r} is not a readable training checkpoint: {err}") from err
+        raise ValueError(f"{name} is not a readable training checkpoint: {err}") from err
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
-        raise ValueError(f"{os.fspath(path)!r} is not an ecd2g_fast training checkpoint (format {FORMAT})")
+        raise ValueError(f"{name} is not an ecd2g_fast training checkpoint (format {FORMAT})")
+    if ckpt.get("checksum") != tensor_checksum(ckpt):
+        raise ValueError(f"{name} is corrupted: its contents do not match the checksum written with them")
+    for key in ("model", "ema_model"):
+        weights = ckpt.get(key) or {}
+        bad = [k for k, t in weights.items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+        if bad:
+            raise ValueError(f"{name} holds non-finite weights in {key}: {', '.join(bad[:3])}")
     return ckpt
 
 
@@ -148,6 +205,8 @@ def restore(trainer: Trainer, path: Path) -> None:
     if trainer.device.type == "cuda" and ckpt.get("cuda_rng") is not None:
         torch.cuda.set_rng_state(ckpt["cuda_rng"], trainer.device)
     trainer.losses = ckpt["losses"].tolist()
+    for source, state in zip(trainer.sources, ckpt.get("sources") or (None, None)):
+        source.load_state_dict(state)
 
 
 def load_model(path: str | os.PathLike, device: str | torch.device | None = None) -> nn.Module:
@@ -165,10 +224,53 @@ def load_model(path: str | os.PathLike, device: str | torch.device | None = None
         ValueError: not a checkpoint of this format.
     """
     ckpt = load_checkpoint(path)
-    circuit = Circuit(**ckpt["circuit"])
-    net = MODELS[ckpt["config"]["model"]](circuit, **ckpt["model_config"])
-    net.load_state_dict(ckpt["ema_model"] if ckpt.get("ema_model") is not None else ckpt["model"])
+    weights = ckpt["ema_model"] if ckpt.get("ema_model") is not None else ckpt["model"]
+    _check_sizes(ckpt, weights, path)
+    try:
+        circuit = Circuit(**ckpt["circuit"])
+        cls = MODELS[ckpt["config"]["model"]]
+    except (KeyError, TypeError, ValueError) as err:
+        raise ValueError(f"{os.fspath(path)!r} holds an invalid model configuration: {err}") from err
+    net = cls(circuit, **ckpt["model_config"])
+    try:
+        net.load_state_dict(weights)
+    except RuntimeError as err:
+        raise ValueError(
+            f"{os.fspath(path)!r}: the model configuration does not match the stored weights"
+        ) from err
     return net.to(resolve_device(device)).eval()
+
+
+#: Sizes in a checkpoint's configuration up to this many are accepted whatever its weights hold.
+_SMALL_SIZE = 2**24
+
+
+def _sizes(value: object):
+    if isinstance(value, bool):
+        return
+    if isinstance(value, int):
+        yield value
+    elif isinstance(value, (list, tuple)):
+        for item in value:
+            yield from _sizes(item)
+    elif isinstance(value, dict):
+        for item in value.values():
+            yield from _sizes(item)
+
+
+def _check_sizes(ckpt: dict, weights: dict, path: str | os.PathLike) -> None:
+    """Refuse a configuration whose sizes exceed what its stored weights could describe, before
+    anything is built from it (a crafted file must not make the loader allocate terabytes)."""
+    stored = sum(t.numel() for t in weights.values())
+    sizes = list(_sizes(ckpt.get("model_config"))) + list(_sizes(ckpt.get("circuit")))
+    # a list of widths (hidden layers) implies weight matrices of their consecutive products
+    widths = [v for v in (ckpt.get("model_config") or {}).values() if isinstance(v, (list, tuple))]
+    implied = sum(a * b for w in widths for a, b in zip(list(_sizes(w))[:-1], list(_sizes(w))[1:]))
+    if max(sizes, default=0) > max(_SMALL_SIZE, stored) or implied > stored:
+        raise ValueError(
+            f"{os.fspath(path)!r} describes a model larger than its stored weights ({stored} values): "
+            "refusing to build it"
+        )
 
 
 def load_field(path: str | os.PathLike, device: str | torch.device | None = None) -> Field:

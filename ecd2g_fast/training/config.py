@@ -36,6 +36,8 @@ __all__ = ["MODELS", "QUERIES", "TrainConfig"]
 MODELS: dict[str, type[nn.Module]] = {"current": CurrentNet, "potential": PotentialNet}
 #: Query distributions (:class:`~ecd2g_fast.training.data.QuerySampler`).
 QUERIES = ("uniform", "data")
+#: Largest seed: ``torch.Generator.manual_seed`` takes 64-bit signed values.
+SEED_MAX = 2**63 - 1
 
 
 def _target_backends() -> tuple[str, ...]:
@@ -91,7 +93,7 @@ class TrainConfig(Settings):
         help='model constructor arguments as JSON, e.g. \'{"hidden": [64, 64]}\'',
         check=mapping, default_factory=dict,
     )  # fmt: skip
-    seed: int = setting(0, "seed of the initialisation, data draws and queries", check=integer(0))
+    seed: int = setting(0, "seed of the initialisation, data draws and queries", check=integer(0, SEED_MAX))
     amp: bool | None = setting(
         None, "bf16 autocast of hidden layers; none: on for CUDA only", check=optional(flag), resume=False
     )

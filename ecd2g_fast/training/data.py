@@ -33,7 +33,8 @@ class DataSource:
     Args:
         name: the argument's name, for error messages (``"source"``, ``"target"``).
         source: ``(N, D)`` int64 states in ``[0, K)``, ``N >= 1``, or a callable ``n -> (n, D)``
-            whose outputs are checked on every draw.
+            whose outputs are checked on every draw. A callable with ``state_dict()`` and
+            ``load_state_dict(state)`` has its state saved in checkpoints and restored on resume.
         circuit: gives ``K`` and ``D``.
         device: where drawn states live.
 
@@ -55,6 +56,14 @@ class DataSource:
             raise TypeError(
                 f"{name} must be an int64 tensor (N, D) or a callable n -> (n, D), got {type(source).__name__}"
             )
+
+    def state_dict(self) -> dict | None:
+        """The callable's ``state_dict()``, or None (tensor data, or a callable without one)."""
+        return self.fn.state_dict() if hasattr(self.fn, "state_dict") else None
+
+    def load_state_dict(self, state: dict | None) -> None:
+        if state is not None and hasattr(self.fn, "load_state_dict"):
+            self.fn.load_state_dict(state)
 
     def draw(self, n: int, generator: torch.Generator) -> torch.Tensor:
         """``(n, D)`` int64 states on :attr:`device` (tensors: uniform rows, with replacement)."""

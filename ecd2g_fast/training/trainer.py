@@ -88,6 +88,7 @@ class Trainer:
             torchrun), else the CPU. Under ``torchrun`` the process group is joined here.
         checkpoint_path: where :meth:`run` writes checkpoints (atomically); None for none.
         progress: show a tqdm progress bar in :meth:`run` (rank 0 only).
+        metadata: JSON-friendly values stored in every checkpoint under ``"metadata"``.
 
     Raises:
         TypeError, ValueError: bad ``circuit``, sources, ``device``, ``checkpoint_path``, or a
@@ -104,6 +105,7 @@ class Trainer:
         device: str | torch.device | None = None,
         checkpoint_path: str | os.PathLike | None = None,
         progress: bool = True,
+        metadata: dict | None = None,
     ) -> None:
         if not isinstance(circuit, Circuit):
             raise TypeError(f"circuit must be an ecd2g_fast.Circuit, got {type(circuit).__name__}")
@@ -115,7 +117,10 @@ class Trainer:
                 f"checkpoint_path must be a str, os.PathLike or None, got {type(checkpoint_path).__name__}"
             )
         self.circuit, self.config, self.progress = circuit, config, progress
+        self.metadata = dict(metadata or {})
         self.checkpoint_path = None if checkpoint_path is None else Path(checkpoint_path)
+        if self.checkpoint_path is not None and self.checkpoint_path.is_dir():
+            raise ValueError(f"checkpoint_path {str(self.checkpoint_path)!r} is a folder; give a file path")
         self.ctx = ctx = distributed.setup(device)
         if config.queries_per_step < ctx.world_size:
             raise ValueError(
