@@ -4,8 +4,9 @@ Groups:
 
 * **walk**: ``Limits.walkers`` (100,000) walkers through a 12 x 12 grid (K = 12, D = 2, L = 10),
   uniform source -> a 2D Gaussian target, :class:`~ecd2g_fast.ExactField`, bidirectional walk;
-  one :func:`ecd2g_fast.sample` call timed. Backends: ``"torch"`` (the plain-torch reference
-  walk), ``"cpp"`` (compiled; for this potential field the on-the-fly O(M) op),
+  one :func:`ecd2g_fast.sample` call timed. Backends: every draw of the backend table,
+  ``"torch"`` (the plain-torch reference draw), ``"cpp"`` (compiled; for this potential field the
+  on-the-fly O(M) op),
   ``"cpp-generic"`` (compiled, the field wrapped as a plain current field, so currents are
   evaluated in torch chunk by chunk), ``"potential"`` (O(log M) tables, compiled draw),
   ``"potential-torch"`` (O(log M) tables, plain-torch draw). Check: the terminal states pass the
@@ -14,7 +15,8 @@ Groups:
   vertices ``(l, z)``, ``M`` in {50 (1D, K = 50), 2500 (2D, 50 x 50), 65536 (2D, 256 x 256)},
   ``L = 10``, for the ExactField of uniform -> discretised Gaussian pmfs and for a CurrentNet
   with random weights (its output bias set to +1 so that every vertex has outflow; weights do
-  not change the cost of a move). Table building (``"potential"``) is set-up, not part of the
+  not change the cost of a move); the draw is taken from the backend table as
+  :func:`ecd2g_fast.sample` takes it. Table building (``"potential"``) is set-up, not part of the
   move. Check: every drawn outlet has a positive out-current, and the outlets drawn by many
   walkers at one interior vertex pass the chi-square test against the normalised out-currents
   of that vertex.
@@ -38,21 +40,21 @@ from collections.abc import Callable, Iterator
 import torch
 
 import ecd2g_fast as E
-from ecd2g_fast import _extension
-from ecd2g_fast.fields import Field, PotentialField
+from ecd2g_fast import _extension, backends
+from ecd2g_fast.fields import Field, PotentialField, default_chunk_size
 from ecd2g_fast.models import CurrentNetField
-from ecd2g_fast.sampling import cpp as sampling_cpp
-from ecd2g_fast.sampling import potential as sampling_potential
-from ecd2g_fast.sampling.reference import default_chunk_size, draw_outlets, walk
 
 from . import cases, runner
 from .cases import Case, Limits, Prepared
 
 #: The whole-walk grid.
 WALK_K, WALK_D, WALK_L = 12, 2, 10
-WALK_BACKENDS = ("torch", "cpp", "cpp-generic", "potential", "potential-torch")
-#: Backends of a move (and of a 2D sampling run) for each kind of field.
-BACKENDS = {"exact": ("torch", "cpp", "potential", "potential-torch"), "current-net": ("torch", "cpp")}
+#: The draws of the backend table, and ``"cpp-generic"`` (the exact field wrapped as a plain
+#: current field, drawn by ``"cpp"``).
+WALK_BACKENDS = (*backends.names("sample"), "cpp-generic")
+#: Backends of a move (and of a 2D sampling run) for each kind of field: every draw of the table
+#: that supports it.
+BACKENDS = {"exact": backends.names("sample"), "current-net": ("torch", "cpp")}
 #: M -> (K, D) of the move cases.
 MOVE_GRIDS = {50: (50, 1), 2500: (50, 2), 65536: (256, 2)}
 MOVE_LAYERS = 10
@@ -109,7 +111,8 @@ class _CurrentField(Field):
     """An exact field seen as a generic current field (no potential table)."""
 
     def __init__(self, inner: Field) -> None:
-        self.inner, self.circuit = inner, inner.circuit
+        super().__init__(inner.circuit)
+        self.inner = inner
 
     @property
     def device(self) -> torch.device:
@@ -133,12 +136,6 @@ def run_backend(name: str, field: Field, x0: torch.Tensor, seed: int = 1) -> tor
     g = torch.Generator(x0.device).manual_seed(seed)
     if isinstance(field, CurrentNetField):
         field.refresh()
-    if name == "potential-torch":
-        draw = sampling_potential.potential_drawer(field, "bidirectional", use_extension=False)
-        out, _ = walk(
-            field, c.state_index(x0), "bidirectional", g, 1, (c.num_layers + 1) * c.num_states, draw=draw
-        )
-        return out
     if name == "cpp-generic":
         return c.state_index(E.sample(_CurrentField(field), x0, backend="cpp", generator=g))
     return c.state_index(E.sample(field, x0, backend=name, generator=g))
@@ -215,24 +212,16 @@ def move_walkers(field: Field, walkers: int, seed: int = 0) -> tuple[torch.Tenso
     return layer.to(field.device), z.to(field.device)
 
 
-DrawFn = Callable[[torch.Tensor, torch.Tensor, torch.Generator], torch.Tensor]
+MoveFn = Callable[[torch.Tensor, torch.Tensor, torch.Generator], torch.Tensor]
 
 
-def move_drawer(backend: str, field: Field, walkers: int) -> DrawFn:
+def move_drawer(backend: str, field: Field, walkers: int) -> MoveFn:
     """``draw(layer, z, generator) -> (B,)`` int64 outlet codes of one bidirectional move (codes:
-    :mod:`ecd2g_fast.sampling.reference`). Set-up (the potential tables) happens here."""
-    chunk = default_chunk_size(walkers, field.circuit.num_states)
-    if backend == "torch":
-        inner = draw_outlets
-    elif backend == "cpp":
-        inner = sampling_cpp.cpp_drawer(field, "bidirectional", field.device)
-    elif backend in ("potential", "potential-torch"):
-        inner = sampling_potential.potential_drawer(
-            field, "bidirectional", use_extension=backend == "potential"
-        )
-    else:
-        raise ValueError(f"unknown move backend {backend!r}")
-    return lambda layer, z, g: inner(field, layer, z, "bidirectional", g, chunk)
+    :mod:`ecd2g_fast.sampling.reference`): the draw of ``backend`` from the backend table, with
+    the default chunk of ``walkers`` walkers. Set-up (the potential tables) happens here."""
+    chunk = default_chunk_size(field, walkers)
+    draw = backends.select("sample", backend, field.device, subject=field).impl(field, "bidirectional")
+    return lambda layer, z, g: draw(layer, z, g, chunk)
 
 
 def outlet_currents(field: Field, layer: torch.Tensor, z: torch.Tensor, outlet: torch.Tensor) -> torch.Tensor:
@@ -280,7 +269,7 @@ def vertex_probabilities(field: Field, layer: int, state: int) -> torch.Tensor:
 
 
 def check_move(
-    backend: str, field: Field, draw: DrawFn, layer: torch.Tensor, z: torch.Tensor, stat_walkers: int
+    backend: str, field: Field, draw: MoveFn, layer: torch.Tensor, z: torch.Tensor, stat_walkers: int
 ) -> str:
     """Validity on the timed ``(B,)`` walkers, then a chi-square test at one interior vertex
     with ``stat_walkers`` walkers."""

@@ -12,6 +12,12 @@ where ``Q B D`` is within ``Limits.max_reference_target_work``), or against ``"t
 reference is skipped, to 1e-12 of each target's terms. ``"triton"`` runs only on CUDA (on the CPU
 it would be Triton's interpreter, a correctness tool).
 
+``"compiled"`` is not a backend of the table but what a user writes:
+``torch.compile(current_targets, fullgraph=True, dynamic=False)`` with ``backend="torch"``
+(inductor fuses the pass: on the CPU into C++ loops, on CUDA into its own Triton kernels). Its
+compilation (seconds) happens while preparing, untimed; Dynamo's caches are reset first, so that
+every case compiles its own static-shape graph.
+
 Run: ``python -m benchmarks.bench_targets [--device cuda] [--threads 1] [--set target_sizes=8192]``
 (a table, rows appended to ``benchmarks/results/targets.jsonl``), ``python -m benchmarks.report
 --cases targets``, or under pytest-benchmark with ``make bench``.
@@ -20,7 +26,7 @@ Run: ``python -m benchmarks.bench_targets [--device cuda] [--threads 1] [--set t
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import torch
 
@@ -32,7 +38,7 @@ from . import runner
 from .cases import Case, Limits, Prepared
 
 K, L = 256, 10
-BACKENDS = ("reference", "torch", "triton")
+BACKENDS = ("reference", "torch", "triton", "compiled")
 #: How the bytes of this family's rows are counted (the reports print it).
 NOTES = {
     "bytes": {
@@ -60,10 +66,26 @@ def workload(size: int, dim: int, device: str = "cpu", seed: int = 0) -> tuple:
     return circuit, *(t.to(device) for t in (layer, z, w, x, y))
 
 
+def compiled_targets() -> Callable[..., torch.Tensor]:
+    """``torch.compile`` of :func:`current_targets` (fullgraph, static shapes, the torch backend),
+    with Dynamo's caches reset: the first call compiles."""
+    torch._dynamo.reset()
+    return torch.compile(
+        functools.partial(current_targets, backend="torch", check_values=False), fullgraph=True, dynamic=False
+    )
+
+
+def target_pass(name: str) -> Callable[..., torch.Tensor]:
+    """The pass that backend ``name`` times: ``(circuit, layer, z, w, x, y) -> (Q,)`` float64."""
+    if name == "compiled":
+        return compiled_targets()
+    return functools.partial(current_targets, backend=name, check_values=False)
+
+
 @functools.lru_cache(maxsize=3)
 def output(size: int, dim: int, device: str, backend: str) -> torch.Tensor:
     """``(Q,)`` float64 targets of one backend on :func:`workload` (cached: the oracles)."""
-    return current_targets(*workload(size, dim, device), backend=backend, check_values=False)
+    return target_pass(backend)(*workload(size, dim, device))
 
 
 def check(case: tuple, out: torch.Tensor, expected: torch.Tensor, name: str, oracle: str) -> str:
@@ -87,6 +109,8 @@ def skip_reason(name: str, size: int, dim: int, device: torch.device, limits: Li
         return f"pairwise reference is O(Q B D): {work:.1e} > cap {limits.max_reference_target_work:.1e}"
     if name == "triton" and device.type != "cuda":
         return "triton on CPU is the interpreter"
+    if name == "compiled":
+        return None
     try:
         backends.select("current_targets", name, device)
     except ValueError as error:
@@ -96,15 +120,17 @@ def skip_reason(name: str, size: int, dim: int, device: torch.device, limits: Li
 
 def _prepare(name: str, size: int, dim: int, device: str, oracle: str) -> Prepared:
     case = workload(size, dim, device)
-    out = output(size, dim, device, name)  # also the first warm-up call
+    expected = None if name in ("reference", oracle) else output(size, dim, device, oracle)
+    run = target_pass(name)
+    out = run(*case)  # also the first warm-up call (and the compilation)
     if name == "reference":
         verdict = "is the reference"
     elif name == oracle:
         verdict = "not checked here: the reference was skipped (tests compare torch with it)"
     else:
-        verdict = check(case, out, output(size, dim, device, oracle), name, oracle)
+        verdict = check(case, out, expected, name, oracle)
     return Prepared(
-        functools.partial(current_targets, *case, backend=name, check_values=False),
+        functools.partial(run, *case),
         verdict,
         bytes_moved=8 * size + 16 * size * dim + 16 * size * dim + 8 * size,
         bytes_note=NOTES["bytes"]["targets"],

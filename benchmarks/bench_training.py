@@ -10,7 +10,10 @@ Groups:
   autocast on CUDA), the SGD update and the weight average. The target pass ``"auto"`` against
   ``"reference"`` (the plain-torch pairwise pass, run only where ``Q B D`` is within
   ``Limits.max_reference_target_work``). Check: the first step's loss is finite and, from the
-  same seed, equal to the reference's (rtol 1e-3).
+  same seed, equal to the reference's (rtol 1e-3). ``"compiled"``: the ``"auto"`` step with its
+  loss (the target pass with ``normalize=True``, the network's forward and the squared error;
+  backward through the compiled graph) under ``torch.compile(fullgraph=True, dynamic=False)``,
+  compiled while preparing; check: its first-step loss equals the eager ``"auto"`` one (rtol 1e-5).
 * **train-2d** (paper §5.2, Appendix B): moons -> swiss roll on the ``K x K`` grid of the
   package's preset ``moons-to-swissroll-2d`` (``K = 32``, ``L = 10``; the paper's ``K`` and ``L``
   were lost from its text), the paper's network (:class:`~ecd2g_fast.CurrentNet`, 128-128-128)
@@ -49,6 +52,8 @@ from .cases import Attachment, Case, Limits, Prepared
 # train-step workload
 K, D, L = 64, 2, 10
 BACKENDS = ("reference", "auto")
+#: The train-step rows: the target-pass backends, then the "auto" step with a compiled loss.
+STEP_VARIANTS = (*BACKENDS, "compiled")
 # train-2d workload
 PRESET = EXPERIMENTS["moons-to-swissroll-2d"]
 K2, L2 = PRESET.num_categories, PRESET.num_layers
@@ -101,10 +106,24 @@ def checked_step(trainer: Trainer) -> float:
     return float(loss)
 
 
-@functools.lru_cache(maxsize=2)
-def stepped_trainer(model: str, batch: int, device: str, targets_backend: str) -> tuple[Trainer, float]:
-    """A :func:`make_trainer` after its first step, and that step's loss (the check's oracle)."""
-    trainer = make_trainer(model, batch, device, targets_backend)
+def compile_loss(trainer: Trainer) -> Trainer:
+    """``trainer`` with its loss under ``torch.compile`` (fullgraph, static shapes; Dynamo's caches
+    reset first, so each case compiles its own graph): the rest of the step stays eager."""
+    torch._dynamo.reset()
+    trainer.loss = torch.compile(trainer.loss.__call__, fullgraph=True, dynamic=False)
+    return trainer
+
+
+@functools.lru_cache(maxsize=3)
+def stepped_trainer(model: str, batch: int, device: str, variant: str) -> tuple[Trainer, float]:
+    """A :func:`make_trainer` after its first step, and that step's loss (the check's oracle).
+
+    ``variant``: a target-pass backend of :data:`BACKENDS`, or ``"compiled"`` (``"auto"`` with
+    :func:`compile_loss`; the first step compiles)."""
+    if variant == "compiled":
+        trainer = compile_loss(make_trainer(model, batch, device, "auto"))
+    else:
+        trainer = make_trainer(model, batch, device, variant)
     return trainer, checked_step(trainer)
 
 
@@ -112,6 +131,13 @@ def _prepare_step(model: str, batch: int, name: str, device: str, reference: boo
     trainer, loss = stepped_trainer(model, batch, device, name)
     if name == "reference":
         verdict = "is the reference (first-step loss finite)"
+    elif name == "compiled":
+        eager = stepped_trainer(model, batch, device, "auto")[1]
+        if not math.isclose(loss, eager, rel_tol=1e-5):
+            raise AssertionError(
+                f"train step {model} B={batch} compiled: first-step loss {loss} != eager {eager}"
+            )
+        verdict = "first-step loss equal to the eager 'auto' step's (rtol 1e-5)"
     elif reference:
         expected = stepped_trainer(model, batch, device, "reference")[1]
         if not math.isclose(loss, expected, rel_tol=1e-3, abs_tol=1e-6):
@@ -127,12 +153,12 @@ def _prepare_step(model: str, batch: int, name: str, device: str, reference: boo
         verdict,
         flops=6.0 * cases.mlp_macs(MODELS[model](E.Circuit(K, D, L))) * batch,
         flops_dtype=_flops_dtype(dev),
-        resolved=_resolved(model, dev) if name == "auto" else "reference",
+        resolved={"reference": "reference", "compiled": "torch"}.get(name) or _resolved(model, dev),
     )
 
 
 def step_cases(device: torch.device, limits: Limits) -> Iterator[Case]:
-    """Both target-pass backends for each model and batch size."""
+    """Both target-pass backends and the compiled step for each model and batch size."""
     for model in MODELS:
         for batch in limits.train_batches:
             work = batch * batch * D
@@ -142,7 +168,7 @@ def step_cases(device: torch.device, limits: Limits) -> Iterator[Case]:
                     f"pairwise reference target pass is O(Q B D): "
                     f"{work:.1e} > cap {limits.max_reference_target_work:.1e}"
                 )
-            for name in BACKENDS:
+            for name in STEP_VARIANTS:
                 yield Case(
                     "train-step",
                     f"train step {model} B={batch}",

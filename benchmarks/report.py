@@ -80,14 +80,16 @@ def _measured(metric: str, row: dict) -> str:
 def evaluate_goals(rows: list[dict], meta: dict, table: dict | None = None) -> list[dict]:
     """Each goal of ``table`` (default :func:`load_goals`): ``met``, ``missed by X`` (X: how many
     times faster it must get) or ``not measured``, from derived ``rows`` of one device; ``meta``
-    is that run's metadata. On a CPU every goal is ``not measured on this device`` (the CPU
-    figure is still shown for information); on a GPU other than the goals' the status says so."""
+    is that run's metadata. On a CPU every GPU goal is ``not measured on this device`` (the CPU
+    figure is still shown for information) and the goals of ``table["cpu"]`` are evaluated (noting
+    a run whose torch threads differ from theirs); on a GPU other than the goals' the status says so."""
     table = table or load_goals()
     on_goal_device = meta.get("device") == "cuda" and any(
         d in meta.get("device_name", "") for d in table["devices"]
     )
     goals = []
-    for goal in table["goals"]:
+    cpu_goals = table.get("cpu", {}).get("goals", []) if meta.get("device") == "cpu" else []
+    for goal in table["goals"] + cpu_goals:
         found = [
             r
             for r in rows
@@ -106,7 +108,11 @@ def evaluate_goals(rows: list[dict], meta: dict, table: dict | None = None) -> l
                 sep = " " if verdicts == {"met", "not measured"} else ": "
                 status = "; ".join(f"{label}{sep}{f}" for label, f in factors)
             measured = ", ".join(_measured(c["metric"], row) for c in goal["criteria"])
-        if meta.get("device") != "cuda":
+        if goal in cpu_goals:
+            threads = meta.get("cpu", {}).get("torch_threads")
+            if row is not None and threads != table["cpu"]["threads"]:
+                status = f"{status} (with {threads} threads, not {table['cpu']['threads']})"
+        elif meta.get("device") != "cuda":
             info = f"{measured} on this CPU ({status})" if row is not None else "figure not measured"
             status, measured = f"not measured on this device (goal: {table['on']})", info
         elif row is not None and not on_goal_device:

@@ -1,8 +1,9 @@
 """ecd2g_fast: Electric Current Discrete Data Generation (ECD2G) in PyTorch.
 
 Public API: :class:`Circuit` (closed-form potentials and currents), :class:`ExactField` (the
-analytic current field of given pmfs), :func:`sample` (the movement-rule walk) and
-:func:`exact_output_distribution` (the walk's output law without sampling noise),
+analytic current field of given pmfs), :class:`Field` (the checked field contract) and
+:class:`StateField` (a user's own network on ``(Q, D)`` states as a field), :func:`sample` (the
+movement-rule walk) and :func:`exact_output_distribution` (the walk's output law without sampling noise),
 :func:`current_targets` / :func:`potential_targets` (Monte-Carlo training targets, eq. (13)),
 :class:`CurrentNet` / :class:`PotentialNet` (learned fields), :class:`TrainConfig` (every training
 setting), :class:`Trainer` and :func:`train` (Algorithm 1). The theory is in ``docs/theory.md``.
@@ -10,9 +11,10 @@ setting), :class:`Trainer` and :func:`train` (Algorithm 1). The theory is in ``d
 
 from . import models, training
 from .circuit import Circuit
-from .fields import ExactField, Field, PotentialField
+from .fields import ExactField, Field, FieldError, PotentialField, StateField
+from .hamming import HammingCircuit
 from .models import CurrentNet, PotentialNet
-from .sampling import FieldError, OutputDistribution, exact_output_distribution, sample
+from .sampling import OutputDistribution, exact_output_distribution, sample
 from .targets import current_targets, potential_targets
 from .training import NonFiniteLossError, TrainConfig, Trainer, TrainResult, train
 
@@ -22,10 +24,12 @@ __all__ = [
     "ExactField",
     "Field",
     "FieldError",
+    "HammingCircuit",
     "NonFiniteLossError",
     "OutputDistribution",
     "PotentialField",
     "PotentialNet",
+    "StateField",
     "TrainConfig",
     "TrainResult",
     "Trainer",

@@ -17,6 +17,9 @@ Operators (all without autograd; inputs are never modified):
   ``-> (outlet, status)``: one move of a potential field in O(log M) per walker from the tables of
   :class:`ecd2g_fast.sampling.potential.PotentialTables`.
 * ``philox4x32(counters, seed) -> out``: the raw Philox4x32-10 generator (known-answer tests).
+
+One more op, ``hashed_counts``, is a Python custom op of the target pass registered by
+``import ecd2g_fast`` (:mod:`ecd2g_fast.targets.packed`); it needs no extension.
 """
 
 from __future__ import annotations

@@ -5,6 +5,14 @@ availability check on the device (is the extension built, is Triton importable, 
 optionally, a check on what it is asked to process (for example the ``"potential"`` sampler takes
 only potential fields).
 
+What an implementation is depends on the op: for ``"current_targets"`` and
+``"potential_targets"`` the whole pass; for ``"sample"`` a *per-move draw factory*
+``(field, mode) -> draw`` (:data:`ecd2g_fast.sampling.reference.DrawFactory`): the backends of the
+sampler differ only in how one move's outlets are drawn, and :func:`ecd2g_fast.sample` runs every
+one of them in the same walk loop. Sampler entries: ``"torch"`` (plain torch, the reference),
+``"cpp"`` (compiled ops), ``"potential"`` (O(log M) tables, compiled draw, plain torch without the
+extension) and ``"potential-torch"`` (the same tables drawn in plain torch).
+
 ``"auto"`` walks the op's preference list for the device type and takes the first backend that is
 available and supports the subject. When it passes over a backend only because that backend is
 unavailable (typically: the C++ extension is not built), it warns once per process. An
@@ -16,6 +24,7 @@ environment variable ``ECD2G_BACKEND_<OP>`` (for example ``ECD2G_BACKEND_SAMPLE=
 from __future__ import annotations
 
 import os
+import sys
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -83,6 +92,8 @@ def select(op: str, backend: str, device: torch.device, subject: object = None) 
             or unsuitable for ``subject``.
     """
     table = _TABLE[op]
+    if not isinstance(backend, str):
+        raise TypeError(f"backend must be a str ('auto' or a backend name), got {type(backend).__name__}")
     if backend == "auto":
         backend = os.environ.get(f"ECD2G_BACKEND_{op.upper()}", "auto")
     if backend == "auto":
@@ -112,17 +123,30 @@ def select(op: str, backend: str, device: torch.device, subject: object = None) 
         reason = f": {reason}" if reason else ""
         raise ValueError(f"backend {backend!r} for {op} is not available on {device}{reason}")
     if not chosen.supports(subject):
-        raise ValueError(f"backend {backend!r} for {op} cannot process {type(subject).__name__}: {chosen.unsupported_reason}")
+        raise ValueError(
+            f"backend {backend!r} for {op} cannot process {type(subject).__name__}: {chosen.unsupported_reason}"
+        )
     return chosen
 
 
-def warn_once(key: tuple[str, str], message: str, stacklevel: int = 4) -> None:
+def warn_once(key: tuple[str, str], message: str) -> None:
     """One ``RuntimeWarning`` per process and ``key`` (``(op, backend passed over)``).
 
-    ``stacklevel`` as in :func:`warnings.warn`, counted from here: the default 4 names the caller
-    of a public function that called :func:`select`.
+    The warning names the first caller outside this package (and outside torch's compile
+    wrappers, such as the one of ``torch.compiler.disable`` around :func:`ecd2g_fast.sample`).
     """
     if key in _WARNED:
         return
     _WARNED.add(key)
-    warnings.warn(message, RuntimeWarning, stacklevel=stacklevel)
+    warnings.warn(message, RuntimeWarning, stacklevel=_outside_stacklevel())
+
+
+_INTERNAL = tuple(os.path.dirname(os.path.abspath(f)) + os.sep for f in (__file__, torch.__file__))
+
+
+def _outside_stacklevel() -> int:
+    # the stacklevel, counted from warn_once's warnings.warn, of the first frame outside _INTERNAL
+    frame, level = sys._getframe(2), 2
+    while frame is not None and frame.f_code.co_filename.startswith(_INTERNAL):
+        frame, level = frame.f_back, level + 1
+    return level

@@ -19,10 +19,23 @@ from ._validation import (
     check_enumerable,
     check_int,
     check_pmf,
+    check_ranges,
+    check_states,
     check_tensor,
+    state_range,
 )
+from .states import StateSpace
 
-_INT64_LIMIT = 2**63
+#: Per-layer coefficients are (L+1,) float64 tensors: at most 128 MiB each.
+MAX_LAYERS = 2**24
+#: Resistances outside this range have conductances that are not normal float64 numbers.
+MIN_RESISTANCE, MAX_RESISTANCE = 1e-300, 1e300
+#: Smallest accepted ``theta``. Below it the potential differences that carry the currents are
+#: ``a_l - a_{l+1} ~ theta^2 a_l``: rounding in ``a_l`` breaks Kirchhoff's law by about
+#: ``1e-17 / theta^2`` of the total current (measured over K <= 50, D <= 2, L <= 1000 and r/R from
+#: 1e-2 to 1e-12: worst 6e-11 for theta in [1e-3, 1e-2), 4e-9 in [1e-4, 1e-3)), so 1e-3 keeps it
+#: below 1e-9 everywhere. theta ~ sqrt(2 M r / R) for small values.
+MIN_THETA = 1e-3
 
 
 @dataclass(frozen=True)
@@ -42,14 +55,18 @@ class DeviceCoefficients(NamedTuple):
     Attributes:
         a, b: ``(L+1,)`` the coefficients ``a_l``, ``b_l`` of eq. (12).
         scalars: ``(4,)`` ``(s, 1/M, g, G)`` (a kernel's float scalar argument would be float32).
+        current_terms: ``(L, 9)`` :attr:`Circuit.current_terms`.
+        potential_terms: ``(L+1, 4)`` :attr:`Circuit.potential_terms`.
     """
 
     a: torch.Tensor
     b: torch.Tensor
     scalars: torch.Tensor
+    current_terms: torch.Tensor
+    potential_terms: torch.Tensor
 
 
-class Circuit:
+class Circuit(StateSpace):
     """``L + 1`` copies of ``S = {0..K-1}^D`` with resistors between adjacent layers.
 
     Args:
@@ -72,6 +89,21 @@ class Circuit:
             ``a_l = cosh((L-l) theta) / (e sinh(theta) sinh(L theta))`` and ``b_l`` with ``l`` in
             place of ``L - l``. ``a``/``b`` may underflow to 0.0 far from their boundary layer,
             ``log_a``/``log_b`` never do.
+        log_sigma: ``(L,)`` ``log sigma_l`` with ``sigma_l = s + (a_l + b_l + a_{l+1} + b_{l+1}) / M``,
+            the scale of the potential drop across an edge of layer ``l`` (docs/theory.md §5).
+        log_tau: ``(L+1,)`` ``log tau_l`` with ``tau_l = (a_l + b_l) / M``, the scale of the
+            pmf-dependent part of the potentials of layer ``l`` (docs/theory.md §6).
+        log_alpha, log_beta: ``(L+1,)`` logs of ``alpha_l = a_l / (a_l + b_l)`` and
+            ``beta_l = b_l / (a_l + b_l)``, accurate to a few ulps whatever ``L`` and ``M``.
+        current_terms: ``(L, 9)`` per edge layer ``l``, the logs of the nine terms of the
+            normalised current ``I_l(z, w) / (C(z, w) sigma_l)`` (eq. 12-13), each divided by
+            ``sigma_l``, with ``p = p(z)``, ``q = q(z)``, ``p' = p(w)``, ``q' = q(w)`` left out:
+            ``+ [s, b_l / M, a_{l+1} / M, a_l (p), b_{l+1} (q')]`` and
+            ``- [a_l / M, b_{l+1} / M, b_l (q), a_{l+1} (p')]`` in columns 0-4 and 5-8.
+        potential_terms: ``(L+1, 4)`` per vertex layer ``l``, the logs of the four terms of the
+            normalised potential ``(phi_l(z) + l s) / tau_l = alpha_l (M p - 1) - beta_l (M q - 1)``
+            with ``alpha_l = a_l / (a_l + b_l)``, ``beta_l = b_l / (a_l + b_l)``:
+            ``+ [beta_l, M alpha_l (p)]`` and ``- [alpha_l, M beta_l (q)]``.
 
     Raises:
         TypeError: a size is not an int, or a resistance not a real number.
@@ -82,24 +114,42 @@ class Circuit:
     def __init__(
         self, num_categories: int, dim: int, num_layers: int, r: float = 0.1, R: float = 100.0
     ) -> None:
-        self.num_categories = check_int("num_categories", num_categories, 2)
-        self.dim = check_int("dim", dim, 1)
+        super().__init__(num_categories, dim)
         self.num_layers = check_int("num_layers", num_layers, 1)
+        if self.num_layers > MAX_LAYERS:
+            raise ValueError(f"num_layers must be <= {MAX_LAYERS} (2**24), got {num_layers}")
         for name, value in (("r", r), ("R", R)):
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
+            if isinstance(value, int) and abs(value) > MAX_RESISTANCE:
+                raise ValueError(
+                    f"{name} must lie in [{MIN_RESISTANCE:g}, {MAX_RESISTANCE:g}], got an int of {len(str(abs(value)))} digits"
+                )
             if not (math.isfinite(value) and value > 0):
                 raise ValueError(f"{name} must be finite and > 0, got {value}")
+            if not MIN_RESISTANCE <= value <= MAX_RESISTANCE:
+                raise ValueError(
+                    f"{name} must lie in [{MIN_RESISTANCE:g}, {MAX_RESISTANCE:g}] (its conductance 1/{name} "
+                    f"must be a normal float64), got {value}"
+                )
         if not r < R:
             raise ValueError(
                 f"r must be smaller than R (0 < r < R is the supported regime), got r={r}, R={R}"
             )
         self.r, self.R = float(r), float(R)
-        self.num_states: int = self.num_categories**self.dim
         self.g = 1.0 / self.r
         self.G = 1.0 / self.R
         self.e = self.g - self.G
-        self._compute_constants()
+        try:
+            self._compute_constants()
+        except (ValueError, ZeroDivisionError):  # theta underflows to 0: r/R far below the limit
+            self.theta = 0.0
+        if self.theta < MIN_THETA:
+            raise ValueError(
+                f"r = {r:g} and R = {R:g} with M = K**D = {self.num_states} give theta = {self.theta:.3g} < "
+                f"{MIN_THETA:g}: the closed-form currents would break Kirchhoff's law by more than 1e-9 of "
+                f"the total current in float64 (docs/theory.md §7); use r/R >= {MIN_THETA**2 / 2 / self.num_states:.3g}"
+            )
         # device -> DeviceCoefficients, filled by coefficients()
         self._coefficients: dict[torch.device, DeviceCoefficients] = {}
 
@@ -138,6 +188,30 @@ class Circuit:
         f = 2.0 * (torch.exp((n - L - 1) * theta) + torch.exp(-(n + L + 1) * theta)) / math.exp(log_den)
         self.log_a, self.a = log_f.flip(0).contiguous(), f.flip(0).contiguous()
         self.log_b, self.b = log_f, f
+        self._compute_scales()
+
+    def _compute_scales(self) -> None:
+        """The scales of the normalised targets and their terms, in log space (docs/theory.md §5-7)."""
+        log_m, L, theta = self.log_num_states, self.num_layers, self.theta
+        la, lb = self.log_a, self.log_b
+        log_s = torch.full((L,), self.log_s, dtype=torch.float64)
+        a0_m, b0_m, a1_m, b1_m = la[:-1] - log_m, lb[:-1] - log_m, la[1:] - log_m, lb[1:] - log_m
+        self.log_sigma = torch.logsumexp(torch.stack([log_s, a0_m, b0_m, a1_m, b1_m]), dim=0)
+        terms = [log_s, b0_m, a1_m, la[:-1], lb[1:], a0_m, b1_m, lb[:-1], la[1:]]  # + 5, - 4
+        self.current_terms = torch.stack(terms, dim=1) - self.log_sigma[:, None]
+        self.log_tau = torch.logaddexp(la, lb) - log_m
+        # alpha_l = 1 / (1 + b_l / a_l) with log(b_l / a_l) written out: log_b - log_a would carry
+        # errors of a few ulps of (L+1) theta, which need not cancel
+        n = torch.arange(L + 1, dtype=torch.float64)
+        log_ratio = (
+            (2 * n - L) * theta
+            + torch.log1p(torch.exp(-2 * n * theta))
+            - torch.log1p(torch.exp(-2 * (L - n) * theta))
+        )
+        zero = torch.zeros_like(n)
+        self.log_alpha, self.log_beta = -torch.logaddexp(zero, log_ratio), -torch.logaddexp(zero, -log_ratio)
+        terms = [self.log_beta, self.log_alpha + log_m, self.log_alpha, self.log_beta + log_m]  # + 2, - 2
+        self.potential_terms = torch.stack(terms, dim=1)
 
     @property
     def config(self) -> CircuitConfig:
@@ -158,83 +232,6 @@ class Circuit:
             f"Circuit(num_categories={self.num_categories}, dim={self.dim}, "
             f"num_layers={self.num_layers}, r={self.r}, R={self.R})"
         )
-
-    # ---------------------------------------------------------- states (docs/theory.md §1)
-    def state_index(self, z: torch.Tensor) -> torch.Tensor:
-        """Canonical row-major index ``sum_d z[..., d] * K**(D-1-d)``.
-
-        Args:
-            z: ``(..., D)`` int64 states with entries in ``[0, K)``.
-
-        Returns:
-            ``(...)`` int64 indices in ``[0, M)``.
-
-        Raises:
-            TypeError: ``z`` is not an int64 tensor.
-            ValueError: wrong last dimension, entries outside ``[0, K)``, or ``M >= 2**63``.
-        """
-        z = check_tensor("z", z)
-        if z.dtype != torch.int64:
-            raise TypeError(f"z must have dtype torch.int64, got {z.dtype}")
-        if z.dim() < 1 or z.shape[-1] != self.dim:
-            raise ValueError(f"z must have shape (..., {self.dim}) (D = {self.dim}), got {tuple(z.shape)}")
-        self._check_index_range("state_index")
-        if z.numel() and (int(z.min()) < 0 or int(z.max()) >= self.num_categories):
-            raise ValueError(f"z must hold states in [0, {self.num_categories}) (K = {self.num_categories})")
-        return self.flatten(z)
-
-    def index_state(self, idx: torch.Tensor) -> torch.Tensor:
-        """Inverse of :meth:`state_index`.
-
-        Args:
-            idx: ``(...)`` int64 indices in ``[0, M)``.
-
-        Returns:
-            ``(..., D)`` int64 states.
-
-        Raises:
-            TypeError: ``idx`` is not an int64 tensor.
-            ValueError: an index outside ``[0, M)``, or ``M >= 2**63``.
-        """
-        idx = check_tensor("idx", idx)
-        if idx.dtype != torch.int64:
-            raise TypeError(f"idx must have dtype torch.int64, got {idx.dtype}")
-        self._check_index_range("index_state")
-        if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= self.num_states):
-            raise ValueError(f"idx must hold indices in [0, {self.num_states}) (M = K**D)")
-        return self.unflatten(idx)
-
-    def _check_index_range(self, what: str) -> None:
-        if self.num_states >= _INT64_LIMIT:
-            raise ValueError(f"{what} needs M = K**D < 2**63 to fit an int64 index")
-
-    def flatten(self, z: torch.Tensor) -> torch.Tensor:
-        """:meth:`state_index` without any check, for callers that validated ``z`` already.
-
-        Args:
-            z: ``(..., D)`` int64 states with entries in ``[0, K)``, on any device; ``M < 2**63``.
-
-        Returns:
-            ``(...)`` int64 indices on ``z``'s device. Nothing is checked: a wrong dtype, last
-            dimension or value gives a meaningless result (or an error from torch).
-        """
-        idx = torch.zeros(z.shape[:-1], dtype=torch.int64, device=z.device)
-        for d in range(self.dim):
-            idx = idx * self.num_categories + z[..., d]
-        return idx
-
-    def unflatten(self, idx: torch.Tensor) -> torch.Tensor:
-        """:meth:`index_state` without any check, for callers that validated ``idx`` already.
-
-        Args:
-            idx: ``(...)`` int64 indices in ``[0, M)``, on any device; ``M < 2**63``.
-
-        Returns:
-            ``(..., D)`` int64 states on ``idx``'s device. Nothing is checked: an index outside
-            ``[0, M)`` gives a meaningless state.
-        """
-        powers = self.num_categories ** torch.arange(self.dim - 1, -1, -1, device=idx.device)
-        return torch.div(idx.unsqueeze(-1), powers, rounding_mode="floor") % self.num_categories
 
     # ---------------------------------------------------------- closed form (docs/theory.md §2-3)
     def potentials(self, p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
@@ -301,8 +298,76 @@ class Circuit:
                 self.a.to(device),
                 self.b.to(device),
                 torch.tensor(scalars, dtype=torch.float64, device=device),
+                self.current_terms.to(device),
+                self.potential_terms.to(device),
             )
         return found
+
+    # ---------------------------------------------------------- target scales (docs/theory.md §5-6)
+    def log_current_scale(self, layer: torch.Tensor, z: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        """Log of the factor that turns normalised current targets into physical ones.
+
+        ``I_l(z, w) = exp(log_current_scale) * normalised``, with the scale
+        ``C(z, w) sigma_l`` (``g`` or ``G`` times :attr:`log_sigma`'s ``sigma_l``). The log is finite
+        for every circuit; the scale itself underflows to 0.0 once ``M`` is beyond float64.
+
+        Args:
+            layer: ``(Q,)`` int64 edge layers in ``[0, L)``.
+            z: ``(Q, D)`` integer tail states in ``[0, K)``; ``w``: ``(Q, D)`` head states.
+
+        Returns:
+            ``(Q,)`` float64 ``log C(z, w) + log sigma_l`` on ``layer``'s device.
+
+        Raises:
+            TypeError, ValueError: as :func:`ecd2g_fast.current_targets` for ``layer``, ``z``, ``w``.
+        """
+        layer, (z, w) = self._check_queries(layer, {"z": z, "w": w}, self.num_layers - 1)
+        log_c = torch.full(layer.shape, math.log(self.G), dtype=torch.float64, device=layer.device)
+        log_c.masked_fill_((z == w).all(dim=1), math.log(self.g))
+        return log_c + self.log_sigma.to(layer.device)[layer]
+
+    def log_potential_scale(self, layer: torch.Tensor) -> torch.Tensor:
+        """Log of the factor that turns normalised potential targets into physical ones.
+
+        Potentials are affine in the normalised targets:
+        ``phi_l(z) = -l s + exp(log_potential_scale) * normalised`` (gauge ``c = 0``), with the
+        scale ``tau_l = (a_l + b_l) / M`` (:attr:`log_tau`). The log is finite for every circuit;
+        ``tau_l`` and ``s`` underflow to 0.0 once ``M`` is beyond float64.
+
+        Args:
+            layer: ``(Q,)`` int64 vertex layers in ``[0, L]``.
+
+        Returns:
+            ``(Q,)`` float64 ``log tau_l`` on ``layer``'s device.
+
+        Raises:
+            TypeError: ``layer`` not an int64 tensor.
+            ValueError: ``layer`` not ``(Q,)``, or out of range.
+        """
+        layer, _ = self._check_queries(layer, {}, self.num_layers)
+        return self.log_tau.to(layer.device)[layer]
+
+    def _check_queries(
+        self, layer: object, states: dict[str, object], layer_max: int
+    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Check ``(Q,)`` int64 layers in ``[0, layer_max]`` and ``(Q, D)`` states (one sync for all)."""
+        layer = check_tensor("layer", layer)
+        if layer.dtype != torch.int64:
+            raise TypeError(f"layer must have dtype torch.int64, got {layer.dtype}")
+        if layer.dim() != 1:
+            raise ValueError(f"layer must have shape (Q,), got {tuple(layer.shape)}")
+        checked = [
+            check_states(name, t, self.num_categories, self.dim, check_values=False)
+            for name, t in states.items()
+        ]
+        for name, t in zip(states, checked):
+            if t.shape[0] != layer.shape[0] or t.device != layer.device:
+                raise ValueError(
+                    f"{name} must have Q = {layer.shape[0]} rows on {layer.device}, got {tuple(t.shape)} on {t.device}"
+                )
+        ranges = [("layer", layer, 0, layer_max + 1, f"layer indices in [0, {layer_max}]")]
+        check_ranges(ranges + [state_range(name, t, self.num_categories) for name, t in zip(states, checked)])
+        return layer, checked
 
     def currents(self, p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
         """Edge currents by Ohm's law, eq. (4) and (13).

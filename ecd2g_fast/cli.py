@@ -29,13 +29,18 @@ from pathlib import Path
 __all__ = ["build_parser", "default_threads", "main"]
 
 
-def _positive_int(text: str) -> int:
+#: Most torch threads ``--threads`` accepts (far more than any machine has cores; torch itself
+#: crashes on absurd counts).
+MAX_THREADS = 1024
+
+
+def _thread_count(text: str) -> int:
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {value}")
+    if not 1 <= value <= MAX_THREADS:
+        raise argparse.ArgumentTypeError(f"expected an integer from 1 to {MAX_THREADS}, got {value}")
     return value
 
 
@@ -65,7 +70,7 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, help="output folder (default runs/EXPERIMENT)")
     add_options(parser, ExperimentConfig, groups=("device",))
     parser.add_argument(
-        "--threads", type=_positive_int, help="torch CPU threads (default on the CPU: half the cores, 1 to 4)"
+        "--threads", type=_thread_count, help="torch CPU threads (default on the CPU: half the cores, 1 to 4)"
     )
     parser.add_argument("--quiet", action="store_true", help="no progress bars or status lines")
     parser.add_argument("--debug", action="store_true", help="show the traceback of a failure")

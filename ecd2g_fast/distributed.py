@@ -68,6 +68,8 @@ def resolve_device(device: str | torch.device | None, local_rank: int = 0) -> to
         device = torch.device(device)
     except RuntimeError as err:
         raise ValueError(f"device {device!r} is not a valid torch device: {err}") from None
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError(f"device must be a CPU or CUDA device, got {str(device)!r}")
     if device.type == "cuda":
         if not torch.cuda.is_available():
             raise ValueError("device is 'cuda' but CUDA is not available")

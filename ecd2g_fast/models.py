@@ -1,7 +1,7 @@
 """Learned fields: :class:`CurrentNet` (the paper's network) and :class:`PotentialNet` (docs/theory.md §6).
 
 Each model is an ``nn.Module`` (parameters, ``forward`` on a batch of queries, the closed-form
-normalisation of its regression targets) plus a small field adapter (``model.field()``) that
+scales of its regression targets) plus a small field adapter (``model.field()``) that
 implements the :class:`~ecd2g_fast.fields.Field` interface, so a trained model plugs into
 :func:`ecd2g_fast.sample` and :func:`ecd2g_fast.exact_output_distribution` unchanged.
 
@@ -18,9 +18,11 @@ coordinate through a fixed ``(K, F)`` table and the ``D`` rows are concatenated 
 
 **Target scales (docs/theory.md §5, §7).** Physical currents span orders of magnitude across layers and
 between the forward (``C = g``) and lateral (``C = G``) edges (``g / G = R / r = 1000`` in the
-paper). Both networks regress dimensionless targets of order one; every scale is computed in log
-space from the circuit's coefficients and kept in float64, and only the normalised values are cast
-to float32:
+paper). Both networks regress dimensionless targets of order one, the targets of
+:func:`~ecd2g_fast.current_targets` / :func:`~ecd2g_fast.potential_targets` with
+``normalize=True``; the scales are the circuit's (:attr:`~ecd2g_fast.Circuit.log_sigma`,
+:attr:`~ecd2g_fast.Circuit.log_tau`, computed in log space), kept in float64, and only the
+normalised values are cast to float32:
 
 * :class:`CurrentNet` outputs ``f(z, w, l) ~ I_l(z, w) / (C(z, w) sigma_l)`` with
   ``sigma_l = s + (a_l + b_l + a_{l+1} + b_{l+1}) / M``: the potential *drop* across the edge in
@@ -33,7 +35,7 @@ to float32:
   ``phi_l(z) = -l s + (a_l u(z) - b_l v(z)) / M``. This is eq. (12) exactly: the layer enters
   only through the closed-form coefficients, so the network needs no layer input and every query,
   whatever its layer, trains the same two functions. It regresses
-  ``(phi_l(z) + l s) M / (a_l + b_l) = alpha_l u - beta_l v`` with
+  ``(phi_l(z) + l s) / tau_l = alpha_l u - beta_l v`` (``tau_l = (a_l + b_l) / M``) with
   ``alpha_l = a_l / (a_l + b_l)``, ``beta_l = b_l / (a_l + b_l)`` in ``[0, 1]``. Its potential
   table centres ``u`` and ``v`` (zero mean over the M states), so the table is the exact
   potential of the pmfs ``(1 + u) / M`` and ``(1 + v) / M``.
@@ -42,7 +44,6 @@ to float32:
 from __future__ import annotations
 
 import contextlib
-import math
 from collections.abc import Sequence
 
 import torch
@@ -50,7 +51,7 @@ from torch import nn
 
 from ._validation import check_choice, check_enumerable, check_int
 from .circuit import Circuit
-from .fields import Field, PotentialField
+from .fields import Field, PotentialField, SinkCache, parameter_version
 
 __all__ = ["ENCODINGS", "CurrentNet", "PotentialNet", "CurrentNetField", "PotentialNetField", "StateEncoding"]
 
@@ -78,13 +79,8 @@ def _check_hidden(hidden: object) -> tuple[int, ...]:
     return tuple(check_int("hidden[i]", h, 1) for h in hidden)
 
 
-def parameter_version(module: nn.Module) -> tuple:
-    """A key that changes whenever a parameter or buffer of ``module`` is replaced or changed in place.
-
-    Optimiser steps and ``load_state_dict`` modify tensors in place, which bumps their autograd
-    version counter; moving the module replaces the tensors. Field adapters key their caches on it.
-    """
-    return tuple((t.data_ptr(), t._version, t.device) for t in (*module.parameters(), *module.buffers()))
+#: Largest encoding table a network builds (checked before it is allocated).
+MAX_ENCODING_BYTES = 2**31
 
 
 class StateEncoding(nn.Module):
@@ -96,13 +92,20 @@ class StateEncoding(nn.Module):
         kind: ``"scaled"`` (``F = 1``, ``2 z / (K - 1) - 1``) or ``"onehot"`` (``F = K``).
 
     Raises:
-        ValueError: unknown ``kind``.
+        ValueError: unknown ``kind``; a table larger than :data:`MAX_ENCODING_BYTES`.
     """
 
     def __init__(self, num_categories: int, dim: int, kind: str = "scaled") -> None:
         super().__init__()
         self.kind = check_choice("encoding", kind, ENCODINGS)
         K = num_categories
+        table_bytes = 8 * K * (K if kind == "onehot" else 1)
+        if table_bytes > MAX_ENCODING_BYTES:
+            raise ValueError(
+                f"encoding {kind!r} of num_categories = {K} needs a {table_bytes / 2**30:.3g} GiB table, more "
+                f"than the {MAX_ENCODING_BYTES / 2**30:g} GiB allowed"
+                + ("; use encoding='scaled'" if kind == "onehot" else "")
+            )
         if kind == "scaled":
             table = (2.0 * torch.arange(K, dtype=torch.float64) / (K - 1) - 1.0).unsqueeze(1)
         else:
@@ -137,10 +140,6 @@ def _float32_first_layer(like: torch.Tensor):
     """Disable autocast for the first Linear: in bf16, scaled coordinates ``2 z / (K-1) - 1`` of
     neighbouring states collide once ``K > 128`` (8-bit mantissa); the layer is tiny anyway."""
     return torch.autocast(like.device.type, enabled=False)
-
-
-def _logsumexp(*terms: torch.Tensor) -> torch.Tensor:
-    return torch.logsumexp(torch.stack(terms), dim=0)
 
 
 class CurrentNet(nn.Module):
@@ -185,15 +184,8 @@ class CurrentNet(nn.Module):
         F = self.encoding.features
         self.input = nn.Linear(2 * F + layer_embedding_dim, self.hidden[0])
         self.body = _mlp_body(self.hidden, 1)
-        # sigma_l = s + (a_l + b_l + a_{l+1} + b_{l+1}) / M, in log space (docs/theory.md §7)
-        log_m = c.log_num_states
-        s = torch.full((c.num_layers,), c.log_s, dtype=torch.float64)
-        log_sigma = _logsumexp(
-            s, c.log_a[:-1] - log_m, c.log_b[:-1] - log_m, c.log_a[1:] - log_m, c.log_b[1:] - log_m
-        )
-        self.register_buffer("sigma", torch.exp(log_sigma), persistent=False)
-        if not bool((self.sigma > 0).all() & torch.isfinite(self.sigma).all()):
-            raise ValueError(f"{c!r} has current scales outside float64 (M = K**D too large)")
+        # sigma_l (docs/theory.md §5); 0.0 once M is beyond float64, where physical currents are 0.0 too
+        self.register_buffer("sigma", torch.exp(c.log_sigma), persistent=False)
 
     def config(self) -> dict:
         """JSON-friendly constructor arguments (besides the circuit)."""
@@ -218,18 +210,16 @@ class CurrentNet(nn.Module):
             in float32).
         """
         with _float32_first_layer(z):
-            h = self.input(torch.cat([self.encoding(z), self.encoding(w), self.layer_embedding(layer)], dim=1))
+            h = self.input(
+                torch.cat([self.encoding(z), self.encoding(w), self.layer_embedding(layer)], dim=1)
+            )
         return self.body(h).squeeze(-1)
 
     def scale(self, layer: torch.Tensor, z: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-        """``(Q,)`` float64 ``C(z, w) sigma_l`` for ``(Q,)`` layers and ``(Q, D)`` states."""
+        """``(Q,)`` float64 ``C(z, w) sigma_l`` for ``(Q,)`` layers and ``(Q, D)`` states: the factor
+        from the network's output (and ``current_targets(..., normalize=True)``) to physical
+        currents; ``exp(circuit.log_current_scale(layer, z, w))`` without the checks."""
         return self.sigma[layer] * conductances(self.circuit, (z == w).all(dim=1))
-
-    def normalise_targets(
-        self, layer: torch.Tensor, z: torch.Tensor, w: torch.Tensor, currents: torch.Tensor
-    ) -> torch.Tensor:
-        """Physical current targets ``(Q,)`` float64 -> ``(Q,)`` float32 regression targets."""
-        return (currents.to(torch.float64) / self.scale(layer, z, w)).to(torch.float32)
 
     @torch.no_grad()
     def currents(self, layer: torch.Tensor, z: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
@@ -292,9 +282,12 @@ class CurrentNetField(Field):
     """Field adapter of a :class:`CurrentNet` (not a potential field: cycles are possible).
 
     Currents are float64 physical values, evaluated without gradients in float32 and rescaled in
-    float64 (with ``amp``, the hidden layers in bf16 as in training on CUDA). ``sink_currents`` sums ``I_{L-1}(w, z)`` over all ``w`` (docs/theory.md §4, clipped at 0) and
-    caches the result per state; the cache is dropped automatically when the network's parameters
-    change (:func:`parameter_version`) or explicitly by :meth:`refresh`.
+    float64 (with ``amp``, the hidden layers in bf16 as in training on CUDA). ``sink_currents``
+    sums ``I_{L-1}(w, z)`` over all ``w`` (docs/theory.md §4, clipped at 0) and caches the result
+    per state (:class:`~ecd2g_fast.fields.SinkCache`); the cache is dropped automatically when the
+    network's parameters change (:func:`parameter_version`) or explicitly by :meth:`refresh`.
+    ``bytes_per_pair`` is 64: the network's activations are bounded by :data:`PAIR_BLOCK_ROWS`
+    blocks whatever the chunk, so a pair holds only its float32 output and the float64 currents.
 
     Args:
         net: the network; the field follows its device and current weights.
@@ -305,17 +298,17 @@ class CurrentNetField(Field):
     """
 
     acyclic = False
+    bytes_per_pair = 64
 
     def __init__(self, net: CurrentNet, *, amp: bool | None = None) -> None:
         if not isinstance(net, CurrentNet):
             raise TypeError(f"net must be a CurrentNet, got {type(net).__name__}")
         if amp is not None and not isinstance(amp, bool):
             raise TypeError(f"amp must be a bool or None, got {type(amp).__name__}")
+        super().__init__(net.circuit)
         self.net = net
         self.amp = amp
-        self.circuit = net.circuit
-        self._sink: torch.Tensor | None = None
-        self._version: tuple | None = None
+        self._sink = SinkCache()
 
     @property
     def device(self) -> torch.device:
@@ -323,9 +316,11 @@ class CurrentNetField(Field):
 
     def refresh(self) -> None:
         """Drop the cached sink currents."""
-        self._sink = None
+        self._sink.clear()
 
-    def _edge_currents(self, edge_layer, walkers, start: int, stop: int, walker_is_tail: bool) -> torch.Tensor:
+    def _edge_currents(
+        self, edge_layer, walkers, start: int, stop: int, walker_is_tail: bool
+    ) -> torch.Tensor:
         c = self.circuit
         flat = torch.arange(start, stop, device=walkers.device)
         amp = self.amp is not False and walkers.device.type == "cuda"
@@ -343,23 +338,18 @@ class CurrentNetField(Field):
 
     def sink_currents(self, z: torch.Tensor) -> torch.Tensor:
         """``(B,)`` float64 ``max(sum_w I_{L-1}(w, z), 0)`` for ``(B,)`` int64 flat states ``z``."""
-        c = self.circuit
-        version = parameter_version(self.net)
-        if self._sink is None or self._version != version or self._sink.device != z.device:
-            check_enumerable("CurrentNetField.sink_currents", c.num_states)
-            self._sink = torch.full((c.num_states,), math.nan, dtype=torch.float64, device=z.device)
-            self._version = version
-        missing = torch.unique(z[torch.isnan(self._sink[z])])
-        if missing.numel():
-            M = c.num_states
-            total = torch.zeros(missing.shape[0], dtype=torch.float64, device=z.device)
-            edge_layer = torch.full_like(missing, c.num_layers - 1)
-            chunk = max(1, min(M, PAIR_BLOCK_ROWS * 4 // max(missing.shape[0], 1)))
-            for start in range(0, M, chunk):
-                stop = min(start + chunk, M)
-                total += self._edge_currents(edge_layer, missing, start, stop, walker_is_tail=False).sum(1)
-            self._sink[missing] = total.clamp_min(0.0)
-        return self._sink[z]
+        return self._sink.lookup(self, z, parameter_version(self.net), self._inflow)
+
+    def _inflow(self, states: torch.Tensor) -> torch.Tensor:
+        """``(n,)`` float64 ``sum_w I_{L-1}(w, z)`` over all ``M`` states ``w``."""
+        M = self.circuit.num_states
+        total = torch.zeros(states.shape[0], dtype=torch.float64, device=states.device)
+        edge_layer = torch.full_like(states, self.circuit.num_layers - 1)
+        chunk = max(1, min(M, PAIR_BLOCK_ROWS * 4 // max(states.shape[0], 1)))
+        for start in range(0, M, chunk):
+            stop = min(start + chunk, M)
+            total += self._edge_currents(edge_layer, states, start, stop, walker_is_tail=False).sum(1)
+        return total
 
 
 class PotentialNet(nn.Module):
@@ -381,7 +371,9 @@ class PotentialNet(nn.Module):
 
     kind = "potential"
 
-    def __init__(self, circuit: Circuit, hidden: Sequence[int] = (128, 128, 128), encoding: str = "scaled") -> None:
+    def __init__(
+        self, circuit: Circuit, hidden: Sequence[int] = (128, 128, 128), encoding: str = "scaled"
+    ) -> None:
         super().__init__()
         self.circuit = _check_circuit(circuit)
         self.hidden = _check_hidden(hidden)
@@ -389,15 +381,10 @@ class PotentialNet(nn.Module):
         self.encoding = StateEncoding(c.num_categories, c.dim, encoding)
         self.input = nn.Linear(self.encoding.features, self.hidden[0])
         self.body = _mlp_body(self.hidden, 2)
-        # alpha_l = a_l / (a_l + b_l), beta_l = b_l / (a_l + b_l), norm_l = M / (a_l + b_l)
-        log_ab = torch.logaddexp(c.log_a, c.log_b)
-        self.register_buffer("alpha", torch.exp(c.log_a - log_ab).to(torch.float32), persistent=False)
-        self.register_buffer("beta", torch.exp(c.log_b - log_ab).to(torch.float32), persistent=False)
-        self.register_buffer("norm", torch.exp(c.log_num_states - log_ab), persistent=False)
+        self.register_buffer("alpha", torch.exp(c.log_alpha).to(torch.float32), persistent=False)
+        self.register_buffer("beta", torch.exp(c.log_beta).to(torch.float32), persistent=False)
         self.register_buffer("a_over_m", torch.exp(c.log_a - c.log_num_states), persistent=False)
         self.register_buffer("b_over_m", torch.exp(c.log_b - c.log_num_states), persistent=False)
-        if not bool(torch.isfinite(self.norm).all()):
-            raise ValueError(f"{c!r} has potential scales outside float64 (M = K**D too large)")
 
     def config(self) -> dict:
         """JSON-friendly constructor arguments (besides the circuit)."""
@@ -417,15 +404,11 @@ class PotentialNet(nn.Module):
             z: ``(Q, D)`` int64 states in ``[0, K)``.
 
         Returns:
-            ``(Q,)`` float32 ``~ (phi_l(z) + l s) M / (a_l + b_l)``.
+            ``(Q,)`` float32 ``~ (phi_l(z) + l s) / tau_l`` (``potential_targets(...,
+            normalize=True)``; ``tau_l = exp(circuit.log_potential_scale(layer))``).
         """
         uv = self.densities(z)
         return self.alpha[layer].to(uv.dtype) * uv[:, 0] - self.beta[layer].to(uv.dtype) * uv[:, 1]
-
-    def normalise_targets(self, layer: torch.Tensor, z: torch.Tensor, potentials: torch.Tensor) -> torch.Tensor:
-        """Physical potential targets ``(Q,)`` float64 (gauge ``c = 0``) -> ``(Q,)`` float32 targets."""
-        shifted = potentials.to(torch.float64) + layer.to(torch.float64) * self.circuit.s
-        return (shifted * self.norm[layer]).to(torch.float32)
 
     @torch.no_grad()
     def potentials(self, layer: torch.Tensor, z: torch.Tensor) -> torch.Tensor:

@@ -46,7 +46,10 @@ def real(low: float, *, inclusive: bool, high: float = math.inf) -> Check:
     def check(name: str, value: Any) -> float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
-        value = float(value)
+        try:
+            value = float(value)
+        except OverflowError:
+            raise ValueError(f"{name} must be finite, got an int beyond float64") from None
         above = value >= low if inclusive else value > low
         if not (math.isfinite(value) and above and value < high):
             bound = f"{'>=' if inclusive else '>'} {low}" + (f" and < {high}" if high < math.inf else "")
@@ -65,6 +68,10 @@ def choice(choices: Iterable[str] | Callable[[], Iterable[str]]) -> Check:
 
     def check(name: str, value: Any) -> str:
         options = allowed()
+        if not isinstance(value, str):  # also keeps unhashable or array values out of `in`
+            raise ValueError(
+                f"{name} must be one of {', '.join(map(repr, options))}; got a {type(value).__name__}"
+            )
         if value not in options:
             raise ValueError(f"{name} must be one of {', '.join(map(repr, options))}, got {value!r}")
         return value

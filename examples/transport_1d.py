@@ -17,7 +17,9 @@ import ecd2g_fast as E
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--num-categories", type=int, default=50)
     parser.add_argument("--num-layers", type=int, default=10)
     parser.add_argument("--num-samples", type=int, default=200_000)
@@ -36,9 +38,15 @@ def main() -> None:
     x0 = circuit.index_state(torch.multinomial(p, args.num_samples, replacement=True, generator=generator))
     floor_a = torch.multinomial(q, args.num_samples, replacement=True, generator=generator)
     floor_b = torch.multinomial(q, args.num_samples, replacement=True, generator=generator)
-    tv_floor = 0.5 * float((torch.bincount(floor_a, minlength=K) - torch.bincount(floor_b, minlength=K)).abs().sum()) / args.num_samples
+    tv_floor = (
+        0.5
+        * float((torch.bincount(floor_a, minlength=K) - torch.bincount(floor_b, minlength=K)).abs().sum())
+        / args.num_samples
+    )
 
-    print(f"{circuit}: uniform -> Gaussian(mean {(K - 1) / 2}, sd {K / 10}), {args.num_samples} walkers on {device}")
+    print(
+        f"{circuit}: uniform -> Gaussian(mean {(K - 1) / 2}, sd {K / 10}), {args.num_samples} walkers on {device}"
+    )
     print(f"{'mode':<14} {'TV sampled':>11} {'TV exact':>10} {'mean moves':>11} {'seconds':>8}")
     for mode in ("bidirectional", "forward"):
         start = time.perf_counter()
@@ -48,7 +56,9 @@ def main() -> None:
         tv = 0.5 * float((hist - q).abs().sum())
         exact = E.exact_output_distribution(field, p, mode)
         tv_exact = 0.5 * float((exact.pmf - q).abs().sum())
-        print(f"{mode:<14} {tv:>11.4f} {tv_exact:>10.2e} {float(moves.double().mean()):>11.3f} {seconds:>8.2f}")
+        print(
+            f"{mode:<14} {tv:>11.4f} {tv_exact:>10.2e} {float(moves.double().mean()):>11.3f} {seconds:>8.2f}"
+        )
     print(f"noise floor (TV between two independent target samples of this size): {tv_floor:.4f}")
 
 

@@ -65,8 +65,25 @@ def _cases():
         circuit = E.Circuit(K, D, 5)
         x, y, z, w = (batch(K, D, n, seed) for seed, n in enumerate((257, 7, 33, 33)))
         layer = torch.randint(0, 5, (33,), generator=torch.Generator().manual_seed(9))
-        cases.append((f"current, {label}", lambda c=circuit, a=(layer, z, w, x, y): backend.current_targets_triton(c, *a)))
-        cases.append((f"potential, {label}", lambda c=circuit, a=(layer, z, x, y): backend.potential_targets_triton(c, *a)))
+        for normalize in (False, True):
+            kind = f"{label}{', normalized' if normalize else ''}"
+            current = (layer, z, w, x, y)
+            cases.append(
+                (
+                    f"current, {kind}",
+                    lambda c=circuit, a=current, n=normalize: backend.current_targets_triton(
+                        c, *a, normalize=n
+                    ),
+                )
+            )
+            cases.append(
+                (
+                    f"potential, {kind}",
+                    lambda c=circuit, a=current[:2] + current[3:], n=normalize: (
+                        backend.potential_targets_triton(c, *a, normalize=n)
+                    ),
+                )
+            )
     circuit = E.Circuit(7, 5, 2)
     x, y = batch(7, 5, 301, 10), batch(7, 5, 130, 11)
     keys = packed.StateKeys.for_circuit(circuit, x.device)
@@ -86,7 +103,6 @@ def main(argv: list[str] | None = None) -> int:
     except ImportError:
         print("triton is not installed: nothing to compile")
         return 0
-    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
     from ecd2g_fast.targets import triton as backend
 
     module = backend._kernels(False)

@@ -23,7 +23,12 @@ def distributed_cases() -> dict:
     common = dict(steps=25, batch_size=64, num_queries=61, seed=3, progress=False, checkpoint_every=10)
     return {
         "current-data": (E.Circuit(50, 1, 10), x, y, dict(model="current", queries="data", **common)),
-        "potential-uniform": (E.Circuit(50, 1, 10), x, y, dict(model="potential", queries="uniform", **common)),
+        "potential-uniform": (
+            E.Circuit(50, 1, 10),
+            x,
+            y,
+            dict(model="potential", queries="uniform", **common),
+        ),
     }
 
 

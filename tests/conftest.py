@@ -1,4 +1,6 @@
-"""Fixtures shared by the test modules."""
+"""Fixtures shared by the test modules, and the hypothesis profiles of tests/test_fuzz.py."""
+
+import os
 
 import pytest
 import torch
@@ -20,3 +22,31 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+# Hypothesis profiles of tests/test_fuzz.py (its module docstring describes them); chosen with
+# ECD2G_FUZZ_PROFILE, "ci" by default. Guarded so that the rest of the suite runs without hypothesis.
+try:
+    from hypothesis import HealthCheck, Phase, settings
+except ImportError:
+    pass
+else:
+    settings.register_profile(
+        "ci",
+        max_examples=10,
+        deadline=None,
+        derandomize=True,  # the same examples on every run: CI is reproducible
+        database=None,  # nothing written to .hypothesis/, nothing replayed from an earlier run
+        phases=(Phase.explicit, Phase.generate),  # no shrinking: a failure is reported at once
+        suppress_health_check=[HealthCheck.too_slow],
+        print_blob=True,
+    )
+    settings.register_profile(
+        "long",
+        max_examples=400,
+        deadline=None,
+        database=None,
+        suppress_health_check=[HealthCheck.too_slow],
+        print_blob=True,
+    )
+    settings.load_profile(os.environ.get("ECD2G_FUZZ_PROFILE", "ci"))

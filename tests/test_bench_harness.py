@@ -175,7 +175,7 @@ def test_goal_evaluation(harness, report):
     assert goals[POTENTIAL_FIGURE]["status"] == "not measured"
 
     cpu = report.evaluate_goals(rows, _meta(harness, "cpu", "Test CPU"))
-    assert all(g["status"].startswith("not measured on this device") for g in cpu)
+    assert all(g["status"].startswith("not measured on this device") for g in cpu[:4])
     h200 = report.evaluate_goals(rows, _meta(harness, "cuda", "NVIDIA H200"))
     assert h200[1]["status"] == "met (on NVIDIA H200, not an H100/A100)"
 

@@ -57,7 +57,9 @@ CIRCUITS = [
 ]
 
 
-@pytest.mark.parametrize("K,D,L,r,R", CIRCUITS, ids=[f"K{k}-D{d}-L{l}-r{r}-R{R}" for k, d, l, r, R in CIRCUITS])
+@pytest.mark.parametrize(
+    "K,D,L,r,R", CIRCUITS, ids=[f"K{k}-D{d}-L{l}-r{r}-R{R}" for k, d, l, r, R in CIRCUITS]
+)
 def test_closed_form_matches_direct_solve(K, D, L, r, R):
     g = torch.Generator().manual_seed(K * 100 + D * 10 + L)
     c = Circuit(K, D, L, r, R)
@@ -134,7 +136,14 @@ def test_currents_do_not_depend_on_the_coupling():
         assert_close_to_reference(total, expected, rtol=1e-10, scale=float(expected.abs().max()))
 
 
-EXTREMES = [(256, 4096, 10_000), (2, 1, 10_000), (65_536, 1, 1), (256, 4096, 1), (2, 1, 1), (65_536, 64, 10_000)]
+EXTREMES = [
+    (256, 4096, 10_000),
+    (2, 1, 10_000),
+    (65_536, 1, 1),
+    (256, 4096, 1),
+    (2, 1, 1),
+    (65_536, 64, 10_000),
+]
 
 
 @pytest.mark.parametrize("K,D,L", EXTREMES, ids=[f"K{k}-D{d}-L{l}" for k, d, l in EXTREMES])
@@ -227,6 +236,91 @@ def test_coefficients_are_cached_per_device():
     assert torch.equal(coefficients.a, c.a) and torch.equal(coefficients.b, c.b)
     scalars = [c.s, 1 / c.num_states, c.g, c.G]
     assert coefficients.scalars.dtype == torch.float64 and coefficients.scalars.tolist() == scalars
+    assert torch.equal(coefficients.current_terms, c.current_terms)
+    assert torch.equal(coefficients.potential_terms, c.potential_terms)
+
+
+@pytest.mark.parametrize("K,D,L", EXTREMES + [(5, 2, 4), (50, 1, 10)], ids=str)
+def test_target_scales_match_their_definitions(K, D, L):
+    """docs/theory.md §5-6: sigma_l = s + (a_l + b_l + a_{l+1} + b_{l+1}) / M, tau_l = (a_l + b_l) / M,
+    alpha_l = a_l / (a_l + b_l), beta_l = 1 - alpha_l, and the log-terms of the normalised targets:
+    finite everywhere, equal to the plain formulas where those are representable."""
+    c = Circuit(K, D, L)
+    M = c.num_states
+    for name, shape in [
+        ("log_sigma", (L,)),
+        ("log_tau", (L + 1,)),
+        ("log_alpha", (L + 1,)),
+        ("log_beta", (L + 1,)),
+    ]:
+        t = getattr(c, name)
+        assert t.shape == shape and t.dtype == torch.float64 and bool(torch.isfinite(t).all()), name
+    assert c.current_terms.shape == (L, 9) and bool(torch.isfinite(c.current_terms).all())
+    assert c.potential_terms.shape == (L + 1, 4) and bool(torch.isfinite(c.potential_terms).all())
+    torch.testing.assert_close(
+        torch.exp(c.log_alpha) + torch.exp(c.log_beta), torch.ones(L + 1, dtype=torch.float64)
+    )
+    # s, b_l / M and a_{l+1} / M are parts of sigma_l
+    assert bool((torch.logsumexp(c.current_terms[:, :3], 1) <= 1e-12).all())
+    if M.bit_length() >= 1000 or not bool((c.a > 0).all() & (c.b > 0).all()):
+        return
+    a, b = c.a, c.b
+    sigma = c.s + (a[:-1] + b[:-1] + a[1:] + b[1:]) / M
+    assert_close_to_reference(torch.exp(c.log_sigma), sigma, rtol=1e-12)
+    assert_close_to_reference(torch.exp(c.log_tau), (a + b) / M, rtol=1e-12)
+    assert_close_to_reference(torch.exp(c.log_alpha), a / (a + b), rtol=1e-12)
+    plain = (
+        torch.stack(
+            [
+                torch.full((L,), c.s, dtype=torch.float64),
+                b[:-1] / M,
+                a[1:] / M,
+                a[:-1],
+                b[1:],
+                a[:-1] / M,
+                b[1:] / M,
+                b[:-1],
+                a[1:],
+            ],
+            1,
+        )
+        / sigma[:, None]
+    )
+    assert_close_to_reference(torch.exp(c.current_terms), plain, rtol=1e-12)
+    alpha, beta = a / (a + b), b / (a + b)
+    plain = torch.stack([beta, M * alpha, alpha, M * beta], 1)
+    assert_close_to_reference(torch.exp(c.potential_terms), plain, rtol=1e-12)
+
+
+def test_scale_methods():
+    c = Circuit(6, 2, 4)
+    layer = torch.tensor([0, 3, 3, 1])
+    z = torch.tensor([[1, 2], [2, 2], [2, 2], [0, 5]])
+    w = torch.tensor([[1, 2], [2, 2], [5, 2], [0, 4]])
+    conductance = torch.tensor([c.g, c.g, c.G, c.G], dtype=torch.float64)
+    want = torch.log(conductance) + c.log_sigma[layer]
+    torch.testing.assert_close(c.log_current_scale(layer, z, w), want, rtol=1e-15, atol=0)
+    torch.testing.assert_close(
+        c.log_current_scale(layer, z.int(), w.to(torch.uint8)), want, rtol=1e-15, atol=0
+    )
+    top = torch.tensor([0, 4])
+    torch.testing.assert_close(c.log_potential_scale(top), c.log_tau[top], rtol=0, atol=0)
+    with pytest.raises(ValueError, match=r"layer must hold layer indices in \[0, 3\]"):
+        c.log_current_scale(torch.full((4,), 4), z, w)
+    with pytest.raises(ValueError, match=r"layer must hold layer indices in \[0, 4\]"):
+        c.log_potential_scale(torch.tensor([5]))
+    with pytest.raises(ValueError, match=r"w must hold states in \[0, 6\)"):
+        c.log_current_scale(layer, z, w + 6)
+    with pytest.raises(ValueError, match="w must have Q = 4 rows"):
+        c.log_current_scale(layer, z, w[:2])
+    with pytest.raises(ValueError, match=r"z must have shape \(B, 2\)"):
+        c.log_current_scale(layer, z[:, :1], w)
+    with pytest.raises(TypeError, match="layer must have dtype torch.int64"):
+        c.log_potential_scale(top.float())
+    with pytest.raises(ValueError, match=r"layer must have shape \(Q,\)"):
+        c.log_potential_scale(top[:, None])
+    with pytest.raises(TypeError, match="z must have dtype torch.int64"):
+        c.log_current_scale(layer, z.float(), w)
 
 
 # ---------------------------------------------------------------------------- bad input
@@ -237,7 +331,11 @@ def test_coefficients_are_cached_per_device():
         (dict(num_categories=2.0, dim=1, num_layers=1), TypeError, "num_categories must be an int"),
         (dict(num_categories=2, dim=0, num_layers=1), ValueError, "dim must be >= 1"),
         (dict(num_categories=2, dim=1, num_layers=0), ValueError, "num_layers must be >= 1"),
-        (dict(num_categories=2, dim=1, num_layers=1, r=100.0, R=100.0), ValueError, "r must be smaller than R"),
+        (
+            dict(num_categories=2, dim=1, num_layers=1, r=100.0, R=100.0),
+            ValueError,
+            "r must be smaller than R",
+        ),
         (dict(num_categories=2, dim=1, num_layers=1, r=2.0, R=1.0), ValueError, "r must be smaller than R"),
         (dict(num_categories=2, dim=1, num_layers=1, r=-1.0), ValueError, "r must be finite and > 0"),
         (dict(num_categories=2, dim=1, num_layers=1, R=float("inf")), ValueError, "R must be finite"),
@@ -292,3 +390,41 @@ def test_state_index_validation():
         c.index_state(torch.tensor([16]))
     with pytest.raises(ValueError, match="M = K\\*\\*D < 2\\*\\*63"):
         Circuit(2, 63, 1).state_index(torch.zeros(1, 63, dtype=torch.int64))
+
+
+@pytest.mark.parametrize(("r", "R"), [(1e-12, 1e12), (1e-8, 1e8), (1e-6, 1e6)])
+def test_resistances_whose_currents_break_kirchhoff_are_refused(r, R):
+    with pytest.raises(ValueError, match=r"theta = .* < 0\.001.*Kirchhoff.*r/R >="):
+        Circuit(8, 1, 10, r=r, R=R)
+
+
+@pytest.mark.parametrize("value", [1e-310, 1e301])
+def test_resistances_with_non_normal_conductances_are_refused(value):
+    with pytest.raises(ValueError, match=r"r must lie in \[1e-300, 1e\+300\]"):
+        Circuit(4, 1, 2, r=value, R=1e302 if value > 1 else 1.0)
+
+
+@pytest.mark.parametrize(("K", "D", "L"), [(2, 1, 1), (8, 1, 10), (3, 2, 40), (50, 1, 300)])
+def test_kirchhoff_holds_to_1e9_down_to_the_smallest_accepted_theta(K, D, L):
+    """At the edge of the accepted range (theta just above MIN_THETA) Kirchhoff's law still holds to
+    1e-9 of the total current, at every vertex."""
+    from ecd2g_fast.circuit import MIN_THETA
+
+    M = K**D
+    ratio = MIN_THETA**2 / 2 / M * 1.05  # theta ~ sqrt(2 M r / R), just above the limit
+    for r in (1e-6, 1.0, 1e3):
+        c = Circuit(K, D, L, r=r, R=r / ratio)
+        assert MIN_THETA <= c.theta < 1.2 * MIN_THETA
+        g = torch.Generator().manual_seed(K + L)
+        p, q = (torch.rand(M, generator=g, dtype=torch.float64) ** 4 for _ in range(2))
+        p, q = p / p.sum(), q / q.sum()
+        currents = c.currents(p, q)
+        errors = [(currents[0].sum(1) - p).abs().max(), (currents[-1].sum(0) - q).abs().max()]
+        if L > 1:
+            errors.append((currents[:-1].sum(1) - currents[1:].sum(2)).abs().max())
+        assert max(float(e) for e in errors) <= 1e-9
+
+
+def test_dimension_is_bounded_before_the_state_count_is_computed():
+    with pytest.raises(ValueError, match=r"dim must be <= 1048576"):
+        Circuit(3, 10**8, 1)

@@ -8,16 +8,11 @@ import torch
 import ecd2g_fast as E
 import ecd2g_fast.models as models
 from ecd2g_fast.models import CurrentNet, PotentialNet, StateEncoding
+from ecd2g_fast.targets import current_targets
 
 from .testing import assert_close_to_reference, devices, dirichlet_pair, discretised_gaussian, total_variation
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-
-
-
-
 
 
 def seeded(cls, *args, seed: int = 0, **kwargs):
@@ -55,6 +50,11 @@ class ExactCurrentNet(CurrentNet):
         st = states[None, :, :].expand(B, S, D).reshape(B * S, D)
         z, w = (wk, st) if walker_is_tail else (st, wk)
         return self._normalised(lay, z, w).reshape(B, S)
+
+
+def normalised_potentials(circuit: E.Circuit, layer: torch.Tensor, phi: torch.Tensor) -> torch.Tensor:
+    """``(Q,)`` float32 ``(phi_l + l s) / tau_l``: physical potentials as PotentialNet's targets."""
+    return ((phi + layer.double() * circuit.s) * torch.exp(-circuit.log_potential_scale(layer))).float()
 
 
 class ExactPotentialNet(PotentialNet):
@@ -200,15 +200,16 @@ def test_current_scale_is_conductance_times_layer_scale():
     sigma = c.s + (c.a[:-1] + c.b[:-1] + c.a[1:] + c.b[1:]) / M
     want = torch.stack([c.g * sigma[0], c.g * sigma[3], c.G * sigma[3]])
     torch.testing.assert_close(net.scale(layer, z, w), want, rtol=1e-12, atol=0)
-    targets = torch.tensor([1e-3, -2e-4, 5e-6], dtype=torch.float64)
-    normalised = net.normalise_targets(layer, z, w, targets)
-    assert normalised.dtype == torch.float32
-    torch.testing.assert_close(normalised.double() * want, targets, rtol=1e-6, atol=0)
+    torch.testing.assert_close(c.log_current_scale(layer, z, w), want.log(), rtol=1e-12, atol=0)
+    # the normalised targets the network regresses, rescaled, are the physical ones
+    x, y = torch.tensor([[1], [2], [2], [0]]), torch.tensor([[5], [1], [3]])
+    targets = current_targets(c, layer, z, w, x, y)
+    normalised = current_targets(c, layer, z, w, x, y, normalize=True)
+    assert normalised.dtype == torch.float64
+    torch.testing.assert_close(normalised * want, targets, rtol=1e-12, atol=0)
 
 
-@pytest.mark.parametrize(
-    "K, D, L", [(50, 1, 10), (32, 2, 10), (64, 2, 10)], ids=["K50", "K32x32", "K64x64"]
-)
+@pytest.mark.parametrize("K, D, L", [(50, 1, 10), (32, 2, 10), (64, 2, 10)], ids=["K50", "K32x32", "K64x64"])
 def test_normalised_exact_targets_are_order_one(K, D, L):
     """The closed-form scales make smooth-pmf targets O(1) for the experiments' circuits.
 
@@ -220,7 +221,6 @@ def test_normalised_exact_targets_are_order_one(K, D, L):
     q = torch.exp(-0.5 * ((grid - (K - 1) / 2) / (K / 10)) ** 2).prod(-1).reshape(-1)
     q /= q.sum()
     p = torch.full((M,), 1.0 / M, dtype=torch.float64)
-    net = CurrentNet(c)
     gen = torch.Generator().manual_seed(0)
     Q = 4096
     layer = torch.randint(L, (Q,), generator=gen)
@@ -229,11 +229,10 @@ def test_normalised_exact_targets_are_order_one(K, D, L):
     phi = c.potentials(p, q)
     z, w = c.unflatten(zi), c.unflatten(wi)
     currents = torch.where(zi == wi, c.g, c.G) * (phi[layer, zi] - phi[layer + 1, wi])
-    y = net.normalise_targets(layer, z, w, currents).abs()
+    y = (currents * torch.exp(-c.log_current_scale(layer, z, w))).abs()
     assert float(y.max()) < 20 and float(y.mean()) > 0.05
-    pnet = PotentialNet(c)
     layer = torch.randint(L + 1, (Q,), generator=gen)
-    y = pnet.normalise_targets(layer, z, phi[layer, zi]).abs()
+    y = normalised_potentials(c, layer, phi[layer, zi]).abs()
     assert float(y.max()) < 50 and float(y.mean()) > 0.05
 
 
@@ -299,7 +298,7 @@ def test_potential_net_structure(name):
         torch.testing.assert_close(net(layer, z), want)
         # the physical potentials undo the normalisation of the targets
         phys = net.potentials(layer, z)
-        torch.testing.assert_close(net.normalise_targets(layer, z, phys), want.detach(), rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(normalised_potentials(c, layer, phys), want.detach(), rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(net.alpha + net.beta, torch.ones(L + 1))
 
 
@@ -331,7 +330,7 @@ def test_exact_potential_net_field_reproduces_q(name):
     z = c.unflatten(torch.arange(M))
     for l in range(L + 1):
         layer = torch.full((M,), l)
-        y = net.normalise_targets(layer, z, want[l])
+        y = normalised_potentials(c, layer, want[l])
         torch.testing.assert_close(y, net(layer, z).float(), rtol=1e-5, atol=1e-5)
     assert output_tv(field, p, q) < 1e-12
 
@@ -399,3 +398,12 @@ def test_untrained_fields_plug_into_the_sampler(kind):
     out, moves = E.sample(net.field(), x0, generator=gen, return_moves=True)
     assert out.shape == (64, 2) and out.dtype == torch.int64
     assert bool((moves >= c.num_layers).all())
+
+
+def test_encoding_tables_are_bounded_before_allocation():
+    from ecd2g_fast.models import StateEncoding
+
+    with pytest.raises(ValueError, match="num_categories = 65536 needs a 32 GiB table.*encoding='scaled'"):
+        StateEncoding(65536, 1, "onehot")
+    with pytest.raises(ValueError, match="num_categories = 1099511627776"):
+        StateEncoding(2**40, 1, "scaled")

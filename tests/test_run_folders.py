@@ -251,3 +251,9 @@ def test_checkpoint_path_that_is_a_folder_fails_at_once(tmp_path):
     with pytest.raises(ValueError, match="is a folder"):
         Trainer(Circuit(4, 1, 2), torch.zeros(3, 1, dtype=torch.int64), torch.zeros(3, 1, dtype=torch.int64),
                 checkpoint_path=tmp_path)  # fmt: skip
+
+
+def test_absurd_thread_counts_are_usage_errors(tmp_path):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["train", "uniform-to-gaussian-1d", "--threads", "100000", "--out", str(tmp_path / "run")])
+    assert exit_info.value.code == 2

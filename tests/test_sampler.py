@@ -21,7 +21,11 @@ def forward_chain_from_dense_currents(c: E.Circuit, p: torch.Tensor, q: torch.Te
 
 
 SETUPS = {
-    "gauss-K50-L10": lambda: (E.Circuit(50, 1, 10), torch.full((50,), 1 / 50, dtype=torch.float64), discretised_gaussian(50)),
+    "gauss-K50-L10": lambda: (
+        E.Circuit(50, 1, 10),
+        torch.full((50,), 1 / 50, dtype=torch.float64),
+        discretised_gaussian(50),
+    ),
     "dirichlet-M12-L3": lambda: (E.Circuit(12, 1, 3), *dirichlet_pair(12, 5)),
     "grid-K4-D2-L5": lambda: (E.Circuit(4, 2, 5), *dirichlet_pair(16, 6)),
     "sparse-K9-L2": lambda: (
@@ -117,7 +121,9 @@ def test_sampled_moves_match_expected_moves():
 def test_same_seed_same_samples_and_chunking_keeps_the_law():
     c, p, q = SETUPS["grid-K4-D2-L5"]()
     field = E.ExactField(c, p, q)
-    x0 = c.index_state(torch.multinomial(p, 20_000, replacement=True, generator=torch.Generator().manual_seed(0)))
+    x0 = c.index_state(
+        torch.multinomial(p, 20_000, replacement=True, generator=torch.Generator().manual_seed(0))
+    )
     run = lambda seed, **kw: E.sample(field, x0, generator=torch.Generator().manual_seed(seed), **kw)  # noqa: E731
     assert torch.equal(run(11), run(11))
     assert not torch.equal(run(11), run(12))
@@ -129,7 +135,8 @@ class _Wrapped(Field):
     """A generic (non-potential) field forwarding to an ExactField, optionally corrupted."""
 
     def __init__(self, inner: E.ExactField, corrupt: str | None = None):
-        self.inner, self.circuit, self.corrupt = inner, inner.circuit, corrupt
+        super().__init__(inner.circuit)
+        self.inner, self.corrupt = inner, corrupt
 
     @property
     def device(self):
@@ -155,11 +162,22 @@ class _Wrapped(Field):
 
 @pytest.mark.parametrize(
     "corrupt,match",
-    [("nan", r"non-finite current at layer 1, state \(2,\)"), ("inf", "non-finite current at layer 0"), ("dead", r"no positive outflow at layer 0, state \(0,\)")],
+    [
+        ("nan", r"non-finite current at layer 1, state \(2,\)"),
+        ("inf", "non-finite current at layer 0"),
+        ("dead", r"no positive outflow at layer 0, state \(0,\)"),
+    ],
 )
 def test_bad_fields_name_the_vertex(corrupt, match):
     c = E.Circuit(3, 1, 3)
-    field = _Wrapped(E.ExactField(c, torch.full((3,), 1 / 3, dtype=torch.float64), torch.tensor([0.1, 0.2, 0.7], dtype=torch.float64)), corrupt)
+    field = _Wrapped(
+        E.ExactField(
+            c,
+            torch.full((3,), 1 / 3, dtype=torch.float64),
+            torch.tensor([0.1, 0.2, 0.7], dtype=torch.float64),
+        ),
+        corrupt,
+    )
     x0 = torch.tensor([[0], [1], [2]] * 50)
     with pytest.raises(E.FieldError, match=match):
         E.sample(field, x0, generator=torch.Generator().manual_seed(0))
@@ -169,7 +187,9 @@ def test_generic_field_defaults_and_step_cap():
     c, p, q = SETUPS["dirichlet-M12-L3"]()
     exact = E.ExactField(c, p, q)
     field = _Wrapped(exact)
-    x0 = c.index_state(torch.multinomial(p, 5000, replacement=True, generator=torch.Generator().manual_seed(0)))
+    x0 = c.index_state(
+        torch.multinomial(p, 5000, replacement=True, generator=torch.Generator().manual_seed(0))
+    )
     out = E.sample(field, x0, generator=torch.Generator().manual_seed(1))
     assert_samples_follow(torch.bincount(c.state_index(out), minlength=12), q)
     with pytest.raises(RuntimeError, match="did not terminate within max_moves=2"):
@@ -201,3 +221,22 @@ def test_sample_rejects_bad_input():
         E.ExactField(c, uniform, uniform * 2)
     with pytest.raises(ValueError, match="2\\*\\*24"):
         E.ExactField(E.Circuit(2, 25, 1), torch.ones(1), torch.ones(1))
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        (dict(max_moves=0), ValueError, "max_moves must be >= 1"),
+        (dict(max_moves=-1), ValueError, "max_moves must be >= 1"),
+        (dict(max_moves=2.5), TypeError, "max_moves must be an int"),
+        (dict(tol=-1.0), ValueError, "tol must be finite and >= 0"),
+        (dict(tol=float("nan")), ValueError, "tol must be finite and >= 0"),
+        (dict(tol="1e-9"), TypeError, "tol must be a real number"),
+    ],
+    ids=["max-moves-0", "max-moves-negative", "max-moves-float", "tol-negative", "tol-nan", "tol-str"],
+)
+def test_exact_output_distribution_checks_its_options(kwargs, error, match):
+    c = E.Circuit(5, 1, 2)
+    p = torch.full((5,), 0.2, dtype=torch.float64)
+    with pytest.raises(error, match=match):
+        E.exact_output_distribution(E.ExactField(c, p, p), p, **kwargs)

@@ -15,7 +15,9 @@ from ecd2g_fast.training import TrainConfig
 
 
 def test_train_config_json_round_trip():
-    config = TrainConfig(model="potential", num_queries=7, ema_decay=None, model_kwargs={"hidden": [8]}, amp=False)
+    config = TrainConfig(
+        model="potential", num_queries=7, ema_decay=None, model_kwargs={"hidden": [8]}, amp=False
+    )
     text = json.dumps(config.to_json())
     assert TrainConfig.from_json(json.loads(text)) == config
     for preset in EXPERIMENTS.values():

@@ -5,7 +5,10 @@ scale (it can be far below the terms it is computed from). Each comparison uses 
 absolute values of the terms that make up the target,
 ``C(z,w) (l s + (l+1) s + a_l (p_hat(z) + 1/M) + b_l (q_hat(z) + 1/M) + a_{l+1} (...) + b_{l+1} (...))``,
 which bounds the rounding error of any evaluation order by a few ulps of itself; 1e-12 of it
-leaves room for FMA contraction on a GPU. Counts are compared exactly.
+leaves room for FMA contraction on a GPU. Counts are compared exactly. Normalised targets
+(``normalize=True``) use the same rule in their own units: the sum of the absolute values of
+their terms (:func:`normalized_current_scale`), and ``+-inf`` (a value beyond float64) must be
+matched exactly.
 
 The statistical test (unbiasedness) uses a 5-standard-error band per query: false-failure rate
 about 3e-5 (48 queries), and a fixed seed makes every run identical. The Triton backend runs on
@@ -16,9 +19,11 @@ compiled.
 from __future__ import annotations
 
 import importlib.util
+import math
 import subprocess
 import sys
 
+import mpmath
 import pytest
 import torch
 
@@ -105,6 +110,36 @@ def potential_scale(circuit, layer, z, x, y) -> torch.Tensor:
     return layer.double() * circuit.s + circuit.a[layer] * (p + u) + circuit.b[layer] * (q + u)
 
 
+def normalized_current_scale(circuit, layer, z, w, x, y) -> torch.Tensor:
+    """Sum of |terms| of each normalised current target (``Circuit.current_terms`` with the
+    frequencies of exact counts): the tolerance scale of normalised targets; inf beyond float64."""
+    layer, z, w, x, y = (t.cpu() for t in (layer, z, w, x, y))
+    log_terms = circuit.current_terms[layer].clone()
+    for column, states, batch in ((3, z, x), (4, w, y), (7, z, y), (8, w, x)):
+        log_terms[:, column] += torch.log(counts_by_unique(states, batch).double() / batch.shape[0])
+    return torch.exp(log_terms).sum(1)
+
+
+def normalized_potential_scale(circuit, layer, z, x, y) -> torch.Tensor:
+    """:func:`normalized_current_scale` of the normalised potentials (``Circuit.potential_terms``)."""
+    layer, z, x, y = (t.cpu() for t in (layer, z, x, y))
+    log_terms = circuit.potential_terms[layer].clone()
+    for column, batch in ((1, x), (3, y)):
+        log_terms[:, column] += torch.log(counts_by_unique(z, batch).double() / batch.shape[0])
+    return torch.exp(log_terms).sum(1)
+
+
+def assert_close_normalized(
+    out: torch.Tensor, ref: torch.Tensor, scale: torch.Tensor, rtol: float = RTOL
+) -> None:
+    """``out`` equals ``ref`` to ``rtol`` of ``scale``; infinite values (beyond float64) exactly."""
+    out, ref = out.cpu(), ref.cpu()
+    assert not bool(out.isnan().any()), "nan target"
+    infinite = ref.isinf()
+    assert torch.equal(out[infinite], ref[infinite]), "a value beyond float64 differs"
+    assert_close_to_reference(out[~infinite], ref[~infinite], rtol=rtol, scale=scale[~infinite])
+
+
 def counts_by_unique(queries: torch.Tensor, batch: torch.Tensor) -> torch.Tensor:
     """Exact counts through torch.unique over rows: independent of the code under test, and
     cheaper than the pairwise reference at D = 1024 (only the tolerance scale uses it)."""
@@ -139,10 +174,16 @@ def test_triton_backend_matches_reference(shape, sizes, device, monkeypatch):
     out = current_targets(circuit, layer, z, w, x, y, backend="triton")
     assert out.dtype == torch.float64 and out.shape == layer.shape and out.device == layer.device
     assert_close_to_reference(out, ref, rtol=RTOL, scale=current_scale(circuit, layer, z, w, x, y))
+    ref = current_targets(circuit, layer, z, w, x, y, backend="reference", normalize=True)
+    out = current_targets(circuit, layer, z, w, x, y, backend="triton", normalize=True)
+    assert_close_normalized(out, ref, normalized_current_scale(circuit, layer, z, w, x, y))
     layer[1::2] = LAYERS  # potentials also at layer L
     ref = potential_targets(circuit, layer, z, x, y, backend="reference")
     out = potential_targets(circuit, layer, z, x, y, backend="triton")
     assert_close_to_reference(out, ref, rtol=RTOL, scale=potential_scale(circuit, layer, z, x, y))
+    ref = potential_targets(circuit, layer, z, x, y, backend="reference", normalize=True)
+    out = potential_targets(circuit, layer, z, x, y, backend="triton", normalize=True)
+    assert_close_normalized(out, ref, normalized_potential_scale(circuit, layer, z, x, y))
 
 
 def test_huge_circuits_give_zero_not_overflow():
@@ -151,6 +192,144 @@ def test_huge_circuits_give_zero_not_overflow():
     circuit, layer, z, w, x, y = make_case(7, 1024, 7, 5, 5)
     for backend in ("reference", "torch"):
         assert bool((current_targets(circuit, layer, z, w, x, y, backend=backend) == 0).all())
+
+
+# ------------------------------------------------------------------ normalised targets
+def physical_representable(K: int, D: int) -> bool:
+    """Whether the physical targets of K**D states are representable (s, a, b > 0 in float64)."""
+    return (K**D).bit_length() < 1000
+
+
+@pytest.mark.parametrize("device", devices())
+@pytest.mark.parametrize("sizes", list(SIZES))
+@pytest.mark.parametrize("shape", list(SHAPES))
+def test_normalized_targets_match_reference_and_physical(shape, sizes, device):
+    """normalize=True: the torch backend equals the reference, and where the physical targets are
+    representable the normalised ones are the physical ones over Circuit.log_current_scale /
+    log_potential_scale (the physical rule's tolerance, in normalised units)."""
+    K, D = SHAPES[shape]
+    circuit, layer, z, w, x, y = make_case(K, D, *SIZES[sizes], device=device)
+    top = torch.full_like(layer, LAYERS)
+    ref = current_targets(circuit, layer, z, w, x, y, backend="reference", normalize=True)
+    out = current_targets(circuit, layer, z, w, x, y, backend="torch", normalize=True)
+    assert out.dtype == torch.float64 and out.device == layer.device
+    assert_close_normalized(out, ref, normalized_current_scale(circuit, layer, z, w, x, y))
+    for lay in (layer, top):
+        ref_phi = potential_targets(circuit, lay, z, x, y, backend="reference", normalize=True)
+        out_phi = potential_targets(circuit, lay, z, x, y, backend="torch", normalize=True)
+        assert_close_normalized(out_phi, ref_phi, normalized_potential_scale(circuit, lay, z, x, y))
+    if not physical_representable(K, D):
+        return
+    scale = torch.exp(circuit.log_current_scale(layer, z, w)).cpu()
+    physical = current_targets(circuit, layer, z, w, x, y, backend="reference").cpu()
+    tolerance = current_scale(circuit, layer, z, w, x, y) / scale
+    assert_close_to_reference(ref, physical / scale, rtol=RTOL, scale=tolerance)
+    for lay in (layer, top):
+        tau = torch.exp(circuit.log_potential_scale(lay)).cpu()
+        physical = potential_targets(circuit, lay, z, x, y, backend="reference").cpu()
+        normalized = potential_targets(circuit, lay, z, x, y, backend="torch", normalize=True)
+        tolerance = potential_scale(circuit, lay, z, x, y) / tau
+        assert_close_to_reference(
+            normalized, (physical + lay.cpu().double() * circuit.s) / tau, rtol=RTOL, scale=tolerance
+        )
+
+
+def exact_normalized_targets(circuit, layer, z, w, x, y) -> tuple[list, list, list, list]:
+    """The normalised current and potential targets and their tolerance scales (sum of |terms|),
+    from eq. (12)-(13) evaluated in 40-digit arithmetic (mpmath), independently of the package."""
+    mpmath.mp.dps = 40
+    mpf = mpmath.mpf
+    M = mpf(circuit.num_states)
+    L = circuit.num_layers
+    g, G = 1 / mpf(circuit.r), 1 / mpf(circuit.R)
+    e = g - G
+    d = g + (M - 1) * G
+    theta = mpmath.acosh(d / e)
+    s = 1 / (M * d)
+    den = e * mpmath.sinh(theta) * mpmath.sinh(L * theta)
+    a = [mpmath.cosh((L - l) * theta) / den for l in range(L + 1)]
+    b = [mpmath.cosh(l * theta) / den for l in range(L + 1)]
+    nx, ny = x.shape[0], y.shape[0]
+    # counts as exact fractions: p = count / B
+    pz, qz = counts_by_unique(z, x).tolist(), counts_by_unique(z, y).tolist()
+    pw, qw = counts_by_unique(w, x).tolist(), counts_by_unique(w, y).tolist()
+    currents, current_scales, potentials, potential_scales = [], [], [], []
+    for i, l in enumerate(layer.tolist()):
+        sigma = s + (a[l] + b[l] + a[l + 1] + b[l + 1]) / M
+        plus = [s, a[l] * pz[i] / nx, b[l] / M, a[l + 1] / M, b[l + 1] * qw[i] / ny]
+        minus = [a[l] / M, b[l] * qz[i] / ny, a[l + 1] * pw[i] / nx, b[l + 1] / M]
+        currents.append((mpmath.fsum(plus) - mpmath.fsum(minus)) / sigma)
+        current_scales.append((mpmath.fsum(plus) + mpmath.fsum(minus)) / sigma)
+        tau = (a[l] + b[l]) / M
+        plus, minus = [a[l] * pz[i] / nx, b[l] / M], [a[l] / M, b[l] * qz[i] / ny]
+        potentials.append((mpmath.fsum(plus) - mpmath.fsum(minus)) / tau)
+        potential_scales.append((mpmath.fsum(plus) + mpmath.fsum(minus)) / tau)
+    return currents, current_scales, potentials, potential_scales
+
+
+def as_float64(values: list) -> torch.Tensor:
+    return torch.tensor([float(v) for v in values], dtype=torch.float64)
+
+
+#: (K, D): M from 2 to 256**784 (an MNIST-sized state space); the physical targets of the last
+#: two underflow to exactly 0 in float64.
+HUGE = {"K2-D1": (2, 1), "K50-D2": (50, 2), "K4-D64": (4, 64), "K7-D1024": (7, 1024), "K256-D784": (256, 784)}
+
+
+@pytest.mark.parametrize("shape", list(HUGE))
+def test_normalized_targets_match_high_precision(shape):
+    """normalize=True against eq. (12)-(13) in 40-digit arithmetic, hits and misses, every layer.
+
+    Tolerance: the targets are sums of terms exp(t) with |t| up to about 2 log M + 10 (the log
+    coefficients), each carrying a relative error of a few ulps of |t|: 1e-15 (20 + 2 log M) of
+    the sum of |terms|. A value beyond float64 must be +-inf with the exact value's sign."""
+    K, D = HUGE[shape]
+    circuit, layer, z, w, x, y = make_case(K, D, 60, 7, 13, seed=11)
+    g = torch.Generator().manual_seed(12)
+    z[40:] = torch.randint(0, K, (20, D), generator=g)  # misses (w.h.p. for large M)
+    rtol = 1e-15 * (20 + 2 * circuit.log_num_states)
+    currents, current_scales, potentials, potential_scales = exact_normalized_targets(
+        circuit, layer, z, w, x, y
+    )
+    for backend in ("reference", "torch"):
+        out = current_targets(circuit, layer, z, w, x, y, backend=backend, normalize=True)
+        assert_close_normalized(out, as_float64(currents), as_float64(current_scales), rtol)
+        out = potential_targets(circuit, layer, z, x, y, backend=backend, normalize=True)
+        assert_close_normalized(out, as_float64(potentials), as_float64(potential_scales), rtol)
+
+
+@pytest.mark.parametrize("shape", ["K4-D64", "K7-D1024", "K256-D784"])
+def test_normalized_targets_are_finite_and_order_one(shape, monkeypatch):
+    """Where the physical float32 targets are 0 (K = 4, D = 64: all of these) or even the float64
+    ones (K**D = 256**784), the normalised targets of states absent from both batches lie in
+    [-1, 1] with a mean |target| of order one, on every backend; states found in a batch give
+    M count / B, finite up to float64's range and +-inf (never nan) beyond it."""
+    K, D = HUGE[shape]
+    circuit, _, _, _, x, y = make_case(K, D, 1, 7, 13, seed=13)
+    g = torch.Generator().manual_seed(14)
+    Q = 200
+    layer = torch.randint(0, LAYERS, (Q,), generator=g)
+    z, w = torch.randint(0, K, (Q, D), generator=g), torch.randint(0, K, (Q, D), generator=g)
+    assert not bool(counts_by_unique(torch.cat([z, w]), torch.cat([x, y])).any())  # all misses
+    physical = current_targets(circuit, layer, z, w, x, y).float()
+    assert float((physical == 0).double().mean()) > 0.9
+    names = ["reference", "torch"] + (["triton"] if importlib.util.find_spec("triton") else [])
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    for backend in names:
+        currents = current_targets(circuit, layer, z, w, x, y, backend=backend, normalize=True)
+        potentials = potential_targets(circuit, layer, z, x, y, backend=backend, normalize=True)
+        for out in (currents, potentials):
+            assert bool(torch.isfinite(out).all()) and float(out.abs().max()) <= 1 + 1e-12
+            assert float(out.abs().mean()) > 0.3
+        # hits: z = x's rows at layer 0 (M alpha_0 p(z)), y's rows at layer L (M beta_L q(z))
+        for lay, batch, n in ((0, x, x.shape[0]), (LAYERS, y, y.shape[0])):
+            hits = potential_targets(
+                circuit, torch.full((n,), lay), batch, x, y, backend=backend, normalize=True
+            )
+            assert not bool(hits.isnan().any())
+            representable = circuit.log_num_states - math.log(n) < math.log(torch.finfo(torch.float64).max)
+            assert bool(torch.isfinite(hits).all()) if representable else bool(hits.isinf().all())
+            assert bool((hits > 1).all()) if lay == 0 else bool((hits < -1).all())
 
 
 # ------------------------------------------------------------------ exact counts
@@ -201,7 +380,7 @@ def test_both_exact_counting_paths_are_exact(shape, how, monkeypatch):
     prepared = packed.prepare(circuit, x, y)
     assert (prepared.table is not None) == (how == "dense-table")
     queries = torch.cat([z, w, x, y])
-    count_x, count_y = prepared.counts(prepared.state_keys(queries), queries)
+    ((count_x, count_y),) = prepared.counts([(prepared.keys(queries), queries)])
     assert_equal_to_reference(count_x.long(), count_matches(queries, x))
     assert_equal_to_reference(count_y.long(), count_matches(queries, y))
 
@@ -233,7 +412,9 @@ def test_triton_count_table_equals_torch(K, D, monkeypatch):
 def test_check_values_false_skips_only_the_range_check():
     circuit, layer, z, w, x, y = make_case(50, 2, 257, 257, 7)
     checked = current_targets(circuit, layer, z, w, x, y, backend="torch")
-    assert torch.equal(current_targets(circuit, layer, z, w, x, y, backend="torch", check_values=False), checked)
+    assert torch.equal(
+        current_targets(circuit, layer, z, w, x, y, backend="torch", check_values=False), checked
+    )
     with pytest.raises(ValueError, match="z must hold states"):
         current_targets(circuit, layer, z + 50, w, x, y, backend="torch")
     with pytest.raises(TypeError, match="layer must have dtype torch.int64"):  # still checked

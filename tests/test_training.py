@@ -22,10 +22,6 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 K, L = 50, 10
 
 
-
-
-
-
 def gauss_task():
     """docs/theory.md §4: K=50, D=1, L=10, r=0.1, R=100, uniform -> discretised Gaussian."""
     c = E.Circuit(K, 1, L, r=0.1, R=100.0)
@@ -45,7 +41,9 @@ def small_data(n: int = 400, seed: int = 0):
 def current_table(field, c: E.Circuit) -> torch.Tensor:
     M = c.num_states
     states = torch.arange(M)
-    return torch.stack([field.currents_to_next(torch.full((M,), l), states, 0, M) for l in range(c.num_layers)])
+    return torch.stack(
+        [field.currents_to_next(torch.full((M,), l), states, 0, M) for l in range(c.num_layers)]
+    )
 
 
 # ---------------------------------------------------------------------------- quality (paper budget)
@@ -55,7 +53,12 @@ def trained():
     out = {}
     for model in ("potential", "current"):
         c, p, q, source, target = gauss_task()
-        out[model] = (c, p, q, train(c, source, target, model=model, steps=5000, batch_size=256, seed=0, progress=False))
+        out[model] = (
+            c,
+            p,
+            q,
+            train(c, source, target, model=model, steps=5000, batch_size=256, seed=0, progress=False),
+        )
     return out
 
 
@@ -117,7 +120,9 @@ def test_short_training_learns_and_is_deterministic(model, queries):
     a = train(c, x, y, **kwargs)
     b = train(c, x, y, **kwargs)
     assert torch.equal(a.losses, b.losses)
-    assert all(torch.equal(u, v) for u, v in zip(a.model.state_dict().values(), b.model.state_dict().values()))
+    assert all(
+        torch.equal(u, v) for u, v in zip(a.model.state_dict().values(), b.model.state_dict().values())
+    )
     assert bool(torch.isfinite(a.losses).all())
     assert float(a.losses[-20:].mean()) < float(a.losses[:5].mean())
     field_cls = E.models.CurrentNetField if model == "current" else E.models.PotentialNetField
@@ -144,7 +149,17 @@ def test_callable_sources_and_num_queries():
         calls.append(n)
         return torch.randint(6, (n, 2))
 
-    r = train(c, source, source, model="current", steps=3, batch_size=8, num_queries=5, queries="data", progress=False)
+    r = train(
+        c,
+        source,
+        source,
+        model="current",
+        steps=3,
+        batch_size=8,
+        num_queries=5,
+        queries="data",
+        progress=False,
+    )
     assert r.config.num_queries == 5 and r.losses.shape == (3,)
     # per step: x and y (8 each), then 2 x 2 anchor draws of 5 for the data queries of z and w
     assert calls[:6] == [8, 8, 5, 5, 5, 5]
@@ -288,7 +303,9 @@ def test_resume_is_bit_identical(case, tmp_path, monkeypatch):
         x = y = lambda n: torch.randint(K, (n, 1))  # noqa: E731
     else:
         x, y = small_data()
-    kwargs = dict(model=model, steps=30, batch_size=32, queries=queries, seed=11, checkpoint_every=10, progress=False)
+    kwargs = dict(
+        model=model, steps=30, batch_size=32, queries=queries, seed=11, checkpoint_every=10, progress=False
+    )
 
     torch.manual_seed(5)
     whole = train(c, x, y, checkpoint_path=tmp_path / "whole.pt", **kwargs)
@@ -329,7 +346,17 @@ def test_resume_extends_a_finished_run(tmp_path):
 def test_resume_without_file_starts_fresh(tmp_path):
     c = E.Circuit(K, 1, L)
     x, y = small_data()
-    r = train(c, x, y, model="potential", steps=3, batch_size=8, checkpoint_path=tmp_path / "new.pt", resume=True, progress=False)
+    r = train(
+        c,
+        x,
+        y,
+        model="potential",
+        steps=3,
+        batch_size=8,
+        checkpoint_path=tmp_path / "new.pt",
+        resume=True,
+        progress=False,
+    )
     assert r.start_step == 0 and load_checkpoint(tmp_path / "new.pt")["step"] == 3
 
 
@@ -339,14 +366,47 @@ def test_resume_rejects_a_different_run(tmp_path):
     path = tmp_path / "ck.pt"
     train(c, x, y, model="potential", steps=3, batch_size=8, checkpoint_path=path, progress=False)
     with pytest.raises(ValueError, match="lr"):
-        train(c, x, y, model="potential", steps=6, batch_size=8, lr=0.5, checkpoint_path=path, resume=True, progress=False)
+        train(
+            c,
+            x,
+            y,
+            model="potential",
+            steps=6,
+            batch_size=8,
+            lr=0.5,
+            checkpoint_path=path,
+            resume=True,
+            progress=False,
+        )
     with pytest.raises(ValueError, match="model"):
-        train(c, x, y, model="current", steps=6, batch_size=8, checkpoint_path=path, resume=True, progress=False)
+        train(
+            c, x, y, model="current", steps=6, batch_size=8, checkpoint_path=path, resume=True, progress=False
+        )
     with pytest.raises(ValueError, match="steps=2"):
-        train(c, x, y, model="potential", steps=2, batch_size=8, checkpoint_path=path, resume=True, progress=False)
+        train(
+            c,
+            x,
+            y,
+            model="potential",
+            steps=2,
+            batch_size=8,
+            checkpoint_path=path,
+            resume=True,
+            progress=False,
+        )
     (tmp_path / "junk.pt").write_bytes(b"")
     with pytest.raises(ValueError, match="not a readable training checkpoint"):
-        train(c, x, y, model="potential", steps=6, batch_size=8, checkpoint_path=tmp_path / "junk.pt", resume=True, progress=False)
+        train(
+            c,
+            x,
+            y,
+            model="potential",
+            steps=6,
+            batch_size=8,
+            checkpoint_path=tmp_path / "junk.pt",
+            resume=True,
+            progress=False,
+        )
 
 
 def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
@@ -355,7 +415,17 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypa
     path = tmp_path / "ck.pt"
     fail_on_call(monkeypatch, "current_targets", 13, nan=True)
     with pytest.raises(NonFiniteLossError, match=r"step 13 of 30.*step 10"):
-        train(c, x, y, model="current", steps=30, batch_size=16, checkpoint_path=path, checkpoint_every=5, progress=False)
+        train(
+            c,
+            x,
+            y,
+            model="current",
+            steps=30,
+            batch_size=16,
+            checkpoint_path=path,
+            checkpoint_every=5,
+            progress=False,
+        )
     ckpt = load_checkpoint(path)
     assert ckpt["step"] == 10 and len(ckpt["losses"]) == 10
     assert all(bool(torch.isfinite(t).all()) for t in ckpt["model"].values())
@@ -374,15 +444,31 @@ def bad_input_cases():
     c = E.Circuit(K, 1, L)
     return {
         "circuit-type": (dict(circuit="c"), TypeError, "circuit"),
-        "D-mismatch": (dict(source=torch.zeros(50, 2, dtype=torch.int64)), ValueError, r"source must have shape \(B, 1\)"),
+        "D-mismatch": (
+            dict(source=torch.zeros(50, 2, dtype=torch.int64)),
+            ValueError,
+            r"source must have shape \(B, 1\)",
+        ),
         "K-mismatch": (dict(target=y + 30), ValueError, r"target must hold states in \[0, 50\)"),
         "negative-state": (dict(source=x - 60), ValueError, "source must hold states"),
         "float-states": (dict(source=x.double()), TypeError, "source must have dtype torch.int64"),
         "empty-source": (dict(source=x[:0]), ValueError, "source must hold at least one sample"),
         "source-type": (dict(source=[[1]]), TypeError, "source must be"),
-        "callable-bad-shape": (dict(target=lambda n: torch.zeros(n, 3, dtype=torch.int64)), ValueError, r"target\(16\) output"),
-        "callable-bad-rows": (dict(target=lambda n: torch.zeros(n + 1, 1, dtype=torch.int64)), ValueError, "rows"),
-        "callable-out-of-range": (dict(target=lambda n: torch.full((n, 1), K)), ValueError, r"target\(16\) output must hold"),
+        "callable-bad-shape": (
+            dict(target=lambda n: torch.zeros(n, 3, dtype=torch.int64)),
+            ValueError,
+            r"target\(16\) output",
+        ),
+        "callable-bad-rows": (
+            dict(target=lambda n: torch.zeros(n + 1, 1, dtype=torch.int64)),
+            ValueError,
+            "rows",
+        ),
+        "callable-out-of-range": (
+            dict(target=lambda n: torch.full((n, 1), K)),
+            ValueError,
+            r"target\(16\) output must hold",
+        ),
         "batch-1": (dict(batch_size=1), ValueError, "batch_size must be >= 2"),
         "batch-float": (dict(batch_size=16.0), TypeError, "batch_size"),
         "steps-0": (dict(steps=0), ValueError, "steps"),

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import abc
 import math
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -363,19 +364,24 @@ def load_states(path: str | Path, *, name: str = "path") -> np.ndarray:
     if not path.is_file():
         raise FileNotFoundError(f"{name}: no such file {str(path)!r}")
     suffix = path.suffix.lower()
-    if suffix == ".npy":
-        array = np.load(path, allow_pickle=False)
-    elif suffix == ".csv":
-        with path.open() as handle:
-            first = handle.readline()
-        try:
-            [float(v) for v in first.strip().split(",") if v.strip()]
-            skip = 0
-        except ValueError:
-            skip = 1
-        array = np.loadtxt(path, delimiter=",", skiprows=skip, ndmin=2)
-    else:
+    if suffix not in (".npy", ".csv"):
         raise ValueError(f"{name} must be a .npy or .csv file, got {str(path)!r}")
+    try:
+        if suffix == ".npy":
+            array = np.load(path, allow_pickle=False)
+        else:
+            with path.open() as handle:
+                first = handle.readline()
+            try:
+                [float(v) for v in first.strip().split(",") if v.strip()]
+                skip = 0
+            except ValueError:
+                skip = 1
+            array = np.loadtxt(path, delimiter=",", skiprows=skip, ndmin=2)
+    except (ValueError, EOFError, OSError, zipfile.BadZipFile) as error:  # UnicodeDecodeError is a ValueError
+        raise ValueError(
+            f"{name} file {str(path)!r} is not a readable {suffix} file of integer states: {error}"
+        ) from None
     array = np.asarray(array)
     where = f"{name} file {str(path)!r}"
     if array.dtype.kind not in "iuf" and array.dtype != np.bool_:

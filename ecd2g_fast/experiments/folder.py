@@ -21,11 +21,10 @@ import fcntl
 import hashlib
 import json
 import os
-import tempfile
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import IO
 
+from .._atomic import atomic_write
 from .configs import ExperimentConfig
 
 __all__ = ["FolderBusyError", "RunFolder", "RunFolderError", "atomic_write", "atomic_write_text"]
@@ -48,25 +47,6 @@ class RunFolderError(ValueError):
 
 class FolderBusyError(RuntimeError):
     """Another process holds the folder's lock."""
-
-
-def atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> None:
-    """Write ``path`` through ``write(file)`` into a temporary file in its folder, then rename.
-
-    On any failure (including ``KeyboardInterrupt``) the temporary file is removed and ``path`` is
-    untouched.
-    """
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
 
 
 def atomic_write_text(path: Path, text: str) -> None:

@@ -1,13 +1,13 @@
-"""The ``"cpp"`` sampler backend: the walk of :mod:`.reference` with each move drawn by the
-compiled ops of ``ecd2g_fast._C`` (C++ on CPU tensors, CUDA kernels on CUDA tensors).
+"""The ``"cpp"`` draw: each move of the walk (:func:`.reference.walk`) drawn by the compiled ops of
+``ecd2g_fast._C`` (C++ on CPU tensors, CUDA kernels on CUDA tensors).
 
 * Potential fields (:class:`~ecd2g_fast.fields.PotentialField`): ``potential_move`` computes every
   out-current of a walker on the fly from the ``(L+1, M)`` potential table (Ohm's law) and draws
   the outlet in the same pass; nothing of size ``B x M`` exists at any time.
 * Any other field: the field's own ``currents_to_next`` / ``-currents_from_prev`` /
-  ``sink_currents`` are evaluated in chunks of ``chunk_size`` neighbour states (one chunk when
-  ``B x M`` is small) by :func:`.reference.draw_outlets`, and ``consume_outlets`` folds each chunk
-  into a streaming weighted reservoir (:class:`CompiledOutletDraw`, the compiled form of
+  ``sink_currents`` are evaluated (checked, under inference mode) in chunks of ``chunk_size``
+  neighbour states (one chunk when ``B x M`` is small) by :func:`.reference.draw_outlets`, and
+  ``consume_outlets`` folds each chunk into a streaming weighted reservoir (:class:`CompiledOutletDraw`, the compiled form of
   :class:`.reference.OutletDraw`): memory ``O(B x chunk)``.
 
 Randomness: every op call draws a 64-bit Philox key and a 64-bit counter offset from the
@@ -24,8 +24,8 @@ from collections.abc import Callable
 import torch
 
 from .. import _extension, backends
-from ..fields import Field, PotentialField
-from .reference import DrawFn, FieldError, OutletDraw, describe_vertex, draw_outlets, walk_with
+from ..fields import Field, FieldError, PotentialField, call_field
+from .reference import Draw, OutletDraw, describe_vertex, draw_outlets
 
 
 def philox_key(generator: torch.Generator | None, device: torch.device) -> tuple[int, int]:
@@ -102,13 +102,8 @@ class CompiledOutletDraw(OutletDraw):
         return self.choice
 
 
-#: One move's outlets for walkers of a generic field: :func:`.reference.draw_outlets` (same
-#: signature and outlet codes) with the compiled reservoir :class:`CompiledOutletDraw`.
-draw_outlets_chunked = functools.partial(draw_outlets, reservoir=CompiledOutletDraw)
-
-
-def op_drawer(field: Field, move: Callable[..., tuple[torch.Tensor, torch.Tensor]]) -> DrawFn:
-    """A per-move drawer (signature of :func:`.reference.draw_outlets`) from a compiled move op.
+def op_drawer(field: Field, move: Callable[..., tuple[torch.Tensor, torch.Tensor]]) -> Draw:
+    """A per-move draw (:data:`.reference.Draw`) from a compiled move op.
 
     Args:
         field: the field (named in error messages).
@@ -116,10 +111,10 @@ def op_drawer(field: Field, move: Callable[..., tuple[torch.Tensor, torch.Tensor
             Philox key ``(seed, offset)``, drawn afresh from the generator for every move.
 
     Returns:
-        The drawer; it raises (:func:`raise_for_status`) for the first walker the op flags.
+        The draw; it raises (:func:`raise_for_status`) for the first walker the op flags.
     """
 
-    def draw(field_, layer, z, mode_, generator, chunk_size):
+    def draw(layer, z, generator, chunk_size):
         seed, offset = philox_key(generator, layer.device)
         outlet, status = move(layer, z, seed, offset)
         raise_for_status(field, layer, z, status)
@@ -128,25 +123,37 @@ def op_drawer(field: Field, move: Callable[..., tuple[torch.Tensor, torch.Tensor
     return draw
 
 
-def potential_drawer(field: PotentialField, mode: str) -> DrawFn:
-    """The per-move drawer of a potential field: ``potential_move`` on its cached tables.
+def tables(field: PotentialField, mode: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """The checked ``(L+1, M)`` potential table and ``(M,)`` sink currents of a potential field, float64.
+
+    In forward mode the sink is zeros (walkers stop on reaching layer L). Finiteness is checked
+    by the op, at the walkers' vertices.
+
+    Raises:
+        FieldError: a table of the wrong shape, dtype or device (:func:`~ecd2g_fast.fields.call_field`).
+    """
+    circuit = field.circuit
+    L, M = circuit.num_layers, circuit.num_states
+    phi = call_field(field, "potential_table", (), (L + 1, M)).to(torch.float64).contiguous()
+    if mode != "bidirectional":
+        return phi, torch.zeros(M, dtype=torch.float64, device=phi.device)
+    return phi, call_field(field, "sink_table", (), (M,)).to(torch.float64).contiguous()
+
+
+def potential_drawer(field: PotentialField, mode: str) -> Draw:
+    """The per-move draw of a potential field: ``potential_move`` on its tables (Ohm's law on the fly).
 
     Args:
         field: a :class:`~ecd2g_fast.fields.PotentialField`.
         mode: ``"bidirectional"`` or ``"forward"``.
 
-    Returns:
-        A function with the signature of :func:`.reference.draw_outlets`.
+    Raises:
+        FieldError: see :func:`tables`.
     """
     ops = _extension.ops()
-    circuit = field.circuit
-    phi = field.potential_table().to(torch.float64).contiguous()
+    phi, sink = tables(field, mode)
+    G, e = float(field.circuit.G), float(field.circuit.e)
     bidirectional = mode == "bidirectional"
-    if bidirectional:
-        sink = field.sink_table().to(device=phi.device, dtype=torch.float64).contiguous()
-    else:
-        sink = torch.zeros(circuit.num_states, dtype=torch.float64, device=phi.device)
-    G, e = float(circuit.G), float(circuit.e)
 
     def move(layer, z, seed, offset):
         return ops.potential_move(phi, sink, layer, z, G, e, bidirectional, seed, offset)
@@ -154,31 +161,25 @@ def potential_drawer(field: PotentialField, mode: str) -> DrawFn:
     return op_drawer(field, move)
 
 
-def cpp_drawer(field: Field, mode: str, device: torch.device) -> DrawFn:
-    """The per-move drawer of the ``"cpp"`` backend of :func:`ecd2g_fast.sample`.
+def cpp_drawer(field: Field, mode: str) -> Draw:
+    """The ``"cpp"`` draw factory (:data:`.reference.DrawFactory`).
 
     Potential fields take the on-the-fly :func:`potential_drawer`; any other field
-    :data:`draw_outlets_chunked`, in chunks of ``chunk_size`` neighbour states (None:
-    ``min(M, 2**23 // B)``).
+    :func:`.reference.draw_outlets` with the compiled reservoir :class:`CompiledOutletDraw`, in
+    blocks of at most ``chunk_size`` neighbour states.
 
     Raises:
         RuntimeError: the extension is not built (for a potential field here, otherwise at the
             first move).
+        FieldError: see :func:`tables`, :func:`raise_for_status`.
     """
     if isinstance(field, PotentialField):
         return potential_drawer(field, mode)
-    return draw_outlets_chunked
-
-
-#: The ``"cpp"`` backend of :func:`ecd2g_fast.sample` (arguments checked there): the walk of
-#: :func:`.reference.walk` with the moves of :func:`cpp_drawer`. Raises :class:`FieldError` (see
-#: :func:`raise_for_status`) and ``RuntimeError`` (the extension is not built, or a walker
-#: exceeded ``max_moves``).
-sample_cpp = walk_with(cpp_drawer)
+    return functools.partial(draw_outlets, field, mode, reservoir=CompiledOutletDraw)
 
 
 def is_available(device: torch.device) -> bool:
-    """Whether the ``"cpp"`` backend can run on ``device``.
+    """Whether the ``"cpp"`` draw can run on ``device``.
 
     Args:
         device: the walkers' device.
@@ -189,10 +190,4 @@ def is_available(device: torch.device) -> bool:
     return _extension.has_device_kernels(device)
 
 
-backends.register(
-    "sample",
-    "cpp",
-    sample_cpp,
-    is_available,
-    _extension.device_unavailable_reason,
-)
+backends.register("sample", "cpp", cpp_drawer, is_available, _extension.device_unavailable_reason)

@@ -8,13 +8,22 @@ most ``(L+1) M`` moves and in practice reaches ``tol = 1e-15`` after a few dozen
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
 
-from .._validation import MAX_DENSE_CURRENT_ENTRIES, check_choice, check_enumerable, check_pmf
-from ..fields import Field
-from .reference import MODES, FieldError, describe_vertex
+from .._validation import MAX_DENSE_CURRENT_ENTRIES, check_choice, check_enumerable, check_int, check_pmf
+from ..fields import (
+    Field,
+    FieldError,
+    call_field,
+    check_field,
+    column_blocks,
+    default_chunk_size,
+    field_currents,
+)
+from .reference import MODES, describe_vertex
 
 
 @dataclass(frozen=True)
@@ -32,14 +41,24 @@ class OutputDistribution:
     residual_mass: float
 
 
-def transition_tables(field: Field, mode: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+def transition_tables(
+    field: Field, mode: str
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Positive out-current tables of every vertex.
+
+    The field is asked for all ``M`` states of a layer at once, in blocks of neighbour states
+    within the memory budget (:func:`~ecd2g_fast.fields.default_chunk_size`) and never square
+    (:func:`~ecd2g_fast.fields.column_blocks`), each output checked
+    (:func:`~ecd2g_fast.fields.call_field`).
 
     Returns:
         forward ``(L, M, M)`` (``[l, z, w]``: weight of ``(l, z) -> (l+1, w)``), backward
         ``(L, M, M)`` (``[l-1, z, w]``: weight of ``(l, z) -> (l-1, w)``), sink ``(M,)``, and the
         total outflow ``(L+1, M)``; all float64, unnormalised. In forward mode the backward and
         sink tables are zero and the layer-L totals are 1 (walkers stop there).
+
+    Raises:
+        FieldError: an output of the wrong shape, dtype or device, or non-finite currents.
     """
     c = field.circuit
     M, L = c.num_states, c.num_layers
@@ -48,13 +67,16 @@ def transition_tables(field: Field, mode: str) -> tuple[torch.Tensor, torch.Tens
     forward = torch.empty((L, M, M), dtype=torch.float64, device=dev)
     backward = torch.zeros((L, M, M), dtype=torch.float64, device=dev)
     sink = torch.zeros(M, dtype=torch.float64, device=dev)
+    blocks = list(column_blocks(0, M, default_chunk_size(field, M), M))
     for l in range(L):
         layer = torch.full((M,), l, device=dev)
-        forward[l] = field.currents_to_next(layer, states, 0, M).to(torch.float64)
-        if mode == "bidirectional":
-            backward[l] = -field.currents_from_prev(layer + 1, states, 0, M).to(torch.float64)
+        for start, stop in blocks:
+            forward[l, :, start:stop] = field_currents(field, "currents_to_next", layer, states, start, stop)
+            if mode == "bidirectional":
+                arriving = field_currents(field, "currents_from_prev", layer + 1, states, start, stop)
+                backward[l, :, start:stop] = -arriving.to(torch.float64)
     if mode == "bidirectional":
-        sink = field.sink_currents(states).to(torch.float64)
+        sink = call_field(field, "sink_currents", (states,), (M,)).to(torch.float64)
     for name, table in (("forward", forward), ("backward", backward), ("sink", sink)):
         if not bool(torch.isfinite(table).all()):
             raise FieldError(f"field returned non-finite {name} currents")
@@ -78,6 +100,9 @@ def exact_output_distribution(
 ) -> OutputDistribution:
     """Law of the walk's terminal state when it starts at ``(0, x)``, ``x ~ p0``.
 
+    The field is called under ``torch.inference_mode()``, never with a square block, and every
+    output is checked (:func:`transition_tables`).
+
     Args:
         field: any field over a circuit with ``M <= 2**24`` and ``L M^2 <= 2**28``.
         p0: ``(M,)`` start pmf (float, non-negative, sums to 1).
@@ -89,12 +114,15 @@ def exact_output_distribution(
         :class:`OutputDistribution`.
 
     Raises:
-        ValueError: bad ``p0`` or ``mode``; circuit too large; ``FieldError`` when mass reaches a
-            vertex without positive outflow.
+        TypeError: ``field`` is not a Field; ``tol`` or ``max_moves`` of the wrong type.
+        ValueError: bad ``p0`` or ``mode``; ``tol`` negative or not finite; ``max_moves < 1``;
+            circuit too large.
+        FieldError: the field breaks its contract (see :func:`~ecd2g_fast.fields.check_field`,
+            :func:`transition_tables`), or mass reaches a vertex without positive outflow.
         RuntimeError: mass still circulating after ``max_moves`` (a current cycle).
     """
+    c = check_field(field)
     check_choice("mode", mode, MODES)
-    c = field.circuit
     M, L = c.num_states, c.num_layers
     check_enumerable("exact_output_distribution", M)
     if 2 * L * M * M > MAX_DENSE_CURRENT_ENTRIES:
@@ -103,9 +131,12 @@ def exact_output_distribution(
             f"at most {MAX_DENSE_CURRENT_ENTRIES} (2**28)"
         )
     p0 = check_pmf("p0", p0, M).to(field.device)
+    if isinstance(tol, bool) or not isinstance(tol, (int, float)):
+        raise TypeError(f"tol must be a real number, got {type(tol).__name__}")
+    if not (math.isfinite(tol) and tol >= 0):
+        raise ValueError(f"tol must be finite and >= 0, got {tol}")
+    max_moves = 100 * (L + 1) + 10**4 if max_moves is None else check_int("max_moves", max_moves, 1)
     forward, backward, sink, total = transition_tables(field, mode)
-    if max_moves is None:
-        max_moves = 100 * (L + 1) + 10**4
     safe_total = torch.where(total > 0, total, torch.ones_like(total))
     forward /= safe_total[:-1, :, None]
     backward /= safe_total[1:, :, None]
@@ -119,7 +150,9 @@ def exact_output_distribution(
     for _ in range(max_moves):
         if bool((stuck & (mass > 0)).any()):
             l, z = (int(v) for v in torch.nonzero(stuck & (mass > 0))[0])
-            raise FieldError(f"probability mass reaches {describe_vertex(field, l, z)}, which has no positive outflow")
+            raise FieldError(
+                f"probability mass reaches {describe_vertex(field, l, z)}, which has no positive outflow"
+            )
         absorbed = mass[-1] * sink_prob
         out += absorbed
         expected_moves += float(mass.sum() - absorbed.sum())
@@ -131,4 +164,6 @@ def exact_output_distribution(
         residual = float(mass.sum())
         if residual <= tol:
             return OutputDistribution(out, expected_moves, residual)
-    raise RuntimeError(f"mass {residual:.3g} still inside the circuit after {max_moves} moves (a current cycle?)")
+    raise RuntimeError(
+        f"mass {residual:.3g} still inside the circuit after {max_moves} moves (a current cycle?)"
+    )

@@ -1,4 +1,4 @@
-"""The ``"potential"`` sampler backend: O(log M) per move for potential fields (docs/theory.md §6).
+"""The ``"potential"`` and ``"potential-torch"`` draws: O(log M) per move (docs/theory.md §6).
 
 For a :class:`~ecd2g_fast.fields.PotentialField` the out-currents of ``(l, z)`` are, by Ohm's law,
 
@@ -27,14 +27,14 @@ the masses against direct sums with a gauge constant of ``1e6``.
 
 The tables are built in plain torch. The per-move draw runs in the compiled op
 ``potential_move_sorted`` (C++ or CUDA, the same arithmetic, Philox streams keyed from the
-generator) when the extension has kernels for the device, and in plain torch otherwise
-(:meth:`PotentialTables.draw`, ``torch.rand`` with the generator): CPU and CUDA either way.
-Memory: the tables hold about 80 bytes per vertex, ``80 (L+1) M`` bytes, ten times the potential
-table itself; nothing scales with ``B x M``.
+generator): the ``"potential"`` draw, where the extension has kernels for the device; or in plain
+torch (:meth:`PotentialTables.draw`, ``torch.rand`` with the generator): the ``"potential-torch"``
+draw, and the ``"potential"`` draw (after one warning) where the extension lacks the kernels. CPU
+and CUDA either way. Memory: the tables hold about 80 bytes per vertex, ``80 (L+1) M`` bytes, ten
+times the potential table itself; nothing scales with ``B x M``.
 
-A field without a potential table cannot use this draw. Because this backend comes first in the
-``"auto"`` order and backends are selected by device only, :data:`sample_potential` hands such a
-field to ``"cpp"`` (or ``"torch"`` without the extension).
+Both take only :class:`~ecd2g_fast.fields.PotentialField` fields (the table's ``supports``
+check); ``"auto"`` passes over them for any other field.
 """
 
 from __future__ import annotations
@@ -44,9 +44,9 @@ from dataclasses import dataclass
 import torch
 
 from .. import _extension, backends
-from ..fields import Field, PotentialField
+from ..fields import Field, FieldError, PotentialField, call_field
 from .cpp import op_drawer
-from .reference import DrawFn, FieldError, check_outflow, describe_vertex, walk_with
+from .reference import Draw, check_outflow, describe_vertex
 
 #: Group indices of :attr:`PotentialTables.masses`.
 FORWARD_LATERAL, FORWARD_DIAGONAL, BACKWARD_LATERAL, BACKWARD_DIAGONAL, SINK = range(5)
@@ -89,13 +89,14 @@ class PotentialTables:
             The tables, on ``field.device``.
 
         Raises:
-            FieldError: a non-finite potential, or (bidirectional) a non-finite sink current,
-                naming its layer and state.
+            FieldError: a table of the wrong shape, dtype or device
+                (:func:`~ecd2g_fast.fields.call_field`), a non-finite potential, or
+                (bidirectional) a non-finite sink current, naming its layer and state.
         """
         circuit = field.circuit
         L, M = circuit.num_layers, circuit.num_states
         G, e = float(circuit.G), float(circuit.e)
-        phi = field.potential_table().to(torch.float64).contiguous()
+        phi = call_field(field, "potential_table", (), (L + 1, M)).to(torch.float64).contiguous()
         _check_finite(field, phi, "potential")
         bidirectional = mode == "bidirectional"
         device = phi.device
@@ -118,7 +119,7 @@ class PotentialTables:
             count[1:, :, 1] = k
             masses[1:, :, BACKWARD_LATERAL] = G * _lateral(phi[1:], reference[:-1], prefix[:-1], k)
             masses[1:, :, BACKWARD_DIAGONAL] = e * (phi[1:] - phi[:-1]).clamp_min(0.0)
-            sink = field.sink_table().to(device=device, dtype=torch.float64)
+            sink = call_field(field, "sink_table", (), (M,)).to(torch.float64)
             _check_finite(field, sink.unsqueeze(0), "sink current", first_layer=L)
             masses[L, :, SINK] = sink.clamp_min(0.0)
         return cls(phi, order, reference, prefix, count, masses)
@@ -160,7 +161,9 @@ class PotentialTables:
             outlet[lateral] = w + M * backward.to(torch.int64)
         return torch.where(total > 0, outlet, torch.full_like(outlet, -1))
 
-    def _inverse_cdf(self, phi: torch.Tensor, m: torch.Tensor, k: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    def _inverse_cdf(
+        self, phi: torch.Tensor, m: torch.Tensor, k: torch.Tensor, u: torch.Tensor
+    ) -> torch.Tensor:
         # smallest j in [1, k] with F(j) = j (phi - c_m) - P[m, j] > u F(k): binary search,
         # all walkers at once, ceil(log2 M) + 1 rounds of gathers (no B x M tensor)
         M = self.phi.shape[1]
@@ -182,7 +185,9 @@ class PotentialTables:
         return lo
 
 
-def _lateral(phi: torch.Tensor, reference: torch.Tensor, prefix: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+def _lateral(
+    phi: torch.Tensor, reference: torch.Tensor, prefix: torch.Tensor, k: torch.Tensor
+) -> torch.Tensor:
     # F(k) = k (phi - c) - P[k], row by row; clamp the rounding residue of empty sums at 0
     value = k.to(torch.float64) * (phi - reference[:, None]) - prefix.gather(1, k)
     return value.clamp_min(0.0)
@@ -192,11 +197,13 @@ def _check_finite(field: Field, table: torch.Tensor, what: str, first_layer: int
     bad = ~torch.isfinite(table)
     if bool(bad.any()):
         l, z = (int(v) for v in torch.nonzero(bad)[0])
-        raise FieldError(f"field returned a non-finite {what} at {describe_vertex(field, first_layer + l, z)}")
+        raise FieldError(
+            f"field returned a non-finite {what} at {describe_vertex(field, first_layer + l, z)}"
+        )
 
 
-def potential_drawer(field: PotentialField, mode: str, use_extension: bool | None = None) -> DrawFn:
-    """The per-move drawer of the ``"potential"`` backend for one field and mode.
+def potential_drawer(field: PotentialField, mode: str, use_extension: bool | None = None) -> Draw:
+    """The O(log M) per-move draw for one field and mode.
 
     Args:
         field: a :class:`~ecd2g_fast.fields.PotentialField`; its tables are built here, once.
@@ -207,10 +214,10 @@ def potential_drawer(field: PotentialField, mode: str, use_extension: bool | Non
             from the generator vs ``torch.rand``).
 
     Returns:
-        A function with the signature of :func:`.reference.draw_outlets`.
+        A :data:`.reference.Draw`.
 
     Raises:
-        FieldError: see :meth:`PotentialTables.from_field`; the drawer raises it for a visited
+        FieldError: see :meth:`PotentialTables.from_field`; the draw raises it for a visited
             vertex without positive outflow.
         RuntimeError: ``use_extension=True`` but the extension has no kernels for the device.
     """
@@ -229,7 +236,7 @@ def potential_drawer(field: PotentialField, mode: str, use_extension: bool | Non
 
         return op_drawer(field, move)
 
-    def draw(field_, layer, z, mode_, generator, chunk_size):
+    def draw(layer, z, generator, chunk_size):
         outlet = tables.draw(layer, z, generator)
         check_outflow(field, layer, z, outlet < 0)
         return outlet
@@ -237,9 +244,11 @@ def potential_drawer(field: PotentialField, mode: str, use_extension: bool | Non
     return draw
 
 
-def _backend_drawer(field: PotentialField, mode: str, device: torch.device) -> DrawFn:
-    """The drawer of :data:`sample_potential`: compiled where the extension has kernels for
-    ``device``, else in plain torch after one ``RuntimeWarning`` per process."""
+def compiled_or_torch_drawer(field: PotentialField, mode: str) -> Draw:
+    """The ``"potential"`` draw factory: compiled where the extension has kernels for the
+    field's device, else in plain torch after one ``RuntimeWarning`` per process (the plain-torch
+    draw is slower, never less exact)."""
+    device = field.device
     compiled = _extension.has_device_kernels(device)
     if not compiled:
         # the same cause as "auto" passing over "cpp": one warning between them
@@ -247,27 +256,25 @@ def _backend_drawer(field: PotentialField, mode: str, device: torch.device) -> D
             ("sample", "cpp"),
             f"ecd2g_fast sample: the compiled kernels are not available on {device} "
             f"({_extension.device_unavailable_reason(device)}); using the plain-torch potential sampler",
-            stacklevel=5,
         )
     return potential_drawer(field, mode, compiled)
 
 
-#: The ``"potential"`` backend of :func:`ecd2g_fast.sample` (arguments checked there; the
-#: selection guarantees a :class:`~ecd2g_fast.fields.PotentialField`): builds
-#: :class:`PotentialTables` once, then walks (:func:`.reference.walk`) with the O(log M) draw, in
-#: the compiled ``potential_move_sorted`` op when the extension has kernels for the device and in
-#: plain torch otherwise. ``chunk_size`` is unused (the draw needs no chunks). When the extension
-#: lacks kernels for the device, one ``RuntimeWarning`` per process says so (the plain-torch paths
-#: are slower, never less exact). Raises :class:`FieldError` for a non-finite potential or sink
-#: current anywhere in the tables, or a visited vertex without positive outflow (both named by
-#: layer and state), and ``RuntimeError`` when a walker exceeded ``max_moves``.
-sample_potential = walk_with(_backend_drawer)
+def torch_drawer(field: PotentialField, mode: str) -> Draw:
+    """The ``"potential-torch"`` draw factory: the O(log M) draw in plain torch, even where the
+    compiled op exists (the reference of the compiled draw, and a fallback)."""
+    return potential_drawer(field, mode, use_extension=False)
 
 
-backends.register(
-    "sample",
-    "potential",
-    sample_potential,
-    supports=lambda field: isinstance(field, PotentialField),
-    unsupported_reason="it needs a PotentialField (a potential table); use 'cpp' or 'torch'",
-)
+def _is_potential_field(field: object) -> bool:
+    return isinstance(field, PotentialField)
+
+
+for _name, _factory in (("potential", compiled_or_torch_drawer), ("potential-torch", torch_drawer)):
+    backends.register(
+        "sample",
+        _name,
+        _factory,
+        supports=_is_potential_field,
+        unsupported_reason="it needs a PotentialField (a potential table); use 'cpp' or 'torch'",
+    )

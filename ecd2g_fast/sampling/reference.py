@@ -1,41 +1,38 @@
-"""The movement-rule walk in plain torch (Definition 3.1): the ``"torch"`` sampler backend.
+"""The movement-rule walk (Definition 3.1): the one walk loop, and the plain-torch per-move draw.
+
+A sampler backend is a *draw*: one move's outlet for each of a batch of walkers. The backend table
+(:mod:`ecd2g_fast.backends`, op ``"sample"``) maps a name to a draw factory
+``(field, mode) -> draw`` (:data:`DrawFactory`), which may build tables once per
+:func:`ecd2g_fast.sample` call; :func:`walk` runs every backend's moves in the same loop.
 
 One move of a batch of walkers draws an *outlet* for each: ``w`` in ``[0, M)`` is the edge to
 ``(l+1, w)``, ``M + w`` the edge to ``(l-1, w)``, ``2M`` the sink at layer L. Outlet weights are
-the positive out-currents. They are consumed in chunks of neighbour states by a one-pass
-weighted reservoir: after a chunk with positive mass ``S`` and running total ``T``, the draw
-moves into that chunk with probability ``S / (T + S)`` and, if it does, to state ``j`` of it
-with probability ``w_j / S`` (inverse CDF). The result is an exact draw proportional to the
-weights, with memory ``O(B x chunk)`` and one field evaluation per neighbour.
+the positive out-currents. The ``"torch"`` draw (:func:`draw_outlets`) consumes them in chunks of
+neighbour states by a one-pass weighted reservoir: after a chunk with positive mass ``S`` and
+running total ``T``, the draw moves into that chunk with probability ``S / (T + S)`` and, if it
+does, to state ``j`` of it with probability ``w_j / S`` (inverse CDF). The result is an exact draw
+proportional to the weights, with memory ``O(B x chunk)`` and one field evaluation per neighbour.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 import torch
 
-from ..fields import Field
+from ..fields import Field, FieldError, call_field, column_blocks, field_currents
 
 MODES = ("bidirectional", "forward")
-#: Default bound on ``B x chunk`` float64 values held at once by a move.
-DEFAULT_CHUNK_ELEMENTS = 2**23
 
+#: One move's outlets: ``draw(layer, z, generator, chunk_size) -> (n,) int64 outlet codes`` for
+#: ``(n,)`` int64 walker positions, bound to one field and mode (see :data:`DrawFactory`).
+Draw = Callable[[torch.Tensor, torch.Tensor, torch.Generator | None, int], torch.Tensor]
+#: A ``"sample"`` backend of the table: ``(field, mode) -> Draw``; it may build per-call tables
+#: and raises :class:`~ecd2g_fast.fields.FieldError` for a field it finds broken.
+DrawFactory = Callable[[Field, str], Draw]
 
-#: A per-move outlet sampler, with the signature of :func:`draw_outlets`:
-#: ``(field, layer, z, mode, generator, chunk_size) -> (n,) int64 outlet codes``.
-DrawFn = Callable[..., torch.Tensor]
-#: A backend of :func:`ecd2g_fast.sample`, with the signature of :func:`walk` without ``draw``:
-#: ``(field, start, mode, generator, chunk_size, max_moves) -> (terminal, moves)``.
-SampleFn = Callable[..., tuple[torch.Tensor, torch.Tensor]]
-
-
-class FieldError(ValueError):
-    """A field gave nan/inf currents, or no positive outflow at a vertex a walker reached."""
-
-
-def default_chunk_size(num_walkers: int, num_states: int) -> int:
-    return max(1, min(num_states, DEFAULT_CHUNK_ELEMENTS // max(num_walkers, 1)))
+__all__ = ["MODES", "Draw", "DrawFactory", "FieldError", "OutletDraw", "draw_outlets", "torch_draw", "walk"]
 
 
 def describe_vertex(field: Field, layer: int, index: int) -> str:
@@ -82,7 +79,9 @@ class OutletDraw:
             )
         cdf = weights.clamp_min(0.0).cumsum(dim=1)
         mass = cdf[:, -1]
-        u = torch.rand((rows.shape[0], 2), dtype=torch.float64, device=weights.device, generator=self.generator)
+        u = torch.rand(
+            (rows.shape[0], 2), dtype=torch.float64, device=weights.device, generator=self.generator
+        )
         new_total = self.total[rows] + mass
         take = u[:, 0] * new_total < mass
         pos = torch.searchsorted(cdf, (u[:, 1] * mass).unsqueeze(1), right=True).squeeze(1)
@@ -98,67 +97,75 @@ class OutletDraw:
 
 def draw_outlets(
     field: Field,
+    mode: str,
     layer: torch.Tensor,
     z: torch.Tensor,
-    mode: str,
     generator: torch.Generator | None,
     chunk_size: int,
     reservoir: type[OutletDraw] = OutletDraw,
 ) -> torch.Tensor:
     """One move's outlet for each walker at ``(layer, z)``; see the module docstring for codes.
 
-    The field's currents are evaluated in chunks of ``chunk_size`` neighbour states and offered to
-    ``reservoir(field, layer, z, generator)`` (:class:`OutletDraw` or a class with its methods):
-    forward currents, then the negated currents from the previous layer and the sink currents
-    (bidirectional mode only).
+    The field's currents are evaluated (checked, under inference mode:
+    :func:`~ecd2g_fast.fields.call_field`) in blocks of at most ``chunk_size`` neighbour states
+    (:func:`~ecd2g_fast.fields.column_blocks`) and offered to ``reservoir(field, layer, z,
+    generator)`` (:class:`OutletDraw` or a class with its methods): forward currents, then the
+    negated currents from the previous layer and the sink currents (bidirectional mode only).
+    Walker sets that are empty are not asked for.
     """
     circuit = field.circuit
     M, L = circuit.num_states, circuit.num_layers
     draw = reservoir(field, layer, z, generator)
-    forward_rows = torch.nonzero(layer < L).squeeze(1)
-    lf, zf = layer[forward_rows], z[forward_rows]
-    for start in range(0, M, chunk_size):
-        stop = min(start + chunk_size, M)
-        draw.consume(forward_rows, field.currents_to_next(lf, zf, start, stop), start)
+    groups = [("currents_to_next", torch.nonzero(layer < L).squeeze(1), 0)]
     if mode == "bidirectional":
-        backward_rows = torch.nonzero(layer > 0).squeeze(1)
-        lb, zb = layer[backward_rows], z[backward_rows]
-        for start in range(0, M, chunk_size):
-            stop = min(start + chunk_size, M)
-            # out-current to (l-1, w) is minus the current arriving from it
-            draw.consume(backward_rows, field.currents_from_prev(lb, zb, start, stop), M + start, negate=True)
-        sink_rows = torch.nonzero(layer == L).squeeze(1)
-        draw.consume(sink_rows, field.sink_currents(z[sink_rows]).unsqueeze(1), 2 * M)
+        # out-current to (l-1, w) is minus the current arriving from it
+        groups.append(("currents_from_prev", torch.nonzero(layer > 0).squeeze(1), M))
+    for method, rows, offset in groups:
+        if rows.numel() == 0:
+            continue
+        lr, zr = layer[rows], z[rows]
+        for start, stop in column_blocks(0, M, chunk_size, rows.numel()):
+            currents = field_currents(field, method, lr, zr, start, stop)
+            draw.consume(rows, currents, offset + start, negate=offset > 0)
+    if mode == "bidirectional":
+        rows = torch.nonzero(layer == L).squeeze(1)
+        if rows.numel():
+            sink = call_field(field, "sink_currents", (z[rows],), (rows.numel(),))
+            draw.consume(rows, sink.unsqueeze(1), 2 * M)
     return draw.result()
+
+
+def torch_draw(field: Field, mode: str) -> Draw:
+    """The ``"torch"`` draw factory: :func:`draw_outlets` with the plain-torch :class:`OutletDraw`."""
+    return functools.partial(draw_outlets, field, mode)
 
 
 def walk(
     field: Field,
     start: torch.Tensor,
     mode: str,
+    draw: Draw,
     generator: torch.Generator | None,
-    chunk_size: int | None,
+    chunk_size: int,
     max_moves: int,
-    draw: DrawFn = draw_outlets,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Run walkers from ``(0, start)`` to termination.
+    """Run walkers from ``(0, start)`` to termination: the one walk loop of every backend.
 
     Args:
         field: the current field.
         start: ``(B,)`` int64 flat start states, on ``field.device``.
         mode: ``"bidirectional"`` (Definition 3.1) or ``"forward"`` (forward-only inference).
+        draw: the per-move draw (:data:`Draw`), from a backend's :data:`DrawFactory`.
         generator: torch generator on ``field.device``, or None for the default one.
-        chunk_size: neighbour states per chunk (None: ``2**23 // B``, at most M).
+        chunk_size: neighbour states per field call (draws that evaluate the field).
         max_moves: raise ``RuntimeError`` if a walker has not terminated after this many moves.
-        draw: the per-move outlet sampler (same signature as :func:`draw_outlets`); backends swap it.
 
     Returns:
         ``(B,)`` int64 terminal flat states and ``(B,)`` int64 numbers of edge moves.
     """
-    M, L = field.circuit.num_states, field.circuit.num_layers
+    L = field.circuit.num_layers
+    M = field.circuit.num_states
     B = start.shape[0]
-    if chunk_size is None:
-        chunk_size = default_chunk_size(B, M)
     layer = torch.zeros(B, dtype=torch.int64, device=start.device)
     z = start.clone()
     moves = torch.zeros(B, dtype=torch.int64, device=start.device)
@@ -172,7 +179,7 @@ def walk(
         if step == max_moves:  # every active walker has made `step` moves
             break
         la, za = layer[active], z[active]
-        outlet = draw(field, la, za, mode, generator, chunk_size)
+        outlet = draw(la, za, generator, chunk_size)
         sink = outlet == 2 * M
         backward = (outlet >= M) & ~sink
         z[active] = torch.where(sink, za, outlet % M)
@@ -183,22 +190,3 @@ def walk(
         f"{active.numel()} walkers did not terminate within max_moves={max_moves}; the field has "
         "a current cycle (possible for a learned current field) or max_moves is too small"
     )
-
-
-def walk_with(choose_draw: Callable[[Field, str, torch.device], DrawFn]) -> SampleFn:
-    """A sampler backend that runs :func:`walk` with the drawer that ``choose_draw`` picks.
-
-    Args:
-        choose_draw: ``(field, mode, device) -> drawer`` (a :data:`DrawFn`), called once per
-            :func:`ecd2g_fast.sample` call, before the first move (it may build tables).
-
-    Returns:
-        The backend: ``(field, start, mode, generator, chunk_size, max_moves) -> (terminal,
-        moves)``, the arguments and results of :func:`walk` (checked by :func:`ecd2g_fast.sample`).
-    """
-
-    def sample_backend(field, start, mode, generator, chunk_size, max_moves):
-        draw = choose_draw(field, mode, start.device)
-        return walk(field, start, mode, generator, chunk_size, max_moves, draw=draw)
-
-    return sample_backend

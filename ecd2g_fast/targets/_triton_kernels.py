@@ -24,7 +24,9 @@ def _add(a, b):
 # function runs element by element in Python (a hashed pass of 257 queries: 25 s instead of 0.8 s).
 # The compiled module must not take it from tl.standard, though: if triton was first imported under
 # TRITON_INTERPRET, that one is an interpreted function, which the compiler rejects.
-_sum_combine = _add if isinstance(_add, triton.runtime.JITFunction) else getattr(tl.standard, "_sum_combine", _add)
+_sum_combine = (
+    _add if isinstance(_add, triton.runtime.JITFunction) else getattr(tl.standard, "_sum_combine", _add)
+)
 
 
 @triton.jit
@@ -130,20 +132,70 @@ def _potential(layer, count_x, count_y, nx, ny, a, b, s, uniform, mask):
     return -layer.to(tl.float64) * s + a_l * (p_hat - uniform) - b_l * (q_hat - uniform)
 
 
+@triton.jit
+def _log_term(row, column: tl.constexpr, count, n, mask):
+    """``row[column] + log(count / n)`` (``-inf`` for a count of 0): a log-term with its frequency."""
+    return tl.load(row + column, mask=mask, other=0.0) + tl.log(count.to(tl.float64) / n)
+
+
+@triton.jit
+def _signed_exp_sum(m, positive, negative):
+    """reference.signed_exp_sum of the terms' sums ``sum exp(t - m)``, ``m`` their maximum."""
+    total = positive - negative
+    return tl.where(total == 0.0, 0.0, total * tl.exp(m))
+
+
+@triton.jit
+def _normalized_potential(terms, layer, count_x, count_y, nx, ny, mask):
+    """reference.potential_from_counts with ``normalize``: ``+ [beta_l, M alpha_l p] - [alpha_l, M beta_l q]``
+    from the ``(L+1, 4)`` log-terms ``terms``."""
+    row = terms + layer * 4
+    t0 = tl.load(row, mask=mask, other=0.0)
+    t1 = _log_term(row, 1, count_x, nx, mask)
+    t2 = tl.load(row + 2, mask=mask, other=0.0)
+    t3 = _log_term(row, 3, count_y, ny, mask)
+    m = tl.maximum(tl.maximum(t0, t1), tl.maximum(t2, t3))
+    return _signed_exp_sum(m, tl.exp(t0 - m) + tl.exp(t1 - m), tl.exp(t2 - m) + tl.exp(t3 - m))
+
+
+@triton.jit
+def _normalized_current(terms, layer, cxz, cyz, cxw, cyw, nx, ny, mask):
+    """reference.current_from_counts with ``normalize``, from the ``(L, 9)`` log-terms ``terms``:
+    ``+ [s, b_l/M, a_{l+1}/M, a_l p(z), b_{l+1} q(w)] - [a_l/M, b_{l+1}/M, b_l q(z), a_{l+1} p(w)]``."""
+    row = terms + layer * 9
+    t0 = tl.load(row, mask=mask, other=0.0)
+    t1 = tl.load(row + 1, mask=mask, other=0.0)
+    t2 = tl.load(row + 2, mask=mask, other=0.0)
+    t3 = _log_term(row, 3, cxz, nx, mask)
+    t4 = _log_term(row, 4, cyw, ny, mask)
+    t5 = tl.load(row + 5, mask=mask, other=0.0)
+    t6 = tl.load(row + 6, mask=mask, other=0.0)
+    t7 = _log_term(row, 7, cyz, ny, mask)
+    t8 = _log_term(row, 8, cxw, nx, mask)
+    m = tl.maximum(tl.maximum(tl.maximum(t0, t1), tl.maximum(t2, t3)), t4)
+    m = tl.maximum(m, tl.maximum(tl.maximum(t5, t6), tl.maximum(t7, t8)))
+    positive = tl.exp(t0 - m) + tl.exp(t1 - m) + tl.exp(t2 - m) + tl.exp(t3 - m) + tl.exp(t4 - m)
+    negative = tl.exp(t5 - m) + tl.exp(t6 - m) + tl.exp(t7 - m) + tl.exp(t8 - m)
+    return _signed_exp_sum(m, positive, negative)
+
+
 @triton.jit(do_not_specialize=["xlen", "xiter", "nx", "ylen", "yiter", "ny", "Q"])
 def targets_kernel(
-    out, flag_out, scalars, a, b, layer_in, zk, z, wk, w,
+    out, flag_out, scalars, a, b, terms, layer_in, zk, z, wk, w,
     xk, xc, xlen, xiter, xrep, xamb, x, nx,
     yk, yc, ylen, yiter, yrep, yamb, y, ny,
     Q, D,
-    CURRENT: tl.constexpr, HASHED: tl.constexpr, DENSE: tl.constexpr,
+    CURRENT: tl.constexpr, HASHED: tl.constexpr, DENSE: tl.constexpr, NORMALIZE: tl.constexpr,
     BLOCK_Q: tl.constexpr, BLOCK_D: tl.constexpr,
 ):  # fmt: skip
-    """One query per lane: four counts, then eq. (12) (potential) or (13) (current).
+    """One query per lane: four counts, then eq. (12) (potential) or (13) (current), physical or
+    (``NORMALIZE``) normalised.
 
     Pointers: ``out`` ``(Q,)`` float64; ``flag_out`` ``(Q,)`` int8 (hashed keys only);
     ``scalars`` float64 ``(s, 1/M, g, G)`` (a float scalar argument would be float32); ``a``,
-    ``b`` ``(L+1,)`` float64; ``layer_in`` ``(Q,)``; ``zk``, ``wk`` ``(Q,)`` int64 keys of the
+    ``b`` ``(L+1,)`` float64; ``terms`` the float64 log-terms of the normalised targets
+    (``Circuit.current_terms`` ``(L, 9)`` or ``Circuit.potential_terms`` ``(L+1, 4)``; read only
+    with ``NORMALIZE``); ``layer_in`` ``(Q,)``; ``zk``, ``wk`` ``(Q,)`` int64 keys of the
     ``(Q, D)`` states ``z``, ``w`` (``w`` unused unless ``CURRENT``), or with ``DENSE`` both the
     ``(D,)`` exact-key weights (the keys are computed here); per batch ``x`` / ``y``
     ``(B, D)``: the arguments of :func:`_count` (keys, counts or count table, searched length,
@@ -160,22 +212,33 @@ def targets_kernel(
         kz = tl.load(zk + q, mask=mask, other=0)
     cxz, fxz = _count(kz, q, z, mask, xk, xc, xlen, xiter, xrep, xamb, x, D, HASHED, DENSE, BLOCK_Q, BLOCK_D)
     cyz, fyz = _count(kz, q, z, mask, yk, yc, ylen, yiter, yrep, yamb, y, D, HASHED, DENSE, BLOCK_Q, BLOCK_D)
-    result = _potential(layer, cxz, cyz, nx, ny, a, b, s, uniform, mask)
     flag = fxz | fyz
     if CURRENT:
         if DENSE:
             kw = _row_keys(w, q, D, wk, mask, BLOCK_Q, BLOCK_D)
         else:
             kw = tl.load(wk + q, mask=mask, other=0)
-        cxw, fxw = _count(kw, q, w, mask, xk, xc, xlen, xiter, xrep, xamb, x, D, HASHED, DENSE, BLOCK_Q, BLOCK_D)
-        cyw, fyw = _count(kw, q, w, mask, yk, yc, ylen, yiter, yrep, yamb, y, D, HASHED, DENSE, BLOCK_Q, BLOCK_D)
-        phi_w = _potential(layer + 1, cxw, cyw, nx, ny, a, b, s, uniform, mask)
-        same = mask & (kz == kw)
-        if HASHED:
-            same = _rows_equal(z, q, w, q, D, same, BLOCK_Q, BLOCK_D)
-        conductance = tl.where(same, tl.load(scalars + 2), tl.load(scalars + 3))
-        result = conductance * (result - phi_w)
+        cxw, fxw = _count(
+            kw, q, w, mask, xk, xc, xlen, xiter, xrep, xamb, x, D, HASHED, DENSE, BLOCK_Q, BLOCK_D
+        )
+        cyw, fyw = _count(
+            kw, q, w, mask, yk, yc, ylen, yiter, yrep, yamb, y, D, HASHED, DENSE, BLOCK_Q, BLOCK_D
+        )
         flag = flag | fxw | fyw
+        if NORMALIZE:  # C(z, w) cancels
+            result = _normalized_current(terms, layer, cxz, cyz, cxw, cyw, nx, ny, mask)
+        else:
+            phi_z = _potential(layer, cxz, cyz, nx, ny, a, b, s, uniform, mask)
+            phi_w = _potential(layer + 1, cxw, cyw, nx, ny, a, b, s, uniform, mask)
+            same = mask & (kz == kw)
+            if HASHED:
+                same = _rows_equal(z, q, w, q, D, same, BLOCK_Q, BLOCK_D)
+            conductance = tl.where(same, tl.load(scalars + 2), tl.load(scalars + 3))
+            result = conductance * (phi_z - phi_w)
+    elif NORMALIZE:
+        result = _normalized_potential(terms, layer, cxz, cyz, nx, ny, mask)
+    else:
+        result = _potential(layer, cxz, cyz, nx, ny, a, b, s, uniform, mask)
     tl.store(out + q, result, mask=mask)
     if HASHED:
         tl.store(flag_out + q, flag.to(tl.int8), mask=mask)

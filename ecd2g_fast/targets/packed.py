@@ -16,6 +16,11 @@ query's count is found by binary search: ``O((Q + B) log B + (Q + B) D)``, inste
 reference's ``O(Q B D)``. For exact keys neither path has a data-dependent size, so neither
 synchronises with a GPU. The Triton backend
 (:mod:`ecd2g_fast.targets.triton`) uses the same keys and sorted batches.
+
+**torch.compile.** Exact keys trace as they are (static sizes), so inductor fuses the whole pass.
+Hashed keys have data-dependent sizes (runs, flagged queries); under ``torch.compile`` their
+counting runs as one opaque custom op, :func:`hashed_counts` (``torch.ops.ecd2g_fast.hashed_counts``),
+which the graph calls like any other op: no graph break, and the same exact counts.
 """
 
 from __future__ import annotations
@@ -41,6 +46,11 @@ def _weights(num_categories: int, dim: int, exact: bool, device: torch.device) -
     if exact:
         powers = [num_categories ** (dim - 1 - d) for d in range(dim)]
         return torch.tensor(powers, dtype=torch.int64, device=device)
+    return _hash_weights(dim, device)
+
+
+@functools.lru_cache(maxsize=64)
+def _hash_weights(dim: int, device: torch.device) -> torch.Tensor:
     generator = torch.Generator().manual_seed(_HASH_SEED)
     multipliers = torch.randint(-(2**63), 2**63 - 1, (dim,), generator=generator, dtype=torch.int64)
     # Odd multipliers: a difference in one coordinate alone can then never vanish mod 2**64.
@@ -49,6 +59,8 @@ def _weights(num_categories: int, dim: int, exact: bool, device: torch.device) -
 
 def _weighted_row_sums(states: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     """``(N,)`` int64 ``sum_d states[:, d] * weights[d]``, wrapping mod ``2**64``."""
+    if torch.compiler.is_compiling():
+        return (states * weights).sum(dim=1)  # fused into its consumers: nothing (N, D) is stored
     if states.device.type == "cpu":
         # Integer matmul exists on CPU only (not CUDA); 6x faster than mul + sum at D = 64.
         return states @ weights
@@ -105,7 +117,10 @@ class StateKeys:
     def for_circuit(cls, circuit: Circuit, device: torch.device, hash_fn: HashFn | None = None) -> StateKeys:
         """Exact keys when ``circuit.num_states < 2**63`` and no ``hash_fn`` is given, else hashed."""
         exact = hash_fn is None and circuit.num_states < 2**63
-        return cls(exact, _weights(circuit.num_categories, circuit.dim, exact, device), hash_fn)
+        # Under torch.compile the weights become constants of the graph; Dynamo would ignore
+        # (and warn about) the cache.
+        weights = _weights.__wrapped__ if torch.compiler.is_compiling() else _weights
+        return cls(exact, weights(circuit.num_categories, circuit.dim, exact, device), hash_fn)
 
     def __call__(self, states: torch.Tensor) -> torch.Tensor:
         if self.hash_fn is not None:
@@ -218,6 +233,39 @@ def same_states(
     return same
 
 
+@torch.library.custom_op("ecd2g_fast::hashed_counts", mutates_args=())
+def hashed_counts(batches: list[torch.Tensor], queries: list[torch.Tensor]) -> list[torch.Tensor]:
+    """How many rows of each batch equal each row of each query tensor, with hashed keys.
+
+    :func:`sort_batch` (once per batch) and :func:`count_states` with hashed keys (every key
+    match verified against the full rows, ambiguous runs recounted row by row: exact whatever the
+    collisions), as one custom op (``torch.ops.ecd2g_fast.hashed_counts``): their sizes depend
+    on the data, and as an op they stay out of a ``torch.compile`` graph, which then needs no
+    graph break.
+
+    Args:
+        batches: ``(B_j, D)`` int64 states, ``B_j >= 1``.
+        queries: ``(Q_i, D)`` int64 states, on the batches' device.
+
+    Returns:
+        ``(Q_i,)`` int64 counts of ``queries[i]`` in ``batches[j]`` at ``i * len(batches) + j``.
+    """
+    if not batches:
+        return []
+    keys = StateKeys(False, _hash_weights(batches[0].shape[1], batches[0].device))
+    sorted_batches = [sort_batch(batch.contiguous(), keys) for batch in batches]
+    counts = []
+    for q in queries:
+        query_keys = keys(q)
+        counts += [count_states(batch, query_keys, q) for batch in sorted_batches]
+    return counts
+
+
+@hashed_counts.register_fake
+def _(batches: list[torch.Tensor], queries: list[torch.Tensor]) -> list[torch.Tensor]:
+    return [q.new_empty(q.shape[0], dtype=torch.int64) for q in queries for _ in batches]
+
+
 #: Exact keys are counted in a dense ``(2, M)`` table (two scatter-adds, one gather per count)
 #: when ``M`` is at most the larger of this and twice the batch rows: then zeroing the table
 #: costs no more than sorting the batches would.
@@ -230,28 +278,48 @@ DENSE_TABLE_MAX_STATES = 2**26
 class PreparedBatches:
     """Everything the pass needs from ``x`` and ``y``: the key map and their counts per key.
 
-    Exactly one representation is set: ``table`` (exact keys, small ``M``) or ``x`` and ``y``
-    (sorted batches).
+    Exactly one representation is set: ``table`` (exact keys, small ``M``), ``x`` and ``y``
+    (sorted batches) or ``rows`` (hashed keys under ``torch.compile``).
 
     Attributes:
-        state_keys: the key map.
+        state_keys: the key map (``None`` with ``rows``: :func:`hashed_counts` keys the rows itself).
         x_size, y_size: ``B``, ``B'``.
         table: ``(2, M)`` int32: how many rows of ``x`` (row 0) and ``y`` (row 1) have each key.
         x, y: the sorted batches.
+        rows: the batches ``x``, ``y`` as given, counted by :func:`hashed_counts`.
     """
 
-    state_keys: StateKeys
+    state_keys: StateKeys | None
     x_size: int
     y_size: int
     table: torch.Tensor | None = None
     x: SortedBatch | None = None
     y: SortedBatch | None = None
+    rows: tuple[torch.Tensor, torch.Tensor] | None = None
 
-    def counts(self, keys: torch.Tensor, states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(#x == state, #y == state)``, each ``(Q,)`` integer, for ``(Q,)`` keys of ``(Q, D)`` states."""
+    def keys(self, states: torch.Tensor) -> torch.Tensor | None:
+        """``(Q,)`` int64 keys of ``(Q, D)`` states, or ``None`` where counting needs none (``rows``)."""
+        return None if self.state_keys is None else self.state_keys(states)
+
+    def counts(
+        self, queries: list[tuple[torch.Tensor | None, torch.Tensor]]
+    ) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """``(#x == state, #y == state)``, each ``(Q,)`` integer, for each ``((Q,) keys, (Q, D) states)``
+        of ``queries`` (keys from :meth:`keys`)."""
         if self.table is not None:
-            return self.table[0][keys], self.table[1][keys]
-        return count_states(self.x, keys, states), count_states(self.y, keys, states)
+            return [(self.table[0][keys], self.table[1][keys]) for keys, _ in queries]
+        if self.rows is not None:
+            counts = hashed_counts(list(self.rows), [q for _, q in queries])
+            return list(zip(counts[0::2], counts[1::2]))
+        return [(count_states(self.x, keys, q), count_states(self.y, keys, q)) for keys, q in queries]
+
+    def same(
+        self, z: torch.Tensor, w: torch.Tensor, kz: torch.Tensor | None, kw: torch.Tensor | None
+    ) -> torch.Tensor:
+        """``(Q,)`` bool ``z == w`` row-wise (:func:`same_states`; compared directly with ``rows``)."""
+        if self.state_keys is None:
+            return (z == w).all(dim=1)
+        return same_states(self.state_keys, z, w, kz, kw)
 
 
 def uses_dense_table(state_keys: StateKeys, num_states: int, x_size: int, y_size: int) -> bool:
@@ -284,10 +352,13 @@ def prepare(
     """Key and count (or sort) the two batches ``x`` ``(B, D)`` and ``y`` ``(B', D)`` (int64, one device).
 
     ``table_fn`` builds the dense table where :func:`uses_dense_table` picks it (the Triton
-    backend passes a one-kernel version).
+    backend passes a one-kernel version). Under ``torch.compile``, hashed keys are left to
+    :func:`hashed_counts` (module docstring).
     """
-    state_keys = StateKeys.for_circuit(circuit, x.device, hash_fn)
     nx, ny = x.shape[0], y.shape[0]
+    if hash_fn is None and circuit.num_states >= 2**63 and torch.compiler.is_compiling():
+        return PreparedBatches(None, nx, ny, rows=(x, y))
+    state_keys = StateKeys.for_circuit(circuit, x.device, hash_fn)
     if uses_dense_table(state_keys, circuit.num_states, nx, ny):
         return PreparedBatches(state_keys, nx, ny, table=table_fn(state_keys, x, y, circuit.num_states))
     return PreparedBatches(state_keys, nx, ny, x=sort_batch(x, state_keys), y=sort_batch(y, state_keys))
@@ -301,32 +372,39 @@ def targets_from_prepared(
     kz: torch.Tensor,
     w: torch.Tensor | None = None,
     kw: torch.Tensor | None = None,
+    normalize: bool = False,
 ) -> torch.Tensor:
     """``(Q,)`` float64 targets from prepared batches and the query keys ``kz`` (and ``kw``).
 
     The current targets ``I_layer(z, w)`` when the head states ``w`` and their keys ``kw`` are
-    given, else the potential targets ``phi_layer(z)``.
+    given, else the potential targets ``phi_layer(z)``; normalised with ``normalize``.
     """
-    counts = prepared.counts(kz, z)
+    sizes = (prepared.x_size, prepared.y_size)
     if w is None:
-        return potential_from_counts(circuit, layer, *counts, prepared.x_size, prepared.y_size)
-    counts = (*counts, *prepared.counts(kw, w))
-    same = same_states(prepared.state_keys, z, w, kz, kw)
-    return current_from_counts(circuit, layer, same, counts, prepared.x_size, prepared.y_size)
+        ((count_x, count_y),) = prepared.counts([(kz, z)])
+        return potential_from_counts(circuit, layer, count_x, count_y, *sizes, normalize)
+    (cxz, cyz), (cxw, cyw) = prepared.counts([(kz, z), (kw, w)])
+    same = None if normalize else prepared.same(z, w, kz, kw)  # C(z, w) cancels in the normalised target
+    return current_from_counts(circuit, layer, same, (cxz, cyz, cxw, cyw), *sizes, normalize)
 
 
 def evaluate_torch(
-    circuit: Circuit, prepared: PreparedBatches, layer: torch.Tensor, z: torch.Tensor, w: torch.Tensor | None
+    circuit: Circuit,
+    prepared: PreparedBatches,
+    layer: torch.Tensor,
+    z: torch.Tensor,
+    w: torch.Tensor | None,
+    normalize: bool,
 ) -> torch.Tensor:
     """The pass of the ``"torch"`` backend on prepared batches: :func:`targets_from_prepared`."""
-    keys = prepared.state_keys
-    return targets_from_prepared(circuit, prepared, layer, z, keys(z), w, None if w is None else keys(w))
+    kw = None if w is None else prepared.keys(w)
+    return targets_from_prepared(circuit, prepared, layer, z, prepared.keys(z), w, kw, normalize)
 
 
-#: A backend's pass on prepared batches: ``(circuit, prepared, layer, z, w) -> (Q,) float64``
-#: targets, the currents for head states ``w`` and the potentials for ``w=None``.
+#: A backend's pass on prepared batches: ``(circuit, prepared, layer, z, w, normalize) -> (Q,)
+#: float64`` targets, the currents for head states ``w`` and the potentials for ``w=None``.
 EvaluateFn = Callable[
-    [Circuit, PreparedBatches, torch.Tensor, torch.Tensor, torch.Tensor | None], torch.Tensor
+    [Circuit, PreparedBatches, torch.Tensor, torch.Tensor, torch.Tensor | None, bool], torch.Tensor
 ]
 
 
@@ -354,6 +432,7 @@ class TargetBackend:
         x: torch.Tensor,
         y: torch.Tensor,
         *,
+        normalize: bool = False,
         hash_fn: HashFn | None = None,
     ) -> torch.Tensor:
         """The backend of :func:`ecd2g_fast.targets.current_targets` (checked inputs).
@@ -363,13 +442,14 @@ class TargetBackend:
             layer: ``(Q,)`` int64 in ``[0, L)``; ``z``, ``w``: ``(Q, D)`` int64 states (``w=None``:
                 the potential targets of :meth:`potential_targets` instead).
             x, y: ``(B, D)``, ``(B', D)`` int64 batches, on the same device.
+            normalize: return the normalised targets.
             hash_fn: replaces the row hash and forces hashed keys (for testing collisions).
 
         Returns:
             ``(Q,)`` float64 current targets.
         """
         prepared = prepare(circuit, x.contiguous(), y.contiguous(), hash_fn, self.table_fn)
-        return self.evaluate(circuit, prepared, layer, z, w)
+        return self.evaluate(circuit, prepared, layer, z, w, normalize)
 
     def potential_targets(
         self,
@@ -379,13 +459,14 @@ class TargetBackend:
         x: torch.Tensor,
         y: torch.Tensor,
         *,
+        normalize: bool = False,
         hash_fn: HashFn | None = None,
     ) -> torch.Tensor:
         """The backend of :func:`ecd2g_fast.targets.potential_targets` (checked inputs).
 
         Args and Returns as :meth:`current_targets`, with ``layer`` in ``[0, L]`` and no ``w``.
         """
-        return self.current_targets(circuit, layer, z, None, x, y, hash_fn=hash_fn)
+        return self.current_targets(circuit, layer, z, None, x, y, normalize=normalize, hash_fn=hash_fn)
 
 
 #: The ``"torch"`` backend: sorted batches or a dense count table, in plain torch.

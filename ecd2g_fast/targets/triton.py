@@ -5,7 +5,8 @@ with a dense count table (exact keys, small ``M``) one kernel computes the batch
 counts them with atomic adds, and the query kernel computes the keys of ``z`` and ``w`` itself:
 the pass is a memset and two launches. Otherwise the batches are sorted by the torch code of the
 ``"torch"`` backend and the query kernel searches them. Either way one launch handles every
-query: the four counts, the gathers of ``a_l, b_l, a_{l+1}, b_{l+1}`` and the target.
+query: the four counts, the gathers of ``a_l, b_l, a_{l+1}, b_{l+1}`` and the target (or of the
+log-terms of the normalised target, combined as in :func:`~ecd2g_fast.targets.reference.signed_exp_sum`).
 
 Hashed keys (``M >= 2**63``; batches collapsed into runs) stay in the kernel: it compares each
 key match with the run's first row, so a collision between a query and a batch row counts 0,
@@ -144,6 +145,7 @@ def _launch(
     kz: torch.Tensor,
     w: torch.Tensor | None,
     kw: torch.Tensor | None,
+    normalize: bool,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Run the kernel; returns ``(out (Q,) float64, flag (Q,) int8 or None for exact keys)``."""
     device = layer.device
@@ -161,6 +163,7 @@ def _launch(
         coefficients.scalars,
         coefficients.a,
         coefficients.b,
+        coefficients.current_terms if current else coefficients.potential_terms,
         layer,
         kz,
         z,
@@ -175,6 +178,7 @@ def _launch(
         CURRENT=current,
         HASHED=hashed,
         DENSE=prepared.table is not None,
+        NORMALIZE=normalize,
         BLOCK_Q=_BLOCK_Q,
         BLOCK_D=_block_d(dim),
     )
@@ -190,7 +194,12 @@ def _query_keys(prepared: PreparedBatches, states: torch.Tensor) -> torch.Tensor
 
 
 def evaluate_triton(
-    circuit: Circuit, prepared: PreparedBatches, layer: torch.Tensor, z: torch.Tensor, w: torch.Tensor | None
+    circuit: Circuit,
+    prepared: PreparedBatches,
+    layer: torch.Tensor,
+    z: torch.Tensor,
+    w: torch.Tensor | None,
+    normalize: bool,
 ) -> torch.Tensor:
     """The pass of the ``"triton"`` backend on prepared batches: one kernel launch, then the torch
     recount of the queries it flags (hashed keys in an ambiguous run; normally none)."""
@@ -200,12 +209,14 @@ def evaluate_triton(
     kw = None if w is None else _query_keys(prepared, w)
     if z.shape[0] == 0:
         return torch.empty(0, dtype=torch.float64, device=layer.device)
-    out, flag = _launch(circuit, prepared, layer, z, kz, w, kw)
+    out, flag = _launch(circuit, prepared, layer, z, kz, w, kw, normalize)
     if flag is not None:
         fix = torch.nonzero(flag).squeeze(1)
         if fix.numel():
             w_fix, kw_fix = (None, None) if w is None else (w[fix], kw[fix])
-            out[fix] = targets_from_prepared(circuit, prepared, layer[fix], z[fix], kz[fix], w_fix, kw_fix)
+            out[fix] = targets_from_prepared(
+                circuit, prepared, layer[fix], z[fix], kz[fix], w_fix, kw_fix, normalize
+            )
     return out
 
 

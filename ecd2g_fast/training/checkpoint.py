@@ -26,10 +26,8 @@ it allocate far more than the file holds).
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import os
-import tempfile
 from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -37,6 +35,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
+from .._atomic import atomic_write
 from ..circuit import Circuit
 from ..distributed import resolve_device
 from ..fields import Field
@@ -61,29 +60,8 @@ FORMAT = 2
 
 
 def atomic_save(obj: object, path: Path) -> None:
-    """``torch.save`` to a temporary file in ``path``'s directory, fsync, ``os.replace``.
-
-    A reader sees the old file or the complete new one, never a partial write.
-    """
-    directory = path.parent
-    directory.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    with contextlib.suppress(OSError):  # make the rename durable (POSIX; not on every platform)
-        dir_fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+    """``torch.save`` of ``obj`` to ``path``, atomically (:func:`ecd2g_fast._atomic.atomic_write`)."""
+    atomic_write(path, lambda handle: torch.save(obj, handle))
 
 
 def _leaves(obj: object, prefix: str = ""):

@@ -36,6 +36,8 @@ __all__ = ["MODELS", "QUERIES", "TrainConfig"]
 MODELS: dict[str, type[nn.Module]] = {"current": CurrentNet, "potential": PotentialNet}
 #: Query distributions (:class:`~ecd2g_fast.training.data.QuerySampler`).
 QUERIES = ("uniform", "data")
+#: Optimiser hyperparameters are applied to float32 weights.
+FLOAT32_MAX = float(torch.finfo(torch.float32).max)
 #: Largest seed: ``torch.Generator.manual_seed`` takes 64-bit signed values.
 SEED_MAX = 2**63 - 1
 
@@ -82,9 +84,9 @@ class TrainConfig(Settings):
         None, "queries per step; none: the batch size", check=optional(integer(1))
     )
     queries: str = setting("uniform", "query distribution", check=choice(QUERIES))
-    lr: float = setting(0.01, "SGD learning rate", check=real(0.0, inclusive=False))
+    lr: float = setting(0.01, "SGD learning rate", check=real(0.0, inclusive=False, high=FLOAT32_MAX))
     momentum: float = setting(0.9, "SGD momentum", check=real(0.0, inclusive=True, high=1.0))
-    weight_decay: float = setting(0.0, "SGD weight decay", check=real(0.0, inclusive=True))
+    weight_decay: float = setting(0.0, "SGD weight decay", check=real(0.0, inclusive=True, high=FLOAT32_MAX))
     ema_decay: float | None = setting(
         0.999, "decay of the weights' moving average; none: the last iterate",
         check=optional(real(0.0, inclusive=True, high=1.0)),

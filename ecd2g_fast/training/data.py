@@ -45,7 +45,7 @@ class DataSource:
     def __init__(self, name: str, source: object, circuit: Circuit, device: torch.device) -> None:
         self.name, self.circuit, self.device = name, circuit, device
         if isinstance(source, torch.Tensor):
-            check_states(name, source, circuit.num_categories, circuit.dim)
+            source = check_states(name, source, circuit.num_categories, circuit.dim)
             if source.shape[0] < 1:
                 raise ValueError(f"{name} must hold at least one sample, got shape {tuple(source.shape)}")
             self.data: torch.Tensor | None = source.to(device)
@@ -72,7 +72,7 @@ class DataSource:
             return self.data[idx]
         out = self.fn(n)
         what = f"{self.name}({n}) output"
-        check_states(what, out, self.circuit.num_categories, self.circuit.dim)
+        out = check_states(what, out, self.circuit.num_categories, self.circuit.dim)
         if out.shape[0] != n:
             raise ValueError(f"{what} must have {n} rows, got {out.shape[0]}")
         return out.to(self.device)

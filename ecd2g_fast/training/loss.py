@@ -14,13 +14,14 @@ __all__ = ["TargetRegressionLoss"]
 
 
 class TargetRegressionLoss:
-    """Sum of squared errors between a network and its Monte-Carlo targets (eq. (13)).
+    """Sum of squared errors between a network and its normalised Monte-Carlo targets (eq. (13)).
 
-    The physical targets of the queries are counted on the batch ``(x, y)``
-    (:func:`~ecd2g_fast.current_targets` / :func:`~ecd2g_fast.potential_targets`, float64),
-    divided by the network's closed-form scales (``net.normalise_targets``, order one, float32)
-    and compared with the network's output. Its minimiser at every query is the exact current (or
-    potential): the targets are unbiased (docs/theory.md §3, §5).
+    The targets of the queries are counted on the batch ``(x, y)`` and normalised by the
+    circuit's closed-form scales in the same pass (:func:`~ecd2g_fast.current_targets` /
+    :func:`~ecd2g_fast.potential_targets` with ``normalize=True``: float64, order one, finite for
+    every circuit), cast to float32 and compared with the network's output. Its minimiser at every
+    query is the exact normalised current (or potential): the targets are unbiased
+    (docs/theory.md §3, §5). The call traces with ``torch.compile(fullgraph=True)``.
 
     Args:
         circuit: the circuit.
@@ -35,28 +36,25 @@ class TargetRegressionLoss:
         self.circuit, self.model, self.targets_backend, self.amp = circuit, model, targets_backend, amp
 
     def targets(self, queries: tuple[torch.Tensor, ...], x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """``(Q,)`` float64 physical targets of ``queries`` (``(layer, z[, w])``) from ``(B, D)`` batches."""
+        """``(Q,)`` float64 normalised targets of ``queries`` (``(layer, z[, w])``) from ``(B, D)`` batches."""
         # in range by construction (sources checked on entry, queries drawn in range): no value scan
         op = current_targets if self.model == "current" else potential_targets
-        return op(self.circuit, *queries, x, y, backend=self.targets_backend, check_values=False)
+        return op(
+            self.circuit, *queries, x, y, backend=self.targets_backend, check_values=False, normalize=True
+        )
 
     def __call__(
-        self,
-        net: nn.Module,
-        call: nn.Module,
-        queries: tuple[torch.Tensor, ...],
-        x: torch.Tensor,
-        y: torch.Tensor,
+        self, net: nn.Module, queries: tuple[torch.Tensor, ...], x: torch.Tensor, y: torch.Tensor
     ) -> torch.Tensor:
         """0-d float32 sum over the queries of the squared normalised error.
 
         Args:
-            net: the network (gives ``normalise_targets``).
-            call: the module evaluated on the queries: ``net`` or its DistributedDataParallel wrapper.
+            net: the module evaluated on the queries: the network or its DistributedDataParallel
+                wrapper.
             queries: ``(layer (Q,), z (Q, D)[, w (Q, D)])``.
             x, y: ``(B, D)`` source and target batches.
         """
-        normalised = net.normalise_targets(*queries, self.targets(queries, x, y))
+        normalised = self.targets(queries, x, y).to(torch.float32)
         with torch.autocast("cuda", dtype=torch.bfloat16) if self.amp else contextlib.nullcontext():
-            out = call(*queries)
+            out = net(*queries)
         return (out.float() - normalised).square().sum()

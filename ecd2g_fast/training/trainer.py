@@ -183,7 +183,7 @@ class Trainer:
         batch = self.queries.draw(cfg.queries_per_step, self.gen, self.device)
         local = tuple(t[self.lo : self.hi] for t in batch)
         self.net.train()
-        sq = self.loss(self.net, self._call, local, x, y)
+        sq = self.loss(self._call, local, x, y)
         # this process's share of the global mean; DDP averages gradients over processes
         (sq * (ctx.world_size / cfg.queries_per_step)).backward()
         total = sq.detach().to(torch.float64)

@@ -1,0 +1,293 @@
+"""The sparse Hamming circuit: potentials and local currents (docs/hamming.md §1-3).
+
+Layers ``l = 0..L`` of ``S = {0..K-1}^D``; between ``(l, z)`` and ``(l+1, w)`` a resistor ``r``
+if ``w == z``, ``R`` if ``w`` differs from ``z`` in exactly one coordinate, nothing otherwise.
+Every vertex has ``1 + D (K-1)`` neighbours in each adjacent layer, so unlike the complete
+:class:`~ecd2g_fast.Circuit` the conductance of a vertex grows with ``D (K-1)``, not with ``K**D``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from .._validation import MAX_DENSE_CURRENT_ENTRIES, check_enumerable, check_int, check_pmf
+from ..states import StateSpace
+from .tables import KernelTables
+
+
+@dataclass(frozen=True)
+class HammingConfig:
+    """The five numbers that define a Hamming circuit; JSON-friendly (``dataclasses.asdict``).
+
+    ``R = None`` stands for the default ``r * D * (K-1)`` (:class:`HammingCircuit`).
+    """
+
+    num_categories: int
+    dim: int
+    num_layers: int
+    r: float = 0.1
+    R: float | None = None
+
+
+def _resistance(name: str, value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
+    if not (math.isfinite(value) and value > 0):
+        raise ValueError(f"{name} must be finite and > 0, got {value}")
+    return float(value)
+
+
+class HammingCircuit(StateSpace):
+    """``L + 1`` copies of ``S = {0..K-1}^D``; adjacent layers joined along Hamming distance <= 1.
+
+    Args:
+        num_categories: ``K >= 2``.
+        dim: ``D >= 1``.
+        num_layers: ``L >= 1``.
+        r: stay resistance, between ``(l, z)`` and ``(l+1, z)`` (ohms; finite, > 0).
+        R: lateral resistance, between ``(l, z)`` and ``(l+1, w)`` for each of the ``D (K-1)``
+            states ``w`` one coordinate away from ``z``. Default ``r * D * (K-1)``: the lateral
+            edges of a vertex together conduct exactly as much as its stay edge (lateral share
+            1/2, the complete circuit's regime at ``M = 1024``; docs/hamming.md §1).
+
+    Attributes (Python numbers):
+        num_states: ``M = K**D``, an exact Python int.
+        num_neighbours: ``1 + D (K-1)``, the stay edge and the lateral edges of a vertex.
+        g, G: conductances ``1/r`` and ``1/R``.
+        d: ``g + G D (K-1)``, the conductance from a vertex to a whole adjacent layer.
+        lateral_share: ``G D (K-1) / d``.
+        log_num_states, log_d: ``log M``, ``log d``.
+        s, log_s: the uniform potential drop per layer ``1 / (M d)`` (``s`` underflows to 0.0
+            for huge ``M``; ``log_s`` is always finite).
+
+    Raises:
+        TypeError: a size is not an int, or a resistance not a real number.
+        ValueError: ``K < 2``, ``D < 1``, ``L < 1``, or a resistance not finite and positive.
+    """
+
+    def __init__(
+        self, num_categories: int, dim: int, num_layers: int, r: float = 0.1, R: float | None = None
+    ) -> None:
+        super().__init__(num_categories, dim)
+        K, D = self.num_categories, self.dim
+        self.num_layers = check_int("num_layers", num_layers, 1)
+        self.r = _resistance("r", r)
+        self.R = self.r * D * (K - 1) if R is None else _resistance("R", R)
+        self.num_neighbours = 1 + D * (K - 1)
+        self.g, self.G = 1.0 / self.r, 1.0 / self.R
+        self.d = self.g + self.G * D * (K - 1)
+        self.lateral_share = self.G * D * (K - 1) / self.d
+        self.log_num_states = D * math.log(K)
+        self.log_d = math.log(self.d)
+        self.log_s = -(self.log_num_states + self.log_d)
+        self.s = 1 / self.num_states / self.d  # int / int rounds correctly, and underflows to 0.0
+        self._tables: KernelTables | None = None
+
+    @property
+    def config(self) -> HammingConfig:
+        """The defining numbers, with ``R`` resolved (``HammingCircuit(**asdict(config))`` is equal)."""
+        return HammingConfig(self.num_categories, self.dim, self.num_layers, self.r, self.R)
+
+    def __repr__(self) -> str:
+        return (
+            f"HammingCircuit(num_categories={self.num_categories}, dim={self.dim}, "
+            f"num_layers={self.num_layers}, r={self.r}, R={self.R})"
+        )
+
+    # ---------------------------------------------------------- neighbours (docs/hamming.md §1)
+    def neighbours(self, idx: torch.Tensor | None = None) -> torch.Tensor:
+        """Flat indices of the ``1 + D (K-1)`` neighbours of states, in the package's edge order.
+
+        Column 0 is the state itself (the stay edge); column ``1 + c (K-1) + t`` changes
+        coordinate ``c`` (0 = most significant, as in :meth:`state_index`) to the ``t``-th value
+        other than its own, in increasing order: ``v = t`` if ``t < z[c]``, else ``t + 1``.
+
+        Args:
+            idx: ``(...)`` int64 flat indices in ``[0, M)``, unchecked; ``None`` (default) for
+                all ``M`` states.
+
+        Returns:
+            ``(..., 1 + D (K-1))`` int64 (``(M, 1 + D (K-1))`` for ``idx=None``) on ``idx``'s
+            device.
+
+        Raises:
+            ValueError: ``idx=None`` and ``M > 2**24`` or ``M (1 + D (K-1)) > 2**28``; or
+                ``M >= 2**63``.
+        """
+        if idx is None:
+            check_enumerable("HammingCircuit.neighbours", self.num_states)
+            self._check_dense("neighbours", self.num_states * self.num_neighbours)
+            idx = torch.arange(self.num_states)
+        self._check_index_range("neighbours")
+        K, D = self.num_categories, self.dim
+        others = torch.arange(K - 1, device=idx.device)
+        columns = [idx.unsqueeze(-1)]
+        for c in range(D):
+            place = K ** (D - 1 - c)
+            digit = torch.div(idx, place, rounding_mode="floor").remainder(K).unsqueeze(-1)
+            value = others + (others >= digit).long()
+            columns.append(idx.unsqueeze(-1) + (value - digit) * place)
+        return torch.cat(columns, dim=-1)
+
+    def _check_dense(self, what: str, entries: int) -> None:
+        if entries > MAX_DENSE_CURRENT_ENTRIES:
+            raise ValueError(
+                f"HammingCircuit.{what} materialises {entries} values and supports at most "
+                f"{MAX_DENSE_CURRENT_ENTRIES} (2**28)"
+            )
+
+    # ---------------------------------------------------------- closed form (docs/hamming.md §2)
+    def green(self) -> torch.Tensor:
+        """``G_j(l, 0)``: the layer response of eigenspace ``j`` to a unit source at layer 0.
+
+        On the characters of Hamming weight ``j`` the coupling between adjacent layers is
+        ``lambda_j = g + G ((K-1) D - K j)``; the node equations become the tridiagonal system
+        with diagonal ``d`` at the end layers, ``2d`` inside and off-diagonals ``-lambda_j``,
+        whose inverse has the column
+        ``G_j(l, 0) = rho^l (1 + rho^(2(L-l))) / (sqrt(d^2 - lambda_j^2) (1 - rho^(2L)))``,
+        ``rho = lambda_j / (d + sqrt(d^2 - lambda_j^2))``. ``G_j(l, L) = G_j(L-l, 0)``.
+
+        Returns:
+            ``(L+1, D+1)`` float64 on the CPU; column ``j = 0`` (the layer means) is 0. Entries
+            may underflow to 0.0 far from layer 0, never overflow.
+        """
+        K, D, L, g, G, d = self.num_categories, self.dim, self.num_layers, self.g, self.G, self.d
+        j = torch.arange(1, D + 1, dtype=torch.float64)
+        lam = g + G * ((K - 1) * D - K * j)
+        # d - lam and d + lam written out, free of cancellation; gap = 1 - |rho|
+        below, above = K * G * j, 2 * g + G * (2 * (K - 1) * D - K * j)
+        root = torch.sqrt(below * above)
+        gap = (torch.where(lam >= 0, below, above) + root) / (d + root)
+        # log|rho| = log(1 - gap); rho = 0 (gap = 1) is clamped to a huge finite negative log, so
+        # that l * log|rho| is 0 at l = 0 and -inf-like beyond
+        log_rho = torch.log1p(-gap).clamp_min(-1e300)
+        sign = torch.where(lam < 0, -1.0, 1.0)
+        l = torch.arange(L + 1, dtype=torch.float64)[:, None]
+        power = torch.exp(l * log_rho) * sign**l
+        column = power * (1 + torch.exp(2 * (L - l) * log_rho)) / (root * -torch.expm1(2 * L * log_rho))
+        return torch.cat([torch.zeros(L + 1, 1, dtype=torch.float64), column], dim=1)
+
+    def _weights(self, device: torch.device) -> torch.Tensor:
+        """``(M,)`` int64 Hamming weight of every mode index (entries != 0 among its D digits)."""
+        weight = torch.zeros(1, dtype=torch.int64, device=device)
+        moved = (torch.arange(self.num_categories, device=device) > 0).long()
+        for _ in range(self.dim):
+            weight = (weight[:, None] + moved[None, :]).reshape(-1)
+        return weight
+
+    def _transform(self, x: torch.Tensor, inverse: bool = False) -> torch.Tensor:
+        """Per coordinate, values ``f(0..K-1)`` <-> ``(mean, f(1) - mean, ..., f(K-1) - mean)``.
+
+        The coupling acts on each coordinate as ``a I + b J``: by ``a + b K`` on the mean and by
+        ``a`` on the deviations, so in these coordinates every operator of the Hamming scheme is
+        diagonal, with the entry of a mode index depending only on its Hamming weight.
+        """
+        K, D = self.num_categories, self.dim
+        batch = x.shape[:-1]
+        for c in range(D):
+            y = x.reshape(*batch, K**c, K, K ** (D - 1 - c))
+            head, rest = y[..., :1, :], y[..., 1:, :]
+            if inverse:
+                parts = [head - rest.sum(dim=-2, keepdim=True), head + rest]
+            else:
+                mean = y.mean(dim=-2, keepdim=True)
+                parts = [mean, rest - mean]
+            x = torch.cat(parts, dim=-2).reshape(*batch, -1)
+        return x
+
+    def _centred_potentials(self, p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+        """``phi_l + l s``: the zero-mean part of every layer, ``(..., L+1, M)``."""
+        green = self.green().to(p.device)
+        weight = self._weights(p.device)
+        source, sink = green[:, weight], green.flip(0)[:, weight]
+        modes = source * self._transform(p).unsqueeze(-2) - sink * self._transform(q).unsqueeze(-2)
+        return self._transform(modes, inverse=True)
+
+    def potentials(self, p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+        """Vertex potentials for unit current, gauge ``c = 0`` (layer means ``-l s``).
+
+        ``phi_l(z) = -l s + sum_x p(x) A_l(h(z, x)) - sum_y q(y) A_{L-l}(h(z, y))``, computed
+        mode by mode: ``phi_l = -l s + sum_j G_j(l, 0) p_j - G_j(L-l, 0) q_j`` with ``p_j``,
+        ``q_j`` the projections of ``p``, ``q`` on Hamming weight ``j`` (:meth:`green`).
+        Accurate to a few ulps of ``max |p|``, ``max |q|`` times ``G_1(0, 0)``; for per-state
+        relative accuracy at any ``D`` see :meth:`kernel_tables`.
+
+        Args:
+            p, q: ``(M,)`` source and target pmfs (float, non-negative, each summing to 1
+                within 1e-6).
+
+        Returns:
+            ``(L+1, M)`` float64 on ``p``'s device: volts for a unit total current.
+
+        Raises:
+            TypeError, ValueError: bad ``p`` or ``q``; ``M > 2**24``.
+        """
+        return self.potential_table(*self._pmfs("potentials", p, q))
+
+    def _pmfs(self, what: str, p: object, q: object) -> tuple[torch.Tensor, torch.Tensor]:
+        """``p``, ``q`` checked as pmfs of the enumerable ``M`` states, float64 on ``p``'s device."""
+        check_enumerable(f"HammingCircuit.{what}", self.num_states)
+        p = check_pmf("p", p, self.num_states)
+        return p, check_pmf("q", q, self.num_states).to(p.device)
+
+    def potential_table(self, p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+        """:meth:`potentials` without any check, and for batches of pmf pairs.
+
+        Args:
+            p: ``(..., M)`` float64 source pmfs; ``q``: ``(..., M)`` target pmfs on ``p``'s device.
+
+        Returns:
+            ``(..., L+1, M)`` float64 on ``p``'s device. Nothing is checked.
+        """
+        layers = torch.arange(self.num_layers + 1, dtype=torch.float64, device=p.device)
+        return self._centred_potentials(p, q) - (layers * self.s)[:, None]
+
+    def currents(self, p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+        """Currents on every edge, by Ohm's law.
+
+        ``[l, z, k]`` is the current from ``(l, z)`` to ``(l+1, w)`` with ``w`` the ``k``-th
+        neighbour of ``z`` (:meth:`neighbours`): ``C_k (phi_l(z) - phi_{l+1}(w))`` with
+        ``C_0 = g``, ``C_k = G`` for ``k >= 1``. The drift ``s`` is added per edge, not through
+        the potentials, so deep layers lose no digits to ``l s``. Negative values flow backward.
+
+        Args:
+            p, q: ``(M,)`` pmfs, as in :meth:`potentials`.
+
+        Returns:
+            ``(L, M, 1 + D (K-1))`` float64 on ``p``'s device, in units of the total current.
+
+        Raises:
+            TypeError, ValueError: bad ``p`` or ``q``; ``M > 2**24`` or
+                ``L M (1 + D (K-1)) > 2**28``.
+        """
+        self._check_dense("currents", self.num_layers * self.num_states * self.num_neighbours)
+        p, q = self._pmfs("currents", p, q)
+        centred = self._centred_potentials(p, q)
+        heads = self.neighbours(torch.arange(self.num_states, device=p.device))
+        drop = self.s + centred[:-1, :, None] - centred[1:, heads]
+        conductance = torch.full((self.num_neighbours,), self.G, dtype=torch.float64, device=p.device)
+        conductance[0] = self.g
+        return conductance * drop
+
+    # ---------------------------------------------------------- tables (docs/hamming.md §3-5)
+    def kernel_tables(self) -> KernelTables:
+        """The per-layer kernels ``A_l(h) + alpha*_l`` with per-state relative accuracy, any D.
+
+        Computed once by the split path sum (:func:`KernelTables.compute`) and cached on the
+        circuit. The tables are shared between callers: do not modify them.
+
+        Returns:
+            :class:`KernelTables` on the CPU.
+
+        Raises:
+            ValueError: the lateral walk mixes in more than ``2**20`` steps (``R / r`` far above
+                its default).
+        """
+        if self._tables is None:
+            self._tables = KernelTables.compute(
+                self.num_categories, self.dim, self.num_layers, self.g, self.G
+            )
+        return self._tables
