@@ -100,7 +100,7 @@ def sample(
             on ``field.device`` seeded with it), for reproducible draws; None: torch's default.
         chunk_size: neighbour states per field call (memory ``O(B x chunk)``); default
             ``memory_budget() // (B * field.bytes_per_pair)`` within ``[1, M]``, the budget
-            ``ECD2G_SAMPLE_MEMORY_BYTES`` or ``fields.SAMPLE_MEMORY_BYTES`` (512 MiB). Results for
+            ``ECD2G_SAMPLE_MEMORY_BYTES`` or ``field_calls.SAMPLE_MEMORY_BYTES`` (512 MiB). Results for
             a seed depend on it (where the draw evaluates the field in chunks).
         max_moves: raise ``RuntimeError`` if a walker is still moving after this many moves.
             Default: ``(L+1) M`` for acyclic (potential) fields (their walks provably end sooner,
