@@ -60,6 +60,7 @@ from ecd2g_fast import metrics as M
 from ecd2g_fast.experiments.datasets import moons, swiss_roll
 from ecd2g_fast.experiments.evaluation import density_projection_info
 from ecd2g_fast.fields import Field
+from ecd2g_fast.sampling import MODES
 from ecd2g_fast.training import TrainConfig, train
 
 from . import harness
@@ -273,7 +274,7 @@ def main(argv: list[str] | None = None) -> int:
         field, projection = result.field, density_projection_info(result.field)
         params = sum(t.numel() for t in result.model.parameters())
         log(f"ECD2G {model}: trained in {train_seconds:.1f} s")
-        for mode in ("bidirectional", "forward"):
+        for mode in MODES:
             n = args.num_samples if model == "potential" else args.current_samples
             counting = CountingField(field) if model == "current" else None
             x0 = torch.from_numpy(pool[:n]).to(device)

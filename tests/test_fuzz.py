@@ -309,13 +309,6 @@ def test_exact_field_walks_are_well_formed_and_exact(case):
     assert error <= 1e-9, f"exact bidirectional output law differs from q by {error:.3e}"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known defect: with p = q (or nearly) and zeros in it, currents that vanish in exact "
-    "arithmetic come out as +-1e-17 rounding noise; exact_output_distribution follows them into a "
-    "vertex without positive outflow and raises FieldError, e.g. Circuit(3, 1, 2) (default r, R) "
-    "with p = q = [1, 0, 0]: 'probability mass reaches layer 0, state (1,) ... no positive outflow'",
-)
 @example(case=(3, 2, (0.1, 100.0), [1.0, 0.0, 0.0], 0.0))
 @given(
     case=st.tuples(

@@ -240,3 +240,13 @@ def test_exact_output_distribution_checks_its_options(kwargs, error, match):
     p = torch.full((5,), 0.2, dtype=torch.float64)
     with pytest.raises(error, match=match):
         E.exact_output_distribution(E.ExactField(c, p, p), p, **kwargs)
+
+
+def test_rounding_noise_of_vanishing_currents_does_not_strand_the_exact_law():
+    """p = q with zeros: currents that vanish exactly come out as +-1e-17; the mass they lead into
+    dead ends (order 1e-14) is dropped and reported, not blamed on the field."""
+    c = E.Circuit(3, 1, 2)
+    p = torch.tensor([1.0, 0.0, 0.0], dtype=torch.float64)
+    law = E.exact_output_distribution(E.ExactField(c, p, p), p)
+    assert float((law.pmf - p).abs().max()) <= 1e-12
+    assert 0.0 < law.stranded_mass <= 1e-12
