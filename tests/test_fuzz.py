@@ -961,6 +961,8 @@ CHOICES = {
     "model": ("current", "potential"),
     "queries": ("uniform", "data"),
     "targets_backend": ("auto", "reference", "torch", "triton"),
+    "optimizer": ("sgd", "adam", "adamw"),
+    "lr_schedule": ("constant", "cosine"),
 }
 
 
@@ -994,6 +996,9 @@ INVALID_SETTING_VALUES = {
     "amp": ANY_VALUE.filter(lambda v: v is not None and not isinstance(v, bool)),
     "targets_backend": not_one_of(CHOICES["targets_backend"]),
     "checkpoint_every": st.one_of(NOT_INT, st.integers(-(2**70), 0)),
+    "optimizer": not_one_of(CHOICES["optimizer"]),
+    "lr_schedule": not_one_of(CHOICES["lr_schedule"]),
+    "warmup_steps": st.one_of(NOT_INT, st.integers(-(2**70), -1)),
 }
 INVALID_SETTING = st.one_of(*(bad(name, values) for name, values in INVALID_SETTING_VALUES.items()))
 SETTING_NAMES = tuple(f.name for f in dataclasses.fields(TrainConfig))

@@ -501,3 +501,33 @@ def test_bad_input(case):
     kwargs = {**BASE, **override}
     with pytest.raises(error, match=match):
         train(**kwargs)
+
+
+def test_lr_schedules_follow_their_definition():
+    config = E.TrainConfig(steps=110, warmup_steps=10, lr=0.5, lr_schedule="cosine")
+    assert [config.lr_factor(s) for s in (0, 4, 9)] == [0.1, 0.5, 1.0]
+    assert config.lr_factor(10) == 1.0 and math.isclose(config.lr_factor(60), 0.5)
+    assert config.lr_factor(109) < 0.001 and config.lr_factor(500) == 0.0
+    constant = E.TrainConfig(steps=50, warmup_steps=4)
+    assert [constant.lr_factor(s) for s in (0, 3, 4, 49)] == [0.25, 1.0, 1.0, 1.0]
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "adamw"])
+def test_adam_with_a_schedule_learns_and_resumes_bit_identically(optimizer, tmp_path, monkeypatch):
+    c = E.Circuit(K, 1, L)
+    x, y = small_data()
+    kwargs = dict(model="potential", steps=80, batch_size=64, seed=5, optimizer=optimizer, lr=1e-2,
+                  lr_schedule="cosine", warmup_steps=5, checkpoint_every=20, progress=False)  # fmt: skip
+    whole = train(c, x, y, **kwargs)
+    assert float(whole.losses[-20:].mean()) < float(whole.losses[:5].mean())
+    path = tmp_path / "run.pt"
+    with monkeypatch.context() as m:
+        fail_on_call(m, "potential_targets", 47, nan=False)
+        with pytest.raises(Interrupt):
+            train(c, x, y, checkpoint_path=path, **kwargs)
+    resumed = train(c, x, y, checkpoint_path=path, resume=True, **kwargs)
+    assert resumed.start_step == 40 and torch.equal(resumed.losses, whole.losses)
+    for (k, u), v in zip(whole.model.state_dict().items(), resumed.model.state_dict().values()):
+        assert torch.equal(u, v), k
+    with pytest.raises(ValueError, match="optimizer"):
+        train(c, x, y, checkpoint_path=path, resume=True, **{**kwargs, "optimizer": "sgd"})

@@ -82,8 +82,8 @@ def tensor_checksum(state: dict) -> str:
     digest = hashlib.sha256()
     for key, value in _leaves({k: v for k, v in state.items() if k != "checksum"}):
         if isinstance(value, torch.Tensor):
-            t = value.detach().cpu().contiguous()
-            digest.update(f"{key}|{t.dtype}|{tuple(t.shape)}|".encode())
+            digest.update(f"{key}|{value.dtype}|{tuple(value.shape)}|".encode())
+            t = value.detach().cpu().contiguous().reshape(-1)  # 0-d tensors (Adam's step) too
             digest.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
         else:
             digest.update(f"{key}={value!r}|".encode())

@@ -20,6 +20,7 @@ for 5000 steps. No weight decay: the targets are unbiased and the network is sma
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -36,6 +37,10 @@ __all__ = ["MODELS", "QUERIES", "TrainConfig"]
 MODELS: dict[str, type[nn.Module]] = {"current": CurrentNet, "potential": PotentialNet}
 #: Query distributions (:class:`~ecd2g_fast.training.data.QuerySampler`).
 QUERIES = ("uniform", "data")
+#: Optimisers by name (``foreach`` implementations: one code path on the CPU and CUDA).
+OPTIMIZERS = ("sgd", "adam", "adamw")
+#: Learning-rate schedules (:meth:`TrainConfig.lr_factor`).
+LR_SCHEDULES = ("constant", "cosine")
 #: Optimiser hyperparameters are applied to float32 weights.
 FLOAT32_MAX = float(torch.finfo(torch.float32).max)
 #: Largest seed: ``torch.Generator.manual_seed`` takes 64-bit signed values.
@@ -63,7 +68,15 @@ class TrainConfig(Settings):
             counted (>= 2). *resume*
         num_queries: queries per step; None: ``batch_size``. *resume*
         queries: ``"uniform"`` (the paper's) or ``"data"`` (docs/theory.md §5). *resume*
-        lr, momentum, weight_decay: SGD's. *resume*
+        optimizer: ``"sgd"`` (the paper's; with ``momentum``), ``"adam"`` or ``"adamw"`` (torch's
+            default betas). *resume*
+        lr: the peak learning rate. *resume*
+        lr_schedule: ``"constant"`` or ``"cosine"`` (from ``lr`` down to 0 at ``steps``), after
+            ``warmup_steps`` of linear warm-up from 0. The factor is a function of the step
+            number alone, so resuming continues it exactly. *resume*
+        warmup_steps: steps of linear warm-up (0: none). *resume*
+        momentum: SGD's momentum (unused by Adam/AdamW). *resume*
+        weight_decay: L2 penalty (SGD, Adam) or decoupled decay (AdamW). *resume*
         ema_decay: decay of the exponential moving average of the weights; None: the last
             iterate (the paper's). *resume*
         model_kwargs: extra constructor arguments of the model (``hidden``, ``encoding``, ...).
@@ -84,7 +97,12 @@ class TrainConfig(Settings):
         None, "queries per step; none: the batch size", check=optional(integer(1))
     )
     queries: str = setting("uniform", "query distribution", check=choice(QUERIES))
-    lr: float = setting(0.01, "SGD learning rate", check=real(0.0, inclusive=False, high=FLOAT32_MAX))
+    optimizer: str = setting("sgd", "the optimiser", check=choice(OPTIMIZERS))
+    lr: float = setting(0.01, "peak learning rate", check=real(0.0, inclusive=False, high=FLOAT32_MAX))
+    lr_schedule: str = setting(
+        "constant", "learning-rate schedule after the warm-up", check=choice(LR_SCHEDULES)
+    )
+    warmup_steps: int = setting(0, "steps of linear learning-rate warm-up", check=integer(0))
     momentum: float = setting(0.9, "SGD momentum", check=real(0.0, inclusive=True, high=1.0))
     weight_decay: float = setting(0.0, "SGD weight decay", check=real(0.0, inclusive=True, high=FLOAT32_MAX))
     ema_decay: float | None = setting(
@@ -108,6 +126,24 @@ class TrainConfig(Settings):
     def queries_per_step(self) -> int:
         """``num_queries``, or ``batch_size`` when it is None."""
         return self.batch_size if self.num_queries is None else self.num_queries
+
+    def lr_factor(self, step: int) -> float:
+        """The learning rate of step ``step`` (0-based) divided by :attr:`lr`."""
+        if step < self.warmup_steps:
+            return (step + 1) / self.warmup_steps
+        if self.lr_schedule == "constant":
+            return 1.0
+        span = max(1, self.steps - self.warmup_steps)
+        return 0.5 * (1.0 + math.cos(math.pi * min(step - self.warmup_steps, span) / span))
+
+    def build_optimizer(self, parameters) -> torch.optim.Optimizer:
+        """The configured optimiser over ``parameters`` (``foreach`` implementations)."""
+        if self.optimizer == "sgd":
+            return torch.optim.SGD(
+                parameters, lr=self.lr, momentum=self.momentum, weight_decay=self.weight_decay, foreach=True
+            )
+        cls = torch.optim.Adam if self.optimizer == "adam" else torch.optim.AdamW
+        return cls(parameters, lr=self.lr, weight_decay=self.weight_decay, foreach=True)
 
     def build_model(self, circuit: Circuit) -> nn.Module:
         """A freshly initialised :attr:`model` for ``circuit``, seeded by :attr:`seed`.

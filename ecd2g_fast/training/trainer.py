@@ -139,13 +139,7 @@ class Trainer:
         if config.ema_decay is not None:
             self.ema_net = config.build_model(circuit).to(dev)
             self.ema_net.requires_grad_(False)
-        self.optimizer = torch.optim.SGD(
-            self.net.parameters(),
-            lr=config.lr,
-            momentum=config.momentum,
-            weight_decay=config.weight_decay,
-            foreach=True,  # one code path on the CPU and CUDA, and fewer kernel launches
-        )
+        self.optimizer = config.build_optimizer(self.net.parameters())
         self.gen = torch.Generator(device=dev)
         self.gen.manual_seed(config.seed)
         self.losses: list[float] = []  # of the checked steps
@@ -190,6 +184,9 @@ class Trainer:
         if ctx.distributed:
             dist.all_reduce(total)
         loss = total / cfg.queries_per_step
+        lr = cfg.lr * cfg.lr_factor(self.step_count)  # a Python number: no host-device traffic
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         if self.ema_net is not None:
