@@ -176,7 +176,6 @@ class Trainer:
         y = self.sources[1].draw(cfg.batch_size, self.gen)
         batch = self.queries.draw(cfg.queries_per_step, self.gen, self.device)
         local = tuple(t[self.lo : self.hi] for t in batch)
-        self.net.train()
         sq = self.loss(self._call, local, x, y)
         # this process's share of the global mean; DDP averages gradients over processes
         (sq * (ctx.world_size / cfg.queries_per_step)).backward()
@@ -253,6 +252,7 @@ class Trainer:
         if resume and path.exists():
             self.restore()
         start = self.step_count
+        self.net.train()  # a fresh network is in train mode already; run() may follow a finished run()
         bar = tqdm(
             total=cfg.steps,
             initial=start,
