@@ -20,6 +20,10 @@ Groups:
   move. Check: every drawn outlet has a positive out-current, and the outlets drawn by many
   walkers at one interior vertex pass the chi-square test against the normalised out-currents
   of that vertex.
+* **hamming-move**: one move of ``B`` walkers on a :class:`~ecd2g_fast.HammingCircuit` (K, D) in
+  {(2, 16), (4, 8), (2, 20)}, ``L = 10``, ExactField of uniform -> a mixture of two product pmfs:
+  ``2 (1 + D (K-1)) + 1`` outlets per walker instead of ``2M + 1``. Backends ``"torch"`` and
+  ``"cpp"`` (the compiled ``hamming_move``). Checks as for **move**.
 
 Cases above the cost caps of :class:`~benchmarks.cases.Limits` are skipped with the reason
 (:func:`skip_reason`); chi-square tests are :func:`ecd2g_fast.metrics.chi_square_test` at a
@@ -225,12 +229,12 @@ def move_drawer(backend: str, field: Field, walkers: int) -> MoveFn:
 
 
 def outlet_currents(field: Field, layer: torch.Tensor, z: torch.Tensor, outlet: torch.Tensor) -> torch.Tensor:
-    """``(B,)`` float64 out-current of each walker's drawn outlet (``(B,)`` int64 codes)."""
+    """``(B,)`` float64 out-current of each walker's drawn outlet (``(B,)`` int64 slot codes)."""
     c = field.circuit
-    M = c.num_states
-    sink = outlet == 2 * M
-    backward = (outlet >= M) & ~sink
-    w = torch.where(sink, z, outlet % M)
+    N = c.num_neighbours
+    sink = outlet == 2 * N
+    backward = (outlet >= N) & ~sink
+    w = torch.where(sink, z, c.neighbour_at(z, outlet % N))
     other = layer + torch.where(backward, -1, 1)
     out = torch.zeros(layer.shape[0], dtype=torch.float64, device=layer.device)
     edge = ~sink
@@ -252,18 +256,19 @@ def outlet_currents(field: Field, layer: torch.Tensor, z: torch.Tensor, outlet: 
 
 
 def vertex_probabilities(field: Field, layer: int, state: int) -> torch.Tensor:
-    """``(2M + 1,)`` float64 probabilities of the outlets of vertex ``(layer, state)``."""
+    """``(2N + 1,)`` float64 probabilities of the outlets of vertex ``(layer, state)`` (``N``
+    neighbour slots: ``M`` on the complete circuit)."""
     c = field.circuit
-    M, L = c.num_states, c.num_layers
+    N, L = c.num_neighbours, c.num_layers
     dev = field.device
     lt, zt = torch.tensor([layer], device=dev), torch.tensor([state], device=dev)
-    weights = torch.zeros(2 * M + 1, dtype=torch.float64, device=dev)
+    weights = torch.zeros(2 * N + 1, dtype=torch.float64, device=dev)
     if layer < L:
-        weights[:M] = field.currents_to_next(lt, zt, 0, M)[0].to(torch.float64)
+        weights[:N] = field.currents_to_next(lt, zt, 0, N)[0].to(torch.float64)
     if layer > 0:
-        weights[M : 2 * M] = -field.currents_from_prev(lt, zt, 0, M)[0].to(torch.float64)
+        weights[N : 2 * N] = -field.currents_from_prev(lt, zt, 0, N)[0].to(torch.float64)
     if layer == L:
-        weights[2 * M] = field.sink_currents(zt)[0].to(torch.float64)
+        weights[2 * N] = field.sink_currents(zt)[0].to(torch.float64)
     weights = weights.clamp_min(0.0)
     return weights / weights.sum()
 
@@ -274,11 +279,11 @@ def check_move(
     """Validity on the timed ``(B,)`` walkers, then a chi-square test at one interior vertex
     with ``stat_walkers`` walkers."""
     c = field.circuit
-    M = c.num_states
+    M, N = c.num_states, c.num_neighbours
     what = f"move {backend} M={M} B={layer.numel()}"
     g = torch.Generator(field.device).manual_seed(7)
     outlet = draw(layer, z, g)
-    if int(outlet.min()) < 0 or int(outlet.max()) > 2 * M:
+    if int(outlet.min()) < 0 or int(outlet.max()) > 2 * N:
         raise AssertionError(f"{what}: outlet codes out of range; not timed")
     current = outlet_currents(field, layer, z, outlet)
     if not bool((current > 0).all()):
@@ -289,7 +294,7 @@ def check_move(
     probs = vertex_probabilities(field, vertex_layer, vertex_state)
     lt = torch.full((stat_walkers,), vertex_layer, dtype=torch.int64, device=field.device)
     zt = torch.full((stat_walkers,), vertex_state, dtype=torch.int64, device=field.device)
-    counts = torch.bincount(draw(lt, zt, g).cpu(), minlength=2 * M + 1)
+    counts = torch.bincount(draw(lt, zt, g).cpu(), minlength=2 * N + 1)
     return "outlets valid; " + cases.check_counts(counts, probs, what)
 
 
@@ -351,7 +356,60 @@ def move_cases(device: torch.device, limits: Limits) -> Iterator[Case]:
                     )
 
 
-GROUPS = {"walk": walk_cases, "move": move_cases}
+# ----------------------------------------------------------------------------- one local move
+#: (K, D) of the Hamming move cases: M = 65536 twice (binary and K = 4), and M = 2**20.
+HAMMING_GRIDS = ((2, 16), (4, 8), (2, 20))
+#: Backends that take a potential field on a Hamming circuit (the O(log M) tables need all-to-all edges).
+HAMMING_BACKENDS = ("torch", "cpp")
+
+
+@functools.lru_cache(maxsize=4)
+def hamming_move_field(K: int, D: int, device: str = "cpu") -> Field:
+    """The ExactField of a Hamming move case: uniform source, a mixture of two product pmfs
+    (per-coordinate pmfs peaked at value 0 and at value K-1) as target, ``L = MOVE_LAYERS``."""
+    c = E.HammingCircuit(K, D, MOVE_LAYERS)
+    values = torch.arange(K, dtype=torch.float64)
+    low = torch.exp(-values)
+    components = [low / low.sum(), low.flip(0) / low.sum()]
+    q = torch.zeros(c.num_states, dtype=torch.float64)
+    for weight, marginal in zip((0.6, 0.4), components):
+        product = torch.ones(1, dtype=torch.float64)
+        for _ in range(D):
+            product = torch.outer(product, marginal).reshape(-1)
+        q += weight * product
+    p = torch.full((c.num_states,), 1.0 / c.num_states, dtype=torch.float64)
+    return E.ExactField(c, p.to(device), q.to(device))
+
+
+def _prepare_hamming_move(name: str, K: int, D: int, walkers: int, device: str) -> Prepared:
+    field = hamming_move_field(K, D, device)
+    field.potential_table()  # set-up, not part of the move
+    layer, z = move_walkers(field, walkers)
+    draw = move_drawer(name, field, walkers)
+    verdict = check_move(name, field, draw, layer, z, 65536)
+    g = torch.Generator(field.device).manual_seed(3)
+    return Prepared(functools.partial(draw, layer, z, g), verdict)
+
+
+def hamming_move_cases(device: torch.device, limits: Limits) -> Iterator[Case]:
+    """One bidirectional move on a Hamming circuit: ``2 (1 + D (K-1)) + 1`` outlets per walker."""
+    for K, D in HAMMING_GRIDS:
+        for walkers in limits.move_walkers:
+            for name in HAMMING_BACKENDS:
+                neighbours = walkers * 2 * (1 + D * (K - 1))
+                yield Case(
+                    "hamming-move",
+                    f"hamming move exact K={K} D={D} B={walkers}",
+                    name,
+                    functools.partial(_prepare_hamming_move, name, K, D, walkers, str(device)),
+                    unit="walker-moves/s",
+                    work=walkers,
+                    params={"field": "exact", "K": K, "D": D, "M": K**D, "L": MOVE_LAYERS, "B": walkers},
+                    skip=skip_reason("exact", name, neighbours, device, limits, "move"),
+                )
+
+
+GROUPS = {"walk": walk_cases, "move": move_cases, "hamming-move": hamming_move_cases}
 
 #: pytest-benchmark (``make bench``): every case of GROUPS, parametrized by benchmarks/conftest.py.
 test_bench = runner.run_benchmark

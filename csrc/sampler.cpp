@@ -27,6 +27,13 @@ TORCH_LIBRARY(ecd2g_fast, m) {
   m.def(
       "potential_move_sorted(Tensor phi, Tensor order, Tensor reference, Tensor prefix, Tensor count, "
       "Tensor masses, Tensor layer, Tensor z, int seed, int offset) -> (Tensor, Tensor)");
+  // One move of B walkers of a potential field on a Hamming circuit (K = num_categories, D = dim,
+  // M = K**D): the out-currents over the 1 + D (K-1) local edges of each walker, by Ohm's law with
+  // conductances g (stay edge) and G (lateral edges), from phi (L+1, M) float64 and sink (M,)
+  // float64. layer, z (B,) int64. Returns the slot outlet codes (B,) int64 and status (B,) int32.
+  m.def(
+      "hamming_move(Tensor phi, Tensor sink, Tensor layer, Tensor z, int num_categories, int dim, float g, "
+      "float G, bool bidirectional, int seed, int offset) -> (Tensor, Tensor)");
   // The raw generator, for known-answer tests: counters (N, 4) int64 holding uint32 words,
   // key = seed; returns (N, 4) int64 holding the uint32 outputs.
   m.def("philox4x32(Tensor counters, int seed) -> Tensor");

@@ -56,18 +56,30 @@ inline void check_rows_range(const at::Tensor& rows, int64_t batch) {
 }
 
 inline void check_potential_args(const at::Tensor& phi, const at::Tensor& sink, const at::Tensor& layer,
-                                 const at::Tensor& z) {
-  TORCH_CHECK(phi.dim() == 2 && phi.size(0) >= 2,
-              "potential_move: phi must have shape (L+1, M) with L >= 1, got ", phi.sizes());
-  TORCH_CHECK(phi.scalar_type() == at::kDouble, "potential_move: phi must be float64, got ", phi.scalar_type());
-  TORCH_CHECK(sink.dim() == 1 && sink.size(0) == phi.size(1),
-              "potential_move: sink must have shape (M,) = (", phi.size(1), ",), got ", sink.sizes());
-  TORCH_CHECK(sink.scalar_type() == at::kDouble, "potential_move: sink must be float64, got ", sink.scalar_type());
-  check_walkers("potential_move", layer, z);
+                                 const at::Tensor& z, const char* op = "potential_move") {
+  TORCH_CHECK(phi.dim() == 2 && phi.size(0) >= 2, op, ": phi must have shape (L+1, M) with L >= 1, got ",
+              phi.sizes());
+  TORCH_CHECK(phi.scalar_type() == at::kDouble, op, ": phi must be float64, got ", phi.scalar_type());
+  TORCH_CHECK(sink.dim() == 1 && sink.size(0) == phi.size(1), op, ": sink must have shape (M,) = (", phi.size(1),
+              ",), got ", sink.sizes());
+  TORCH_CHECK(sink.scalar_type() == at::kDouble, op, ": sink must be float64, got ", sink.scalar_type());
+  check_walkers(op, layer, z);
   for (const at::Tensor* t : {&sink, &layer, &z}) {
-    TORCH_CHECK(t->device() == phi.device(), "potential_move: phi, sink, layer and z must be on one device, got "
-                "phi on ", phi.device(), " and another on ", t->device());
+    TORCH_CHECK(t->device() == phi.device(), op, ": phi, sink, layer and z must be on one device, got phi on ",
+                phi.device(), " and another on ", t->device());
   }
+}
+
+// hamming_move: phi (L+1, M) must hold M = K**D states, K >= 2, D >= 1.
+inline void check_hamming_args(const at::Tensor& phi, const at::Tensor& sink, const at::Tensor& layer,
+                               const at::Tensor& z, int64_t num_categories, int64_t dim) {
+  check_potential_args(phi, sink, layer, z, "hamming_move");
+  TORCH_CHECK(num_categories >= 2 && dim >= 1, "hamming_move: num_categories must be >= 2 and dim >= 1, got ",
+              num_categories, " and ", dim);
+  int64_t states = 1;
+  for (int64_t c = 0; c < dim && states <= phi.size(1); ++c) states *= num_categories;
+  TORCH_CHECK(states == phi.size(1), "hamming_move: phi must have M = num_categories**dim columns, got ",
+              phi.size(1), " for num_categories = ", num_categories, ", dim = ", dim);
 }
 
 inline void check_sorted_args(const at::Tensor& phi, const at::Tensor& order, const at::Tensor& reference,

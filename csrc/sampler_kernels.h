@@ -3,8 +3,9 @@
 // (csrc/cuda/sampler_cuda.cu, one walker per thread); the op wrappers around them are in
 // csrc/sampler_ops.h. Header-only and free of torch.
 //
-// Outlet codes, as in ecd2g_fast/sampling/reference.py: w in [0, M) is the edge to (l+1, w),
-// M + w the edge to (l-1, w), 2M the sink at layer L.
+// Outlet codes, as in ecd2g_fast/sampling/reference.py, over the N neighbour slots of a vertex:
+// k in [0, N) is the edge to (l+1, w_k), N + k the edge to (l-1, w_k), 2N the sink at layer L. On
+// the complete circuit N = M and w_k = k; on a Hamming circuit see HammingEdges.
 #pragma once
 
 #include <cmath>
@@ -123,14 +124,100 @@ ECD2G_HOST_DEVICE int64_t scan_drops(const double* row, int64_t M, double phi0, 
   return -1;
 }
 
+// The local edges of a Hamming circuit (ecd2g_fast/hamming/circuit.py): from state z, slot 0 is z
+// itself (the stay edge, conductance g) and slot 1 + c (K-1) + t is z with coordinate c (0 the most
+// significant) set to its t-th other value in increasing order (conductance G). Outlet codes over
+// the N = 1 + D (K-1) slots: k forward, N + k backward, 2N the sink.
+struct HammingEdges {
+  int64_t K, D, M;
+  double g, G;
+
+  ECD2G_HOST_DEVICE int64_t num_slots() const { return 1 + D * (K - 1); }
+
+  // Adds C max(phi0 - row[w], 0) over the slots of z to `cumulative`, in slot order, and the raw
+  // drops to `raw` (finiteness check). With `stop_at`, returns the first slot at which the sum
+  // exceeds `target` (else -1); `last_positive` tracks the last slot of positive weight.
+  ECD2G_HOST_DEVICE int64_t scan(const double* row, int64_t z, double phi0, bool stop_at, double target,
+                                 double* cumulative, int64_t* last_positive, double* raw) const {
+    double c = *cumulative, r = 0.0;
+    int64_t last = *last_positive, slot = 0, found = -1;
+    const double stay = phi0 - row[z];
+    r += stay;
+    c += g * positive_part(stay);
+    last = stay > 0.0 ? 0 : last;
+    if (stop_at && c > target) found = 0;
+    int64_t place = M;
+    for (int64_t coordinate = 0; coordinate < D && found < 0; ++coordinate) {
+      place /= K;
+      const int64_t digit = (z / place) % K;
+      const int64_t base = z - digit * place;
+      for (int64_t value = 0; value < K; ++value) {
+        if (value == digit) continue;
+        ++slot;
+        const double drop = phi0 - row[base + value * place];
+        r += drop;
+        c += G * positive_part(drop);
+        last = drop > 0.0 ? slot : last;
+        if (stop_at && c > target) {
+          found = slot;
+          break;
+        }
+      }
+    }
+    *cumulative = c;
+    *last_positive = last;
+    *raw += r;
+    return found;
+  }
+
+  ECD2G_HOST_DEVICE double total(const double* row, int64_t z, double phi0, double* raw) const {
+    double sum = 0.0;
+    int64_t last = -1;
+    scan(row, z, phi0, false, 0.0, &sum, &last, raw);
+    return sum;
+  }
+
+  ECD2G_HOST_DEVICE int64_t find(const double* row, int64_t z, double phi0, double target, double* cumulative,
+                                 int64_t* last_positive) const {
+    double raw = 0.0;
+    return scan(row, z, phi0, true, target, cumulative, last_positive, &raw);
+  }
+};
+
+// The all-to-all edges of the complete circuit: slot k of every state is state k, conductance
+// G + e for the stay edge (w == z) and G otherwise.
+struct CompleteEdges {
+  int64_t M;
+  double G, e;
+
+  ECD2G_HOST_DEVICE int64_t num_slots() const { return M; }
+
+  // The out-current of (l, z) towards the row's layer, sum_w C max(phi0 - row[w], 0); the raw
+  // drops are added to `raw` (finiteness check).
+  ECD2G_HOST_DEVICE double total(const double* row, int64_t z, double phi0, double* raw) const {
+    double r = 0.0;
+    const double sum = G * positive_drop_sum(row, M, phi0, &r) + e * positive_part(phi0 - row[z]);
+    *raw += r;
+    return sum;
+  }
+
+  // The first slot at which the running sum exceeds `target`, or -1 (scan_drops).
+  ECD2G_HOST_DEVICE int64_t find(const double* row, int64_t z, double phi0, double target, double* cumulative,
+                                 int64_t* last_positive) const {
+    return scan_drops(row, M, phi0, z, G, e, target, cumulative, last_positive);
+  }
+};
+
 // One move of one walker at (l, z) of a potential field, currents by Ohm's law from the table
-// phi (L+1, M), row-major: forward weights C(z, w) max(phi[l, z] - phi[l+1, w], 0), backward
-// weights likewise against layer l-1, and the sink weight max(sink[z], 0) at layer L. Two passes
-// over the two neighbour rows: the group totals, then a scan of the chosen group for the inverse
-// CDF at u * total. No weight is stored. Returns a status; writes the outlet code when it is 0.
-ECD2G_HOST_DEVICE int32_t potential_move_row(const double* phi, const double* sink, int64_t L, int64_t M,
-                                             int64_t l, int64_t z, double G, double e, bool bidirectional,
-                                             double u, int64_t* outlet) {
+// phi (L+1, M), row-major, along the edges of `Edges` (CompleteEdges or HammingEdges): forward
+// weights C max(phi[l, z] - phi[l+1, w], 0) over the slots of z, backward weights likewise against
+// layer l-1, and the sink weight max(sink[z], 0) at layer L. Two passes over the two neighbour
+// rows: the group totals, then a scan of the chosen group for the inverse CDF at u * total. No
+// weight is stored. Returns a status; writes the slot outlet code when it is 0.
+template <class Edges>
+ECD2G_HOST_DEVICE int32_t potential_move_row(const double* phi, const double* sink, int64_t L, const Edges& edges,
+                                             int64_t l, int64_t z, bool bidirectional, double u, int64_t* outlet) {
+  const int64_t M = edges.M, N = edges.num_slots();
   if (l < 0 || l > L || z < 0 || z >= M) return kStatusBadIndex;
   const double phi0 = phi[l * M + z];
   if (!is_finite(phi0)) return kStatusNonFinite;
@@ -138,14 +225,9 @@ ECD2G_HOST_DEVICE int32_t potential_move_row(const double* phi, const double* si
   const double* next = phi + (l + 1) * M;
   const double* prev = phi + (l - 1) * M;
   double forward = 0.0, backward = 0.0, sink_weight = 0.0, raw = 0.0;
-  if (has_forward) {
-    forward = G * positive_drop_sum(next, M, phi0, &raw) + e * positive_part(phi0 - next[z]);
-    if (!is_finite(raw)) return kStatusNonFinite;
-  }
-  if (has_backward) {
-    backward = G * positive_drop_sum(prev, M, phi0, &raw) + e * positive_part(phi0 - prev[z]);
-    if (!is_finite(raw)) return kStatusNonFinite;
-  }
+  if (has_forward) forward = edges.total(next, z, phi0, &raw);
+  if (has_backward) backward = edges.total(prev, z, phi0, &raw);
+  if (!is_finite(raw)) return kStatusNonFinite;
   if (has_sink) {
     if (!is_finite(sink[z])) return kStatusNonFinite;
     sink_weight = positive_part(sink[z]);
@@ -158,23 +240,23 @@ ECD2G_HOST_DEVICE int32_t potential_move_row(const double* phi, const double* si
   double cumulative = 0.0;
   int64_t last = -1;
   if (has_forward && forward > 0.0 && target < forward) {
-    const int64_t w = scan_drops(next, M, phi0, z, G, e, target, &cumulative, &last);
-    *outlet = w >= 0 ? w : last;
+    const int64_t k = edges.find(next, z, phi0, target, &cumulative, &last);
+    *outlet = k >= 0 ? k : last;
     return 0;
   }
   cumulative = forward;
   if (has_backward && backward > 0.0 && (target < forward + backward || sink_weight <= 0.0)) {
-    const int64_t w = scan_drops(prev, M, phi0, z, G, e, target, &cumulative, &last);
-    *outlet = M + (w >= 0 ? w : last);
+    const int64_t k = edges.find(prev, z, phi0, target, &cumulative, &last);
+    *outlet = N + (k >= 0 ? k : last);
     return 0;
   }
   if (sink_weight > 0.0) {
-    *outlet = 2 * M;
+    *outlet = 2 * N;
     return 0;
   }
   // Only the forward group has mass but the target rounded past it.
   cumulative = 0.0;
-  scan_drops(next, M, phi0, z, G, e, total, &cumulative, &last);
+  edges.find(next, z, phi0, total, &cumulative, &last);
   *outlet = last;
   return 0;
 }
@@ -268,8 +350,27 @@ struct PotentialMoveOp {
   int32_t* status;
 
   ECD2G_HOST_DEVICE void operator()(int64_t i) const {
-    status[i] = potential_move_row(phi, sink, L, M, layer[i], z[i], G, e, bidirectional,
+    status[i] = potential_move_row(phi, sink, L, CompleteEdges{M, G, e}, layer[i], z[i], bidirectional,
                                    uniform2(seed, offset, i).u0, outlet + i);
+  }
+};
+
+// hamming_move: walker i at (layer[i], z[i]) of the potential table phi (L+1, M) of a Hamming circuit.
+struct HammingMoveOp {
+  const double* phi;
+  const double* sink;
+  const int64_t* layer;
+  const int64_t* z;
+  int64_t L;
+  HammingEdges edges;
+  bool bidirectional;
+  int64_t seed, offset;
+  int64_t* outlet;
+  int32_t* status;
+
+  ECD2G_HOST_DEVICE void operator()(int64_t i) const {
+    status[i] = potential_move_row(phi, sink, L, edges, layer[i], z[i], bidirectional, uniform2(seed, offset, i).u0,
+                                   outlet + i);
   }
 };
 

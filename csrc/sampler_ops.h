@@ -80,6 +80,23 @@ std::tuple<at::Tensor, at::Tensor> potential_move(const at::Tensor& phi, const a
 }
 
 template <class Exec>
+std::tuple<at::Tensor, at::Tensor> hamming_move(const at::Tensor& phi, const at::Tensor& sink, const at::Tensor& layer,
+                                                const at::Tensor& z, int64_t num_categories, int64_t dim, double g,
+                                                double G, bool bidirectional, int64_t seed, int64_t offset) {
+  check_hamming_args(phi, sink, layer, z, num_categories, dim);
+  const typename Exec::Guard guard(phi.device());
+  const at::Tensor phi_c = phi.contiguous(), sink_c = sink.contiguous();
+  const at::Tensor layer_c = layer.contiguous(), z_c = z.contiguous();
+  auto [outlet, status] = new_move_outputs(layer);
+  const HammingEdges edges{num_categories, dim, phi.size(1), g, G};
+  Exec::run(layer.size(0), grain_for(2 * edges.num_slots()),
+            HammingMoveOp{phi_c.data_ptr<double>(), sink_c.data_ptr<double>(), layer_c.data_ptr<int64_t>(),
+                          z_c.data_ptr<int64_t>(), phi.size(0) - 1, edges, bidirectional, seed, offset,
+                          outlet.data_ptr<int64_t>(), status.data_ptr<int32_t>()});
+  return {outlet, status};
+}
+
+template <class Exec>
 std::tuple<at::Tensor, at::Tensor> potential_move_sorted(const at::Tensor& phi, const at::Tensor& order,
                                                          const at::Tensor& reference, const at::Tensor& prefix,
                                                          const at::Tensor& count, const at::Tensor& masses,
@@ -117,6 +134,7 @@ void register_sampler_ops(torch::Library& m) {
   m.impl("consume_outlets", &consume_outlets<Exec>);
   m.impl("potential_move", &potential_move<Exec>);
   m.impl("potential_move_sorted", &potential_move_sorted<Exec>);
+  m.impl("hamming_move", &hamming_move<Exec>);
   m.impl("philox4x32", &philox4x32<Exec>);
 }
 

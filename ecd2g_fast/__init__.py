@@ -1,6 +1,8 @@
 """ecd2g_fast: Electric Current Discrete Data Generation (ECD2G) in PyTorch.
 
-Public API: :class:`Circuit` (closed-form potentials and currents), :class:`ExactField` (the
+Public API: :class:`Circuit` (closed-form potentials and currents; every state joined to every
+state) and :class:`HammingCircuit` (states joined one coordinate apart, for any ``D``), both
+:class:`CircuitBase` (layers and neighbour slots, what fields and samplers use), :class:`ExactField` (the
 analytic current field of given pmfs), :class:`Field` (the checked field contract) and
 :class:`StateField` (a user's own network on ``(Q, D)`` states as a field), :func:`sample` (the
 movement-rule walk) and :func:`exact_output_distribution` (the walk's output law without sampling noise),
@@ -11,6 +13,7 @@ setting), :class:`Trainer` and :func:`train` (Algorithm 1). The theory is in ``d
 
 from . import models, training
 from .circuit import Circuit
+from .circuit_base import CircuitBase
 from .fields import ExactField, Field, FieldError, PotentialField, StateField
 from .hamming import HammingCircuit
 from .models import CurrentNet, PotentialNet
@@ -20,6 +23,7 @@ from .training import NonFiniteLossError, TrainConfig, Trainer, TrainResult, tra
 
 __all__ = [
     "Circuit",
+    "CircuitBase",
     "CurrentNet",
     "ExactField",
     "Field",

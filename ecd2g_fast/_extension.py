@@ -16,6 +16,9 @@ Operators (all without autograd; inputs are never modified):
 * ``potential_move_sorted(phi, order, reference, prefix, count, masses, layer, z, seed, offset)``
   ``-> (outlet, status)``: one move of a potential field in O(log M) per walker from the tables of
   :class:`ecd2g_fast.sampling.potential.PotentialTables`.
+* ``hamming_move(phi, sink, layer, z, num_categories, dim, g, G, bidirectional, seed, offset)``
+  ``-> (outlet, status)``: one move of a potential field on a Hamming circuit, over the
+  ``1 + D (K-1)`` local edges of each walker, currents on the fly (slot outlet codes).
 * ``philox4x32(counters, seed) -> out``: the raw Philox4x32-10 generator (known-answer tests).
 
 One more op, ``hashed_counts``, is a Python custom op of the target pass registered by
@@ -33,7 +36,7 @@ STATUS_NON_FINITE = 1
 STATUS_NO_OUTFLOW = 2
 STATUS_BAD_INDEX = 4
 
-_OPS = ("consume_outlets", "potential_move", "potential_move_sorted", "philox4x32")
+_OPS = ("consume_outlets", "potential_move", "potential_move_sorted", "hamming_move", "philox4x32")
 _state: dict[str, object] = {}
 
 
@@ -112,6 +115,11 @@ def _register_fakes() -> None:
     @torch.library.register_fake("ecd2g_fast::potential_move_sorted")
     def _potential_move_sorted_fake(phi, order, reference, prefix, count, masses, layer, z, seed, offset):
         torch._check(phi.dim() == 2, lambda: "potential_move_sorted: phi must be 2-D (L+1, M)")
+        return torch.empty_like(layer), torch.empty_like(layer, dtype=torch.int32)
+
+    @torch.library.register_fake("ecd2g_fast::hamming_move")
+    def _hamming_move_fake(phi, sink, layer, z, num_categories, dim, g, G, bidirectional, seed, offset):
+        torch._check(phi.dim() == 2, lambda: "hamming_move: phi must be 2-D (L+1, M)")
         return torch.empty_like(layer), torch.empty_like(layer, dtype=torch.int32)
 
     @torch.library.register_fake("ecd2g_fast::philox4x32")

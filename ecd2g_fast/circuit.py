@@ -24,7 +24,7 @@ from ._validation import (
     check_tensor,
     state_range,
 )
-from .states import StateSpace
+from .circuit_base import CircuitBase
 
 #: Per-layer coefficients are (L+1,) float64 tensors: at most 128 MiB each.
 MAX_LAYERS = 2**24
@@ -66,7 +66,7 @@ class DeviceCoefficients(NamedTuple):
     potential_terms: torch.Tensor
 
 
-class Circuit(StateSpace):
+class Circuit(CircuitBase):
     """``L + 1`` copies of ``S = {0..K-1}^D`` with resistors between adjacent layers.
 
     Args:
@@ -78,6 +78,8 @@ class Circuit(StateSpace):
 
     Attributes (scalars are Python numbers, per-layer arrays float64 tensors on the CPU):
         num_states: ``M = K**D``, an exact Python int (it may have thousands of digits).
+        num_neighbours: ``M``: every state of a layer is joined to every state of the next
+            (slot ``k`` is state ``k``, :class:`~ecd2g_fast.circuit_base.CircuitBase`).
         g, G: conductances ``1/r`` and ``1/R``.
         e: ``g - G > 0``.
         log_num_states, log_d, log_t: ``log M``, ``log d`` with ``d = g + (M-1) G``, ``log t``
@@ -137,6 +139,7 @@ class Circuit(StateSpace):
                 f"r must be smaller than R (0 < r < R is the supported regime), got r={r}, R={R}"
             )
         self.r, self.R = float(r), float(R)
+        self.num_neighbours = self.num_states
         self.g = 1.0 / self.r
         self.G = 1.0 / self.R
         self.e = self.g - self.G
@@ -368,6 +371,36 @@ class Circuit(StateSpace):
         ranges = [("layer", layer, 0, layer_max + 1, f"layer indices in [0, {layer_max}]")]
         check_ranges(ranges + [state_range(name, t, self.num_categories) for name, t in zip(states, checked)])
         return layer, checked
+
+    # ---------------------------------------------------------- slots (circuit_base)
+    def neighbour_at(self, z: torch.Tensor, slot: torch.Tensor) -> torch.Tensor:
+        """Slot ``k`` of every state is state ``k``: ``slot`` broadcast against ``z``."""
+        return torch.broadcast_tensors(z, slot)[1]
+
+    def neighbour_states(self, z: torch.Tensor, start: int, stop: int) -> torch.Tensor:
+        return torch.arange(start, stop, device=z.device).expand(z.shape[0], -1)
+
+    def slot_conductances(self, z: torch.Tensor, start: int, stop: int) -> torch.Tensor:
+        """``(B, stop - start)`` float64: ``G``, and ``g = G + e`` on the column of ``z`` itself."""
+        columns = torch.arange(start, stop, device=z.device)
+        same = columns.unsqueeze(0) == z.unsqueeze(1)
+        conductances = torch.full(same.shape, self.G, dtype=torch.float64, device=z.device)
+        return conductances.masked_fill_(same, self.g)
+
+    def ohm(self, phi, layer, z, other_layer, start, stop):
+        # a slice of the other layer's row, and the stay edge's extra e on one column: no gather
+        drop = phi[layer, z].unsqueeze(1) - phi[other_layer, start:stop]
+        currents = self.G * drop
+        cols = z - start
+        rows = torch.nonzero((cols >= 0) & (cols < stop - start)).squeeze(1)
+        currents[rows, cols[rows]] += self.e * drop[rows, cols[rows]]
+        return currents
+
+    def last_layer_inflow(self, phi: torch.Tensor) -> torch.Tensor:
+        return self.G * phi[-2].sum() + self.e * phi[-2] - self.d * phi[-1]
+
+    def push(self, mass: torch.Tensor, probabilities: torch.Tensor) -> torch.Tensor:
+        return torch.bmm(mass.unsqueeze(1), probabilities).squeeze(1)
 
     def currents(self, p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
         """Edge currents by Ohm's law, eq. (4) and (13).

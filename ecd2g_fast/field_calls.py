@@ -56,13 +56,14 @@ def memory_budget() -> int:
 
 
 def default_chunk_size(field: Field, num_walkers: int) -> int:
-    """Neighbour states per field call for ``num_walkers`` walkers within :func:`memory_budget`.
+    """Neighbour slots per field call for ``num_walkers`` walkers within :func:`memory_budget`.
 
     Returns:
-        ``budget // (num_walkers * field.bytes_per_pair)``, clipped to ``[1, M]``.
+        ``budget // (num_walkers * field.bytes_per_pair)``, clipped to ``[1, N]`` (``N`` the
+        circuit's ``num_neighbours``: ``M`` on the complete circuit).
     """
     pairs = memory_budget() // (max(num_walkers, 1) * field.bytes_per_pair)
-    return max(1, min(field.circuit.num_states, pairs))
+    return max(1, min(field.circuit.num_neighbours, pairs))
 
 
 def column_blocks(start: int, stop: int, chunk: int, rows: int) -> Iterator[tuple[int, int]]:

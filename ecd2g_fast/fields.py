@@ -1,12 +1,14 @@
 """Current fields: what the walk of Definition 3.1 follows, and the contract a field keeps.
 
 A *field* answers three questions about a circuit's currents, for a batch of walkers given by
-their layer and flat state index (``Circuit.state_index``):
+their layer and flat state index (``Circuit.state_index``), over the neighbour slots of the
+circuit (:mod:`ecd2g_fast.circuit_base`; for the complete :class:`Circuit` slot ``k`` is state
+``k``, for a :class:`~ecd2g_fast.hamming.HammingCircuit` the ``1 + D (K-1)`` local edges):
 
-* ``currents_to_next(layer, z, start, stop)``: ``I_layer(z, w)`` for ``w`` in ``[start, stop)``,
-  the current from ``(layer, z)`` to ``(layer+1, w)``;
-* ``currents_from_prev(layer, z, start, stop)``: ``I_{layer-1}(w, z)``, the current from
-  ``(layer-1, w)`` into ``(layer, z)`` (its negative is the backward out-current);
+* ``currents_to_next(layer, z, start, stop)``: ``I_layer(z, w)`` for ``w`` in slots
+  ``[start, stop)`` of ``z``, the current from ``(layer, z)`` to ``(layer+1, w)``;
+* ``currents_from_prev(layer, z, start, stop)``: ``I_{layer-1}(w, z)`` for the same ``w``, the
+  current from ``(layer-1, w)`` into ``(layer, z)`` (its negative is the backward out-current);
 * ``sink_currents(z)``: the current leaving ``(L, z)`` through the sink, ``>= 0``.
 
 Everything the samplers need is in these three methods, so an analytic field
@@ -31,6 +33,7 @@ import torch
 
 from ._validation import check_enumerable, check_int, check_pmf, check_tensor
 from .circuit import Circuit
+from .circuit_base import CircuitBase
 from .field_calls import (  # noqa: F401  (re-exported: part of the fields API)
     MEMORY_ENV,
     SAMPLE_MEMORY_BYTES,
@@ -47,12 +50,12 @@ from .field_calls import (  # noqa: F401  (re-exported: part of the fields API)
 )
 
 
-def check_field(field: object) -> Circuit:
+def check_field(field: object) -> CircuitBase:
     """The circuit of a field that keeps the static part of the contract.
 
     Raises:
         TypeError: ``field`` is not a :class:`Field`.
-        FieldError: it has no :class:`Circuit` (its ``__init__`` did not call
+        FieldError: it has no circuit (its ``__init__`` did not call
             ``super().__init__(circuit)``), its ``device`` is not a ``torch.device``, or its
             ``bytes_per_pair`` is not a positive int.
     """
@@ -60,9 +63,9 @@ def check_field(field: object) -> Circuit:
         raise TypeError(f"field must be an ecd2g_fast Field, got {type(field).__name__}")
     name = type(field).__name__
     circuit = getattr(field, "circuit", None)
-    if not isinstance(circuit, Circuit):
+    if not isinstance(circuit, CircuitBase):
         raise FieldError(
-            f"{name}.circuit must be an ecd2g_fast.Circuit, got {type(circuit).__name__} "
+            f"{name}.circuit must be an ecd2g_fast.Circuit or HammingCircuit, got {type(circuit).__name__} "
             "(a Field subclass calls super().__init__(circuit))"
         )
     if not isinstance(field.device, torch.device):
@@ -74,22 +77,23 @@ def check_field(field: object) -> Circuit:
 
 
 class Field(abc.ABC):
-    """A current field over a :class:`Circuit`: the interface the samplers consume.
+    """A current field over a :class:`Circuit` or ``HammingCircuit``: the interface the samplers consume.
 
     A subclass calls ``super().__init__(circuit)``, implements :attr:`device` and the three
     current methods, and may set :attr:`acyclic` and :attr:`bytes_per_pair`.
 
     Inputs of the methods: ``layer`` and ``z`` are ``(B,)`` int64 tensors on :attr:`device`,
     ``z`` flat state indices (``Circuit.state_index``) in ``[0, M)``; ``start``, ``stop`` are
-    Python ints with ``0 <= start <= stop <= M``, a range of flat neighbour states (``S = stop -
-    start`` of them). Outputs are floating-point tensors (float64, or float32 for a network
+    Python ints with ``0 <= start <= stop <= N``, a range of neighbour slots (``S = stop - start``
+    of them; ``N = circuit.num_neighbours``, and ``w_k = circuit.neighbour_at(z, k)``: on the
+    complete circuit ``N = M`` and ``w_k = k``). Outputs are floating-point tensors (float64, or float32 for a network
     evaluated in float32; the samplers compute in float64) on :attr:`device`, in units of the total
     current (1), finite wherever a walker can be:
 
     * ``currents_to_next(layer, z, start, stop)``: ``(B, S)``, ``[b, j] = I_{layer[b]}(z[b],
-      start + j)``, the current from ``(layer, z)`` to ``(layer + 1, w)``; ``layer`` in ``[0, L)``.
-    * ``currents_from_prev(layer, z, start, stop)``: ``(B, S)``, ``[b, j] = I_{layer[b] - 1}(start
-      + j, z[b])``, the current from ``(layer - 1, w)`` into ``(layer, z)``, negative where current
+      w_{start + j})``, the current from ``(layer, z)`` to ``(layer + 1, w)``; ``layer`` in ``[0, L)``.
+    * ``currents_from_prev(layer, z, start, stop)``: ``(B, S)``, ``[b, j] = I_{layer[b] - 1}(w_{start
+      + j}, z[b])``, the current from ``(layer - 1, w)`` into ``(layer, z)``, negative where current
       flows backward out of ``(layer, z)``; ``layer`` in ``[1, L]``.
     * ``sink_currents(z)``: ``(B,)``, the current ``>= 0`` leaving ``(L, z)`` through the sink.
       The exact field returns ``q(z)``. A learned field has no ``q``: it returns its own net
@@ -114,7 +118,7 @@ class Field(abc.ABC):
         circuit: the circuit whose currents the field gives.
 
     Attributes:
-        circuit: the :class:`Circuit`.
+        circuit: the :class:`Circuit` or ``HammingCircuit``.
         device: (property) the ``torch.device`` of the inputs and outputs.
         acyclic: True only when the currents come from a potential by Ohm's law (as in every
             :class:`PotentialField`): then no current cycle exists and every walk ends within
@@ -127,15 +131,17 @@ class Field(abc.ABC):
             analytic fields declare 64.
 
     Raises:
-        TypeError: ``circuit`` is not a :class:`Circuit`.
+        TypeError: ``circuit`` is neither.
     """
 
     acyclic: bool = False
     bytes_per_pair: int = 1024
 
-    def __init__(self, circuit: Circuit) -> None:
-        if not isinstance(circuit, Circuit):
-            raise TypeError(f"circuit must be an ecd2g_fast.Circuit, got {type(circuit).__name__}")
+    def __init__(self, circuit: CircuitBase) -> None:
+        if not isinstance(circuit, CircuitBase):
+            raise TypeError(
+                f"circuit must be an ecd2g_fast.Circuit or HammingCircuit, got {type(circuit).__name__}"
+            )
         self.circuit = circuit
 
     @property
@@ -167,7 +173,7 @@ class PotentialField(Field):
     acyclic = True
     bytes_per_pair = 64
 
-    def __init__(self, circuit: Circuit) -> None:
+    def __init__(self, circuit: CircuitBase) -> None:
         super().__init__(circuit)
         self._table: torch.Tensor | None = None
 
@@ -187,24 +193,12 @@ class PotentialField(Field):
         """Drop the cached potential table."""
         self._table = None
 
-    def _ohm(self, phi_from: torch.Tensor, phi_to: torch.Tensor, z: torch.Tensor, start: int) -> torch.Tensor:
-        # C(z, w) (phi_from(z) - phi_to(w)) with C = G + e [z == w]
-        drop = phi_from[:, None] - phi_to
-        currents = self.circuit.G * drop
-        cols = z - start
-        hit = (cols >= 0) & (cols < phi_to.shape[1])
-        rows = torch.nonzero(hit).squeeze(1)
-        currents[rows, cols[rows]] += self.circuit.e * drop[rows, cols[rows]]
-        return currents
-
     def currents_to_next(self, layer: torch.Tensor, z: torch.Tensor, start: int, stop: int) -> torch.Tensor:
-        phi = self.potential_table()
-        return self._ohm(phi[layer, z], phi[layer + 1, start:stop], z, start)
+        return self.circuit.ohm(self.potential_table(), layer, z, layer + 1, start, stop)
 
     def currents_from_prev(self, layer: torch.Tensor, z: torch.Tensor, start: int, stop: int) -> torch.Tensor:
-        phi = self.potential_table()
         # I_{l-1}(w, z) = -(C(w, z) (phi_l(z) - phi_{l-1}(w)))
-        return -self._ohm(phi[layer, z], phi[layer - 1, start:stop], z, start)
+        return -self.circuit.ohm(self.potential_table(), layer, z, layer - 1, start, stop)
 
     def sink_currents(self, z: torch.Tensor) -> torch.Tensor:
         # Kirchhoff at (L, z): net inflow from layer L-1 (docs/theory.md §6)
@@ -212,16 +206,14 @@ class PotentialField(Field):
 
     def sink_table(self) -> torch.Tensor:
         """``(M,)`` sink currents of every layer-L vertex, clipped at 0."""
-        c, phi = self.circuit, self.potential_table()
-        inflow = c.G * phi[-2].sum() + c.e * phi[-2] - c.d * phi[-1]
-        return inflow.clamp_min(0.0)
+        return self.circuit.last_layer_inflow(self.potential_table()).clamp_min(0.0)
 
 
 class ExactField(PotentialField):
-    """The analytic current field of given pmfs (eq. 12-13), with ``phi`` from ``Circuit.potentials``.
+    """The analytic current field of given pmfs (eq. 12-13), with ``phi`` from the circuit's ``potentials``.
 
     Args:
-        circuit: the circuit; ``M <= 2**24``.
+        circuit: a :class:`Circuit` or ``HammingCircuit``; ``M <= 2**24``.
         p: ``(M,)`` source pmf, float, on the device the field should live on.
         q: ``(M,)`` target pmf, float.
 
@@ -230,7 +222,7 @@ class ExactField(PotentialField):
             too large.
     """
 
-    def __init__(self, circuit: Circuit, p: torch.Tensor, q: torch.Tensor) -> None:
+    def __init__(self, circuit: CircuitBase, p: torch.Tensor, q: torch.Tensor) -> None:
         super().__init__(circuit)
         check_enumerable("ExactField", circuit.num_states)
         self.p = check_pmf("p", p, circuit.num_states)
@@ -285,7 +277,7 @@ class StateField(Field):
             (:attr:`Field.bytes_per_pair`; default 1024, a small MLP).
 
     Raises:
-        TypeError: ``circuit`` not a Circuit, ``fn`` not callable, ``device`` not a device.
+        TypeError: ``circuit`` not a (complete) Circuit, ``fn`` not callable, ``device`` not a device.
         ValueError: ``bytes_per_pair < 1``.
         FieldError: (from the methods) ``fn`` returned anything but a ``(B, S)`` floating tensor on
             :attr:`device`, naming the call and the expected and actual shape.
@@ -299,6 +291,11 @@ class StateField(Field):
         device: torch.device | str | None = None,
         bytes_per_pair: int = 1024,
     ) -> None:
+        if not isinstance(circuit, Circuit):
+            raise TypeError(
+                f"circuit must be an ecd2g_fast.Circuit (StateField evaluates all M states per call), "
+                f"got {type(circuit).__name__}"
+            )
         super().__init__(circuit)
         if not callable(fn):
             raise TypeError(f"fn must be callable (layer, z, w) -> (B, S) currents, got {type(fn).__name__}")

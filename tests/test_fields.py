@@ -73,7 +73,7 @@ class Broken(fields.Field):
 # ----------------------------------------------------------------------------- construction
 def test_field_init_checks_the_circuit_and_sample_needs_it():
     c, p, q = setup()
-    with pytest.raises(TypeError, match="circuit must be an ecd2g_fast.Circuit, got str"):
+    with pytest.raises(TypeError, match="circuit must be an ecd2g_fast.Circuit or HammingCircuit, got str"):
         Broken(types.SimpleNamespace(circuit="circuit"))
 
     class NoInit(Broken):
@@ -81,7 +81,7 @@ def test_field_init_checks_the_circuit_and_sample_needs_it():
             self.inner, self.corrupt, self.method, self.modes = inner, None, "", set()
 
     field = NoInit(E.ExactField(c, p, q))
-    match = r"NoInit.circuit must be an ecd2g_fast.Circuit, got NoneType \(a Field subclass calls super\(\).__init__\(circuit\)\)"
+    match = r"NoInit.circuit must be an ecd2g_fast.Circuit or HammingCircuit, got NoneType \(a Field subclass calls super\(\).__init__\(circuit\)\)"
     with pytest.raises(E.FieldError, match=match):
         E.sample(field, torch.zeros(3, 1, dtype=torch.int64))
     with pytest.raises(E.FieldError, match=match):

@@ -31,6 +31,10 @@ SCHEMAS = {
         "ecd2g_fast::potential_move_sorted(Tensor phi, Tensor order, Tensor reference, Tensor prefix, "
         "Tensor count, Tensor masses, Tensor layer, Tensor z, int seed, int offset) -> (Tensor, Tensor)"
     ),
+    "hamming_move": (
+        "ecd2g_fast::hamming_move(Tensor phi, Tensor sink, Tensor layer, Tensor z, int num_categories, "
+        "int dim, float g, float G, bool bidirectional, int seed, int offset) -> (Tensor, Tensor)"
+    ),
     "philox4x32": "ecd2g_fast::philox4x32(Tensor counters, int seed) -> Tensor",
     "hashed_counts": "ecd2g_fast::hashed_counts(Tensor[] batches, Tensor[] queries) -> Tensor[]",
 }

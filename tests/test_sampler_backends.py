@@ -16,6 +16,7 @@ import torch
 import ecd2g_fast as E
 from ecd2g_fast import _extension, backends
 from ecd2g_fast.fields import Field, PotentialField
+from ecd2g_fast.hamming import HammingCircuit
 from ecd2g_fast.sampling.exact import transition_tables
 from ecd2g_fast.sampling.potential import PotentialTables
 
@@ -326,6 +327,16 @@ def test_philox_known_answers():
         assert out[0].tolist() == list(expected)
 
 
+def hamming_move_args(layer: torch.Tensor, bidirectional: bool) -> tuple:
+    """Arguments of one ``hamming_move`` call: the exact field of a K = 3, D = 3, L = 3 Hamming circuit."""
+    c = HammingCircuit(3, 3, 3)
+    p, q = dirichlet_pair(c.num_states, seed=11)
+    field = E.ExactField(c, p, q)
+    phi, sink = field.potential_table(), field.sink_table()
+    z = torch.arange(layer.shape[0]) * 3 % c.num_states
+    return (phi, sink, layer.clamp_max(c.num_layers), z, 3, 3, c.g, c.G, bidirectional, 7, 8)
+
+
 def op_samples():
     """``"op[-variant]"`` -> arguments of one call of each sampler op (tests/test_ops.py opchecks them)."""
     c, p, field = make("grid-K5-D2-L4")
@@ -344,6 +355,8 @@ def op_samples():
         "potential_move": (phi, sink, layer, z, c.G, c.e, True, 7, 8),
         "potential_move-forward": (phi, sink, layer.clamp_max(L - 1), z, c.G, c.e, False, 7, 8),
         "potential_move_sorted": (*arrays, layer, z, 1, 2),
+        "hamming_move": hamming_move_args(layer, True),
+        "hamming_move-forward": hamming_move_args(layer.clamp_max(2), False),
         "philox4x32": (torch.arange(20).reshape(5, 4), 99),
     }
 
@@ -359,6 +372,10 @@ def test_cuda_ops_follow_the_cpu_streams(case):
         pytest.skip("extension built without CUDA kernels")
     op = getattr(_extension.ops(), case.split("-")[0])
     args = op_samples()[case]
+    if case.startswith("hamming_move"):  # many walkers at every vertex
+        g = torch.Generator().manual_seed(1)
+        layer = torch.randint(0, 3 + (case != "hamming_move-forward"), (50_000,), generator=g)
+        args = (*args[:2], layer, torch.randint(0, 27, (50_000,), generator=g), *args[4:])
     if case.startswith("potential_move"):  # many walkers at every vertex
         c = E.Circuit(5, 2, 4)
         g = torch.Generator().manual_seed(1)
@@ -371,7 +388,7 @@ def test_cuda_ops_follow_the_cpu_streams(case):
     on_cpu = on_cpu if isinstance(on_cpu, tuple) else (on_cpu,)
     on_cuda = on_cuda if isinstance(on_cuda, tuple) else (on_cuda,)
     for a, b in zip(on_cpu, on_cuda):
-        if case.startswith("potential_move"):
+        if case.startswith(("potential_move", "hamming_move")):
             assert float((a != b.cpu()).double().mean()) <= 1e-3
         else:
             assert torch.equal(a, b.cpu())
@@ -397,6 +414,10 @@ def test_ops_name_bad_arguments():
         a = list(args["potential_move_sorted"])
         a[5] = a[5][..., :4]
         ops.potential_move_sorted(*a)
+    with pytest.raises(RuntimeError, match="hamming_move: phi must have M = num_categories\\*\\*dim columns"):
+        a = list(args["hamming_move"])
+        a[4] = 4
+        ops.hamming_move(*a)
     _, status = ops.potential_move(
         *args["potential_move"][:2], torch.tensor([9]), torch.tensor([0]), 1.0, 1.0, True, 0, 0
     )

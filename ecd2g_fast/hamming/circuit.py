@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from .._validation import MAX_DENSE_CURRENT_ENTRIES, check_enumerable, check_int, check_pmf
-from ..states import StateSpace
+from ..circuit_base import CircuitBase
 from .tables import KernelTables
 
 
@@ -40,7 +40,7 @@ def _resistance(name: str, value: object) -> float:
     return float(value)
 
 
-class HammingCircuit(StateSpace):
+class HammingCircuit(CircuitBase):
     """``L + 1`` copies of ``S = {0..K-1}^D``; adjacent layers joined along Hamming distance <= 1.
 
     Args:
@@ -122,15 +122,33 @@ class HammingCircuit(StateSpace):
             self._check_dense("neighbours", self.num_states * self.num_neighbours)
             idx = torch.arange(self.num_states)
         self._check_index_range("neighbours")
+        slots = torch.arange(self.num_neighbours, device=idx.device)
+        return self.neighbour_at(idx.unsqueeze(-1), slots)
+
+    def neighbour_at(self, z: torch.Tensor, slot: torch.Tensor) -> torch.Tensor:
+        """The state in slot ``slot`` of ``z``, in the edge order of :meth:`neighbours`.
+
+        Args:
+            z: int64 flat states in ``[0, M)``, ``M < 2**63``; ``slot``: int64 in ``[0, 1 + D (K-1))``,
+                broadcastable with ``z``. Unchecked.
+
+        Returns:
+            int64 flat states of the broadcast shape, on ``z``'s device.
+        """
         K, D = self.num_categories, self.dim
-        others = torch.arange(K - 1, device=idx.device)
-        columns = [idx.unsqueeze(-1)]
-        for c in range(D):
-            place = K ** (D - 1 - c)
-            digit = torch.div(idx, place, rounding_mode="floor").remainder(K).unsqueeze(-1)
-            value = others + (others >= digit).long()
-            columns.append(idx.unsqueeze(-1) + (value - digit) * place)
-        return torch.cat(columns, dim=-1)
+        lateral = (slot - 1).clamp_min(0)
+        coordinate = torch.div(lateral, K - 1, rounding_mode="floor")
+        other = lateral - coordinate * (K - 1)  # t: the t-th value other than z[c]
+        place = (K ** torch.arange(D - 1, -1, -1, device=z.device))[coordinate]
+        digit = torch.div(z, place, rounding_mode="floor") % K
+        value = other + (other >= digit).long()
+        return torch.where(slot == 0, z, z + (value - digit) * place)
+
+    def slot_conductances(self, z: torch.Tensor, start: int, stop: int) -> torch.Tensor:
+        """``(stop - start,)`` float64: ``g`` for slot 0 (the stay edge), ``G`` for the others."""
+        slots = torch.arange(start, stop, device=z.device)
+        conductances = torch.full(slots.shape, self.G, dtype=torch.float64, device=z.device)
+        return conductances.masked_fill_(slots == 0, self.g)
 
     def _check_dense(self, what: str, entries: int) -> None:
         if entries > MAX_DENSE_CURRENT_ENTRIES:
@@ -291,3 +309,49 @@ class HammingCircuit(StateSpace):
                 self.num_categories, self.dim, self.num_layers, self.g, self.G
             )
         return self._tables
+
+    # ---------------------------------------------------------- target scales (docs/hamming.md)
+    def log_current_scale(self, layer: torch.Tensor, z: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        """Log of the factor that turns normalised current targets into physical ones.
+
+        ``I_l(z, w) = exp(log_current_scale) * normalised`` with the scale ``C(z, w) sigma_l``,
+        ``sigma_l = s + kmax_l + kmax_{l+1} + kmax_{L-l} + kmax_{L-l-1}`` and
+        ``kmax_m = max_h Ã_m(h)``: it bounds the drop across any edge of layer ``l`` for any pmfs,
+        so ``|normalised| <= 1`` (:mod:`ecd2g_fast.hamming.targets`). The log is finite for every
+        circuit; the scale itself underflows once ``M`` is beyond float64.
+
+        Args:
+            layer: ``(Q,)`` int64 edge layers in ``[0, L)``.
+            z: ``(Q, D)`` integer tail states in ``[0, K)``; ``w``: ``(Q, D)`` head states, each
+                equal to its ``z`` or one coordinate away.
+
+        Returns:
+            ``(Q,)`` float64 ``log C(z, w) + log sigma_l`` on ``layer``'s device.
+
+        Raises:
+            TypeError, ValueError: bad ``layer``, ``z`` or ``w`` (named), ``w`` not an edge head.
+        """
+        from .targets import log_current_scale
+
+        return log_current_scale(self, layer, z, w)
+
+    def log_potential_scale(self, layer: torch.Tensor) -> torch.Tensor:
+        """Log of the factor that turns normalised potential targets into physical ones.
+
+        ``phi_l(z) = -l s + exp(log_potential_scale) * normalised`` (gauge ``c = 0``) with the
+        scale ``tau_l = kmax_l + kmax_{L-l}`` (``kmax_m = max_h Ã_m(h)``), which bounds
+        ``|phi_l(z) + l s|`` for any pmfs: ``|normalised| <= 1``. The log is finite for every
+        circuit.
+
+        Args:
+            layer: ``(Q,)`` int64 vertex layers in ``[0, L]``.
+
+        Returns:
+            ``(Q,)`` float64 ``log tau_l`` on ``layer``'s device.
+
+        Raises:
+            TypeError, ValueError: ``layer`` not a ``(Q,)`` int64 tensor in range.
+        """
+        from .targets import log_potential_scale
+
+        return log_potential_scale(self, layer)

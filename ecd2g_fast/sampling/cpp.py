@@ -3,7 +3,8 @@
 
 * Potential fields (:class:`~ecd2g_fast.fields.PotentialField`): ``potential_move`` computes every
   out-current of a walker on the fly from the ``(L+1, M)`` potential table (Ohm's law) and draws
-  the outlet in the same pass; nothing of size ``B x M`` exists at any time.
+  the outlet in the same pass; nothing of size ``B x M`` exists at any time. On a Hamming circuit
+  ``hamming_move`` does the same over the walker's ``1 + D (K-1)`` local edges.
 * Any other field: the field's own ``currents_to_next`` / ``-currents_from_prev`` /
   ``sink_currents`` are evaluated (checked, under inference mode) in chunks of ``chunk_size``
   neighbour states (one chunk when ``B x M`` is small) by :func:`.reference.draw_outlets`, and
@@ -25,6 +26,7 @@ import torch
 
 from .. import _extension, backends
 from ..fields import Field, FieldError, PotentialField, call_field
+from ..hamming import HammingCircuit
 from .reference import Draw, OutletDraw, describe_vertex, draw_outlets
 
 
@@ -141,7 +143,8 @@ def tables(field: PotentialField, mode: str) -> tuple[torch.Tensor, torch.Tensor
 
 
 def potential_drawer(field: PotentialField, mode: str) -> Draw:
-    """The per-move draw of a potential field: ``potential_move`` on its tables (Ohm's law on the fly).
+    """The per-move draw of a potential field: ``potential_move`` on its tables (Ohm's law on the fly),
+    ``hamming_move`` on a Hamming circuit (the ``1 + D (K-1)`` local edges of each walker).
 
     Args:
         field: a :class:`~ecd2g_fast.fields.PotentialField`.
@@ -152,11 +155,19 @@ def potential_drawer(field: PotentialField, mode: str) -> Draw:
     """
     ops = _extension.ops()
     phi, sink = tables(field, mode)
-    G, e = float(field.circuit.G), float(field.circuit.e)
+    circuit = field.circuit
     bidirectional = mode == "bidirectional"
+    if isinstance(circuit, HammingCircuit):
+        K, D, g, G = circuit.num_categories, circuit.dim, float(circuit.g), float(circuit.G)
 
-    def move(layer, z, seed, offset):
-        return ops.potential_move(phi, sink, layer, z, G, e, bidirectional, seed, offset)
+        def move(layer, z, seed, offset):
+            return ops.hamming_move(phi, sink, layer, z, K, D, g, G, bidirectional, seed, offset)
+
+    else:
+        G, e = float(circuit.G), float(circuit.e)
+
+        def move(layer, z, seed, offset):
+            return ops.potential_move(phi, sink, layer, z, G, e, bidirectional, seed, offset)
 
     return op_drawer(field, move)
 

@@ -61,8 +61,10 @@ def transition_tables(
     (:func:`~ecd2g_fast.fields.call_field`).
 
     Returns:
-        forward ``(L, M, M)`` (``[l, z, w]``: weight of ``(l, z) -> (l+1, w)``), backward
-        ``(L, M, M)`` (``[l-1, z, w]``: weight of ``(l, z) -> (l-1, w)``), sink ``(M,)``, and the
+        forward ``(L, M, N)`` (``[l, z, k]``: weight of ``(l, z) -> (l+1, w_k)``, ``w_k`` the state
+        in slot ``k`` of ``z``, ``N`` the circuit's ``num_neighbours``: on the complete circuit
+        ``N = M`` and ``w_k = k``), backward ``(L, M, N)`` (``[l-1, z, k]``: weight of
+        ``(l, z) -> (l-1, w_k)``), sink ``(M,)``, and the
         total outflow ``(L+1, M)``; all float64, unnormalised. In forward mode the backward and
         sink tables are zero and the layer-L totals are 1 (walkers stop there).
 
@@ -70,13 +72,13 @@ def transition_tables(
         FieldError: an output of the wrong shape, dtype or device, or non-finite currents.
     """
     c = field.circuit
-    M, L = c.num_states, c.num_layers
+    M, N, L = c.num_states, c.num_neighbours, c.num_layers
     dev = field.device
     states = torch.arange(M, device=dev)
-    forward = torch.empty((L, M, M), dtype=torch.float64, device=dev)
-    backward = torch.zeros((L, M, M), dtype=torch.float64, device=dev)
+    forward = torch.empty((L, M, N), dtype=torch.float64, device=dev)
+    backward = torch.zeros((L, M, N), dtype=torch.float64, device=dev)
     sink = torch.zeros(M, dtype=torch.float64, device=dev)
-    blocks = list(column_blocks(0, M, default_chunk_size(field, M), M))
+    blocks = list(column_blocks(0, N, default_chunk_size(field, M), M))
     for l in range(L):
         layer = torch.full((M,), l, device=dev)
         for start, stop in blocks:
@@ -113,7 +115,8 @@ def exact_output_distribution(
     output is checked (:func:`transition_tables`).
 
     Args:
-        field: any field over a circuit with ``M <= 2**24`` and ``L M^2 <= 2**28``.
+        field: any field over a circuit with ``M <= 2**24`` and ``2 L M N <= 2**28`` (``N`` its
+            ``num_neighbours``: ``M`` for the complete circuit, ``1 + D (K-1)`` for a Hamming one).
         p0: ``(M,)`` start pmf (float, non-negative, sums to 1).
         mode: ``"bidirectional"`` or ``"forward"``.
         tol: stop once the mass left inside the circuit is below this.
@@ -134,9 +137,9 @@ def exact_output_distribution(
     check_choice("mode", mode, MODES)
     M, L = c.num_states, c.num_layers
     check_enumerable("exact_output_distribution", M)
-    if 2 * L * M * M > MAX_DENSE_CURRENT_ENTRIES:
+    if 2 * L * M * c.num_neighbours > MAX_DENSE_CURRENT_ENTRIES:
         raise ValueError(
-            f"exact_output_distribution holds 2*L*M*M = {2 * L * M * M} float64 values and supports "
+            f"exact_output_distribution holds 2*L*M*N = {2 * L * M * c.num_neighbours} float64 values and supports "
             f"at most {MAX_DENSE_CURRENT_ENTRIES} (2**28)"
         )
     p0 = check_pmf("p0", p0, M).to(field.device)
@@ -176,8 +179,8 @@ def exact_output_distribution(
         expected_moves += float(mass.sum() - absorbed.sum())
         new = torch.zeros_like(mass)
         # transition probabilities already include the sink share in their normalisation
-        new[1:] += torch.bmm(mass[:-1].unsqueeze(1), forward).squeeze(1)
-        new[:-1] += torch.bmm(mass[1:].unsqueeze(1), backward).squeeze(1)
+        new[1:] += c.push(mass[:-1], forward)
+        new[:-1] += c.push(mass[1:], backward)
         mass = new
         residual = float(mass.sum())
         if residual <= tol:

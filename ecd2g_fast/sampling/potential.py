@@ -44,6 +44,7 @@ from dataclasses import dataclass
 import torch
 
 from .. import _extension, backends
+from ..circuit import Circuit
 from ..fields import Field, FieldError, PotentialField, call_field
 from .cpp import op_drawer
 from .reference import Draw, check_outflow, describe_vertex
@@ -267,7 +268,8 @@ def torch_drawer(field: PotentialField, mode: str) -> Draw:
 
 
 def _is_potential_field(field: object) -> bool:
-    return isinstance(field, PotentialField)
+    # the sorted tables rank a whole layer: they serve the complete circuit's all-to-all edges
+    return isinstance(field, PotentialField) and isinstance(field.circuit, Circuit)
 
 
 for _name, _factory in (("potential", compiled_or_torch_drawer), ("potential-torch", torch_drawer)):
@@ -276,5 +278,5 @@ for _name, _factory in (("potential", compiled_or_torch_drawer), ("potential-tor
         _name,
         _factory,
         supports=_is_potential_field,
-        unsupported_reason="it needs a PotentialField (a potential table); use 'cpp' or 'torch'",
+        unsupported_reason="it needs a PotentialField (a potential table) on a complete Circuit; use 'cpp' or 'torch'",
     )

@@ -5,8 +5,11 @@ A sampler backend is a *draw*: one move's outlet for each of a batch of walkers.
 ``(field, mode) -> draw`` (:data:`DrawFactory`), which may build tables once per
 :func:`ecd2g_fast.sample` call; :func:`walk` runs every backend's moves in the same loop.
 
-One move of a batch of walkers draws an *outlet* for each: ``w`` in ``[0, M)`` is the edge to
-``(l+1, w)``, ``M + w`` the edge to ``(l-1, w)``, ``2M`` the sink at layer L. Outlet weights are
+One move of a batch of walkers draws an *outlet* for each, in the neighbour slots of the circuit
+(:mod:`ecd2g_fast.circuit_base`, ``N = circuit.num_neighbours``): ``k`` in ``[0, N)`` is the edge
+to ``(l+1, w_k)``, ``N + k`` the edge to ``(l-1, w_k)``, ``2N`` the sink at layer L, with ``w_k =
+circuit.neighbour_at(z, k)``. On the complete circuit ``N = M`` and ``w_k = k``, so the codes are
+``w``, ``M + w`` and ``2M``. Outlet weights are
 the positive out-currents. The ``"torch"`` draw (:func:`draw_outlets`) consumes them in chunks of
 neighbour states by a one-pass weighted reservoir: after a chunk with positive mass ``S`` and
 running total ``T``, the draw moves into that chunk with probability ``S / (T + S)`` and, if it
@@ -114,24 +117,24 @@ def draw_outlets(
     Walker sets that are empty are not asked for.
     """
     circuit = field.circuit
-    M, L = circuit.num_states, circuit.num_layers
+    N, L = circuit.num_neighbours, circuit.num_layers
     draw = reservoir(field, layer, z, generator)
     groups = [("currents_to_next", torch.nonzero(layer < L).squeeze(1), 0)]
     if mode == "bidirectional":
         # out-current to (l-1, w) is minus the current arriving from it
-        groups.append(("currents_from_prev", torch.nonzero(layer > 0).squeeze(1), M))
+        groups.append(("currents_from_prev", torch.nonzero(layer > 0).squeeze(1), N))
     for method, rows, offset in groups:
         if rows.numel() == 0:
             continue
         lr, zr = layer[rows], z[rows]
-        for start, stop in column_blocks(0, M, chunk_size, rows.numel()):
+        for start, stop in column_blocks(0, N, chunk_size, rows.numel()):
             currents = field_currents(field, method, lr, zr, start, stop)
             draw.consume(rows, currents, offset + start, negate=offset > 0)
     if mode == "bidirectional":
         rows = torch.nonzero(layer == L).squeeze(1)
         if rows.numel():
             sink = call_field(field, "sink_currents", (z[rows],), (rows.numel(),))
-            draw.consume(rows, sink.unsqueeze(1), 2 * M)
+            draw.consume(rows, sink.unsqueeze(1), 2 * N)
     return draw.result()
 
 
@@ -163,8 +166,8 @@ def walk(
     Returns:
         ``(B,)`` int64 terminal flat states and ``(B,)`` int64 numbers of edge moves.
     """
-    L = field.circuit.num_layers
-    M = field.circuit.num_states
+    circuit = field.circuit
+    L, N = circuit.num_layers, circuit.num_neighbours
     B = start.shape[0]
     layer = torch.zeros(B, dtype=torch.int64, device=start.device)
     z = start.clone()
@@ -180,9 +183,9 @@ def walk(
             break
         la, za = layer[active], z[active]
         outlet = draw(la, za, generator, chunk_size)
-        sink = outlet == 2 * M
-        backward = (outlet >= M) & ~sink
-        z[active] = torch.where(sink, za, outlet % M)
+        sink = outlet == 2 * N
+        backward = (outlet >= N) & ~sink
+        z[active] = torch.where(sink, za, circuit.neighbour_at(za, outlet % N))
         layer[active] = la + torch.where(backward, -1, 1) * (~sink)
         moves[active] += (~sink).to(torch.int64)
         active = active[~sink]
