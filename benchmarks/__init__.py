@@ -4,12 +4,14 @@
 :mod:`.harness`             timing (``measure``), run metadata, limits, cases and rows, writers,
                             the pytest-benchmark glue and the family command line
 ``bench_targets.py``        the current-target pass, every backend
-``bench_sampler.py``        whole walks and one sampler move, every backend
+``bench_hamming_targets.py`` the Hamming-circuit target pass, every backend
+``bench_sampler.py``        whole walks and one sampler move (complete and Hamming circuits)
 ``bench_training.py``       one training step; the paper's 2D training run (and its profile)
 ``bench_end_to_end.py``     sampling the paper's 2D experiment (trained CurrentNet, ExactField)
 :mod:`.report`              runs the families' groups, evaluates ``goals.json``, writes
                             ``results/<device-slug>.{json,md,log}``
 ``dfm_comparison.py``       ECD2G next to discrete flow matching (quality and time, one run)
+``sweep.py``                the training-defaults sweep (its results: ``results/sweep/``)
 ``gpu_session.sh``          the GPU report cut into parts of under 10 minutes each
 ==========================  ====================================================================
 

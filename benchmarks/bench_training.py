@@ -88,7 +88,9 @@ def make_trainer(
     circuit = E.Circuit(K, D, L)
     source = torch.randint(K, (100_000, D), generator=g)
     target = (torch.randn(100_000, D, generator=g) * K / 10 + (K - 1) / 2).round().clamp(0, K - 1).long()
-    config = TrainConfig(
+    # the paper's recipe (SGD, scaled coordinates): the networks whose steps the paper timed
+    config = TrainConfig.recipe(
+        "paper",
         model=model,
         steps=10**9,
         batch_size=batch,
@@ -218,19 +220,10 @@ def paper_2d_data(device: str = "cpu", seed: int = 0) -> Paper2D:
 
 def train_2d(data: Paper2D, steps: int, targets_backend: str = "auto", seed: int = 0) -> TrainResult:
     """The paper's 2D training run (module docstring) with the target pass ``targets_backend``."""
-    return train(
-        data.circuit,
-        data.source,
-        data.target,
-        model="current",
-        steps=steps,
-        batch_size=TRAIN_BATCH,
-        queries="uniform",
-        device=data.device,
-        seed=seed,
-        targets_backend=targets_backend,
-        progress=False,
+    config = TrainConfig.recipe(
+        "paper", steps=steps, batch_size=TRAIN_BATCH, seed=seed, targets_backend=targets_backend
     )
+    return train(data.circuit, data.source, data.target, config, device=data.device, progress=False)
 
 
 @functools.lru_cache(maxsize=2)

@@ -40,7 +40,7 @@ build-test)
     ;;
 ops)
     build
-    report targets move train-step
+    report targets hamming-targets move hamming-move train-step
     ;;
 end-to-end)
     build

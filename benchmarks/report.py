@@ -7,8 +7,9 @@ Usage (from the repository root)::
     python -m benchmarks.report --render benchmarks/results/<device-slug>.json   # markdown only
 
 The report collects the rows of the family modules (each documents its workloads and checks):
-``targets`` (:mod:`benchmarks.bench_targets`), ``move`` (:mod:`benchmarks.bench_sampler`; its
-``walk`` group runs only when named), ``train-step`` and ``train-2d``
+``targets`` (:mod:`benchmarks.bench_targets`), ``hamming-targets``
+(:mod:`benchmarks.bench_hamming_targets`), ``move`` and ``hamming-move``
+(:mod:`benchmarks.bench_sampler`; its ``walk`` group runs only when named), ``train-step`` and ``train-2d``
 (:mod:`benchmarks.bench_training`), ``sample-2d`` (:mod:`benchmarks.bench_end_to_end`). Every
 backend available on the device runs, the plain-torch reference of each figure in the same run;
 each fast path is checked against it (or against the exact law it must sample) before it is
@@ -34,14 +35,23 @@ import os
 import time
 from pathlib import Path
 
-from . import bench_end_to_end, bench_sampler, bench_targets, bench_training, cases, harness, runner
+from . import (
+    bench_end_to_end,
+    bench_hamming_targets,
+    bench_sampler,
+    bench_targets,
+    bench_training,
+    cases,
+    harness,
+    runner,
+)
 
-FAMILIES = (bench_targets, bench_sampler, bench_training, bench_end_to_end)
+FAMILIES = (bench_targets, bench_hamming_targets, bench_sampler, bench_training, bench_end_to_end)
 GROUPS = {name: group for family in FAMILIES for name, group in family.GROUPS.items()}
 #: The groups a report runs unless ``--cases`` names others.
-DEFAULT_GROUPS = ("targets", "move", "train-step", "train-2d", "sample-2d")
+DEFAULT_GROUPS = ("targets", "hamming-targets", "move", "hamming-move", "train-step", "train-2d", "sample-2d")
 NOTES = {
-    "bytes": {k: v for family in FAMILIES for k, v in family.NOTES.get("bytes", {}).items()},
+    "bytes": {k: v for family in FAMILIES for k, v in getattr(family, "NOTES", {}).get("bytes", {}).items()},
     "flops": bench_training.NOTES["flops"],
 }
 GOALS_FILE = Path(__file__).resolve().with_name("goals.json")

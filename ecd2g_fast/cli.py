@@ -6,11 +6,16 @@ Usage::
     ecd2g run uniform-to-gaussian-1d --steps 2000 --out runs/gauss
     ecd2g run custom --source a.npy --target b.csv --num-categories 16 --num-layers 10
     ecd2g train moons-to-swissroll-2d --model current --out runs/m2s-current
+    ecd2g run uniform-to-gaussian-1d --recipe paper --out runs/gauss-paper  # the paper's recipe
     ecd2g sample --out runs/m2s-current --mode forward --num-samples 20000
     ecd2g evaluate --out runs/m2s-current
     ecd2g list
 
-``run`` and ``train`` start from a preset (``ecd2g list``) and apply the options given;
+``run`` and ``train`` start from a preset (``ecd2g list``) and apply the options given. Its
+training settings come from a named recipe: ``--recipe default`` (the preset's, measured per
+model: ``benchmarks/results/sweep/SUMMARY.md``) or ``--recipe paper`` (the paper's Algorithm 1
+and budget with its current network); ``--model`` applies the preset's recipe for that model, and
+single training options (``--lr``, ``--steps``, ...) override the recipe's values.
 ``sample`` and ``evaluate`` reuse the ``config.json`` of an existing output folder, with the
 sampling options given overriding it. The default folder is ``runs/EXPERIMENT``. Progress bars
 go to standard error and are off when it is not a terminal or with ``--quiet``.
@@ -114,7 +119,9 @@ def build_parser() -> argparse.ArgumentParser:
             groups=("data", "circuit"),
             show_defaults=False,
         )
-        add_options(p.add_argument_group("training" + preset), TrainConfig, show_defaults=False)
+        training = p.add_argument_group("training" + preset)
+        add_options(training, ExperimentConfig, groups=("training",), show_defaults=False)
+        add_options(training, TrainConfig, show_defaults=False)
         add_options(
             p.add_argument_group("sampling" + preset),
             ExperimentConfig,
@@ -158,8 +165,14 @@ def _config_from_args(args: argparse.Namespace):
                 str(changes.get(role, "")).endswith((".npy", ".csv")) for role in ("source", "target")
             ):
                 changes["num_categories"] = None
-    train = base.train.replace(**options_from_args(args, TrainConfig))
-    return base.replace(**changes, train=train)
+    # a recipe sets many training settings at once: --recipe NAME, or the preset's recipe again
+    # for another --model (the potential and current networks have their own measured settings);
+    # the training options given then override single settings
+    options = options_from_args(args, TrainConfig)
+    train = base.train
+    if "recipe" in changes or options.get("model", train.model) != train.model:
+        train = train.with_recipe(changes.get("recipe", base.recipe), options.get("model"))
+    return base.replace(**changes, train=train.replace(**options))
 
 
 def _out_dir(args: argparse.Namespace) -> Path:
@@ -188,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
         for name, config in EXPERIMENTS.items():
             print(
                 f"{name:<24} K={config.num_categories} D={config.dim} L={config.num_layers} "
-                f"model={config.train.model}: {config.notes}"
+                f"model={config.train.model} recipe={config.recipe}: {config.notes}"
             )
         return 0
 

@@ -151,6 +151,7 @@ SHAPE_NAMES = {
     "sink_currents": "(B,)",
     "potential_table": "(L+1, M)",
     "sink_table": "(M,)",
+    "outlet_currents": "(B, 2N + 1)",
 }
 
 

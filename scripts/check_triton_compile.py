@@ -8,7 +8,8 @@ then compiles it to a cubin (TTIR -> TTGIR -> LLVM IR -> PTX -> ptxas, all bundl
 and launches nothing. Any compiler error fails the script.
 
 Variants: the query kernel for currents and potentials with a dense count table, sorted exact
-keys and hashed keys (D = 1 and D = 1024), and the count-table kernel.
+keys and hashed keys (D = 1 and D = 1024), and the count-table kernel; the Hamming-circuit kernel
+for currents and potentials with 1-bit (K = 2), 4-bit (K = 16) and 16-bit (K = 300) fields.
 
 Usage: ``python scripts/check_triton_compile.py [--arch 90 80]``; exit status 1 on any failure.
 Relies on Triton internals (``triton.runtime.driver.set_active``, ``run(..., warmup=True)``);
@@ -84,6 +85,32 @@ def _cases():
                     ),
                 )
             )
+    from ecd2g_fast.hamming import targets as hamming
+
+    for K, D in ((2, 64), (2, 784), (16, 64), (300, 9)):
+        circuit = E.HammingCircuit(K, D, 4)
+        x, y, z = (batch(K, D, n, seed) for seed, n in enumerate((257, 7, 33)))
+        w = z.clone()
+        w[1:, 0] = (w[1:, 0] + 1) % K  # lateral edges, and one stay edge
+        layer = torch.randint(0, 4, (33,), generator=torch.Generator().manual_seed(9))
+        for normalize in (False, True):
+            kind = f"Hamming K={K} D={D}{', normalized' if normalize else ''}"
+            cases.append(
+                (
+                    f"current, {kind}",
+                    lambda c=circuit, a=(layer, z, w, x, y), n=normalize: hamming.current_targets_triton(
+                        c, *a, normalize=n
+                    ),
+                )
+            )
+            cases.append(
+                (
+                    f"potential, {kind}",
+                    lambda c=circuit, a=(layer, z, x, y), n=normalize: hamming.potential_targets_triton(
+                        c, *a, normalize=n
+                    ),
+                )
+            )
     circuit = E.Circuit(7, 5, 2)
     x, y = batch(7, 5, 301, 10), batch(7, 5, 130, 11)
     keys = packed.StateKeys.for_circuit(circuit, x.device)
@@ -103,11 +130,19 @@ def main(argv: list[str] | None = None) -> int:
     except ImportError:
         print("triton is not installed: nothing to compile")
         return 0
+    from ecd2g_fast.hamming import targets as hamming
     from ecd2g_fast.targets import triton as backend
 
     module = backend._kernels(False)
     backend._kernels_for = lambda device: module  # the compiled kernels, whatever the tensors' device
-    for kernel in (module.targets_kernel, module.count_table_kernel):
+    hamming_module = hamming._TRITON_MODULES[True] = hamming._TRITON_MODULES[False] = (
+        backend.load_kernel_module(
+            hamming.__file__.replace("targets.py", "_triton_targets.py"),
+            "ecd2g_fast.hamming._triton_targets",
+            False,
+        )
+    )
+    for kernel in (module.targets_kernel, module.count_table_kernel, hamming_module.hamming_sums_kernel):
         launch = kernel.run
         kernel.run = lambda *a, _launch=launch, **kw: _launch(*a, **{**kw, "warmup": True})
     failures = 0

@@ -20,7 +20,17 @@ def distributed_cases() -> dict:
     g = torch.Generator().manual_seed(0)
     x = torch.randint(50, (400, 1), generator=g)
     y = torch.randint(15, 35, (400, 1), generator=g)
-    common = dict(steps=25, batch_size=64, num_queries=61, seed=3, progress=False, checkpoint_every=10)
+    # SGD: Adam turns the summation-order differences of the all-reduced gradients into full steps
+    common = dict(
+        steps=25,
+        batch_size=64,
+        num_queries=61,
+        seed=3,
+        progress=False,
+        checkpoint_every=10,
+        optimizer="sgd",
+        lr=0.01,
+    )
     return {
         "current-data": (E.Circuit(50, 1, 10), x, y, dict(model="current", queries="data", **common)),
         "potential-uniform": (

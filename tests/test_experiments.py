@@ -174,13 +174,37 @@ def test_list_and_usage_errors(tmp_path, capsys):
 
 
 # ---------------------------------------------------------------------------- data sets
-@pytest.mark.parametrize("make", [datasets.moons, datasets.swiss_roll], ids=["moons", "swissroll"])
+@pytest.mark.parametrize(
+    "make", [datasets.moons, datasets.swiss_roll, datasets.circles], ids=["moons", "swissroll", "circles"]
+)
 def test_curve_pmf_matches_samples(make):
     dist = make(16)
     pmf = dist.pmf()
     assert pmf.shape == (256,) and abs(pmf.sum() - 1) < 1e-12
     counts = M.histogram(dist.sample(400_000, np.random.default_rng(3)), 16)
     assert_samples_follow(torch.from_numpy(counts), torch.from_numpy(pmf))
+
+
+def test_checkerboard_pmf():
+    board = datasets.Checkerboard(8)
+    pmf = board.pmf().reshape(8, 8)
+    dark = np.add.outer(np.arange(8) // 2, np.arange(8) // 2) % 2 == 0
+    np.testing.assert_allclose(pmf[dark], 1 / 32)
+    assert not pmf[~dark].any()
+    counts = M.histogram(board.sample(100_000, np.random.default_rng(5)), 8)
+    assert_samples_follow(torch.from_numpy(counts), torch.from_numpy(board.pmf()))
+    with pytest.raises(ValueError, match="squares"):
+        datasets.Checkerboard(3, squares=4)
+
+
+def test_new_named_data_sets_are_usable_by_name():
+    from ecd2g_fast.experiments.configs import NAMED_DATASETS, make_distribution
+
+    for name in ("circles", "checkerboard"):
+        assert NAMED_DATASETS[name] == 2
+        assert make_distribution(name, 12, 2).pmf().shape == (144,)
+        with pytest.raises(ValueError, match="2D data set"):
+            make_distribution(name, 12, 1)
 
 
 def test_gaussian_and_uniform_pmfs():

@@ -16,7 +16,22 @@ from ecd2g_fast import cli
 from ecd2g_fast.experiments.folder import RunFolder
 from ecd2g_fast.training import Trainer, checkpoint, load_checkpoint
 
-TINY = ["--num-categories", "6", "--num-layers", "2", "--batch-size", "16", "--quiet", "--device", "cpu"]
+# the paper's recipe with the EMA: 20 Adam steps of the default recipe can leave a walker stranded
+TINY = [
+    "--num-categories",
+    "6",
+    "--num-layers",
+    "2",
+    "--batch-size",
+    "16",
+    "--recipe",
+    "paper",
+    "--ema-decay",
+    "0.999",
+    "--quiet",
+    "--device",
+    "cpu",
+]
 
 
 def _train(out, *extra: str) -> int:

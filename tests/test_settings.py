@@ -105,3 +105,94 @@ def test_a_new_setting_is_one_field():
     assert Tiny.from_json(Tiny(width=5).to_json()) == Tiny(width=5)
     with pytest.raises(ValueError, match="width must be >= 1"):
         Tiny(width=0)
+
+
+# ---------------------------------------------------------------------------- recipes
+def test_defaults_are_the_measured_recipe_of_the_current_network():
+    """TrainConfig's defaults are RECIPES["default"] for the current network (benchmarks/results/sweep/)."""
+    assert TrainConfig() == TrainConfig.recipe("default")
+    default = TrainConfig()
+    assert (default.model, default.optimizer, default.lr, default.lr_schedule) == (
+        "current",
+        "adam",
+        3e-3,
+        "cosine",
+    )
+    assert (default.steps, default.batch_size, default.num_queries) == (10_000, 16_384, 512)
+    assert default.model_kwargs == {"encoding": "onehot"} and default.ema_decay == 0.999
+
+
+def test_every_recipe_sets_every_recipe_setting_for_every_model():
+    from ecd2g_fast.training.config import MODELS, RECIPE_SETTINGS, RECIPES
+
+    assert set(RECIPES) == {"default", "paper"}
+    for recipe in RECIPES.values():
+        assert set(recipe.settings) == set(MODELS)
+        for model, values in recipe.settings.items():
+            assert set(values) == set(RECIPE_SETTINGS) and values["model"] == model
+            TrainConfig(**values)  # valid
+
+
+def test_paper_recipe_is_the_papers_algorithm_and_budget():
+    paper = TrainConfig.recipe("paper")
+    assert paper.model == "current" and paper.model_kwargs == {"encoding": "scaled"}
+    assert (paper.optimizer, paper.lr, paper.lr_schedule, paper.warmup_steps) == ("sgd", 0.01, "constant", 0)
+    assert (paper.steps, paper.batch_size, paper.queries_per_step, paper.queries) == (
+        5000,
+        256,
+        256,
+        "uniform",
+    )
+    assert paper.ema_decay is None
+    assert TrainConfig.recipe("paper", model="potential").model == "potential"
+
+
+def test_with_recipe_keeps_the_settings_outside_the_recipe():
+    config = TrainConfig(seed=7, amp=False, checkpoint_every=3, lr=0.5, model="potential")
+    paper = config.with_recipe("paper")
+    assert (paper.seed, paper.amp, paper.checkpoint_every) == (7, False, 3)
+    assert paper.lr == 0.01 and paper.model == "current"
+    # the default recipe has no model of its own: the configuration's is kept
+    assert config.with_recipe("default") == TrainConfig.recipe("default", model="potential").replace(
+        seed=7, amp=False, checkpoint_every=3
+    )
+    with pytest.raises(ValueError, match="recipe must be one of 'default', 'paper'"):
+        config.with_recipe("fast")
+    with pytest.raises(ValueError, match="model must be one of"):
+        TrainConfig.recipe("paper", model="flow")
+
+
+def _config(argv):
+    return cli._config_from_args(cli.build_parser().parse_args(["run", *argv]))
+
+
+def test_recipe_option_sets_many_settings_and_explicit_options_override_it():
+    config = _config(["moons-to-swissroll-2d", "--recipe", "paper"])
+    assert config.recipe == "paper" and config.train == TrainConfig.recipe("paper")
+    config = _config(["moons-to-swissroll-2d", "--recipe", "paper", "--steps", "7", "--model", "potential"])
+    assert config.train == TrainConfig.recipe("paper", model="potential", steps=7)
+    assert _config(["uniform-to-gaussian-1d", "--recipe", "default"]).train == TrainConfig()
+    with pytest.raises(SystemExit):
+        _config(["uniform-to-gaussian-1d", "--recipe", "fast"])
+
+
+def test_presets_use_the_measured_recipe_per_model():
+    assert EXPERIMENTS["uniform-to-gaussian-1d"].train == TrainConfig()
+    for name in ("moons-to-swissroll-2d", "noise-to-swissroll-2d"):
+        assert EXPERIMENTS[name].recipe == "default"
+        assert EXPERIMENTS[name].train == TrainConfig.recipe("default", model="potential")
+    # another --model takes that model's measured settings; single options still override
+    assert _config(["moons-to-swissroll-2d", "--model", "current"]).train == TrainConfig()
+    config = _config(["moons-to-swissroll-2d", "--model", "current", "--queries", "data"])
+    assert config.train == TrainConfig(queries="data")
+    assert _config(["uniform-to-gaussian-1d", "--model", "potential"]).train == TrainConfig.recipe(
+        "default", model="potential"
+    )
+
+
+def test_model_kwargs_without_an_encoding_get_the_default_encoding():
+    from ecd2g_fast import Circuit
+
+    circuit = Circuit(6, 2, 3)
+    assert TrainConfig(model_kwargs={"hidden": [8]}).build_model(circuit).encoding.kind == "onehot"
+    assert TrainConfig.recipe("paper").build_model(circuit).encoding.kind == "scaled"

@@ -9,6 +9,8 @@ spec                    distribution                                            
 ``gaussian``            ``q(k)`` proportional to ``exp(-(k - (K-1)/2)^2 / (2 (K/10)^2))``  1
 ``moons``               two moons, noise sd 0.1, on a ``K x K`` grid                  2
 ``swissroll``           2D swiss roll ((x, z) of the 3D roll), noise sd 1.0           2
+``circles``             two concentric circles (radii 1, 1/2), noise sd 0.05          2
+``checkerboard``        uniform over the dark squares of a 4 x 4 checkerboard         2
 ``PATH.npy|PATH.csv``   the empirical law of the integer states in the file           file
 ======================  ============================================================  =====
 
@@ -17,10 +19,12 @@ spec                    distribution                                            
 Shipped experiments (:data:`EXPERIMENTS`):
 
 * ``uniform-to-gaussian-1d``, the paper's §5.1: ``K = 50``, ``L = 10``, ``r = 0.1``, ``R = 100``,
-  the paper's current network and budget (Appendix B: SGD, 5000 steps, batch 256, uniform
-  queries). Sampling a :class:`~ecd2g_fast.models.CurrentNet` evaluates the network for every
-  (walker, neighbour) pair of every move, so the default sample is 20,000 walkers
-  (770 per occupied target cell).
+  the paper's current network with the measured default recipe (``RECIPES["default"]`` of
+  :mod:`ecd2g_fast.training.config`: one-hot encoding, Adam 3e-3 cosine, uniform queries, 10,000
+  steps of batch 16,384; TV exact 0.0020 / 0.0021 for seeds 0 / 1, against 0.046 with the
+  paper's recipe, ``--recipe paper``; ``benchmarks/results/sweep/``). Sampling a
+  :class:`~ecd2g_fast.models.CurrentNet` evaluates the network for every (walker, neighbour)
+  pair of every move, so the default sample is 20,000 walkers (770 per occupied target cell).
 * ``moons-to-swissroll-2d``, the paper's §5.2. The paper's ``K`` and ``L`` were lost from its
   text; here ``K = 32`` (``M = 1024`` states; a cell is 1.08 roll units, so the roll's arms,
   ``2 pi`` apart with noise sd 1, are 5.8 cells apart and about 2 cells thick: resolved) and ``L = 10`` (the paper's 1D
@@ -31,15 +35,15 @@ Shipped experiments (:data:`EXPERIMENTS`):
   ``L``); the walk costs about ``L + 0.4`` moves. The default model is the potential network
   (docs/theory.md §6): its sampler needs no network call per move and its walk always terminates, which
   is what lets train + sample + exact evaluation fit in under three minutes on a 2-core CPU.
-  Its training budget was chosen by measurement (1 CPU thread, other jobs running; TV of the
-  exact output law of the learned field, no sampling noise): the paper's budget (5000 steps,
-  batch 256, 256 uniform queries) 0.102 (16 s of training); 5000 steps of batch 4096 samples with
-  512 queries drawn around the data 0.037 (34 s); 15000 such steps 0.022 (123 s); 5000 steps of
-  batch 16384 0.025 (73 s); the default, 10000 steps of batch 16384 (samples for the Monte-Carlo
-  targets) with 512 data queries per step, 0.019 (126 s; the whole ``ecd2g run`` 132 s).
-  ``--model current`` runs the paper's network instead (its sampler evaluates the network for
-  every walker and neighbour state: about 16 walkers per second on this CPU; 0.29 at the same
-  budget).
+  Its training recipe is the measured default (``RECIPES["default"]``, chosen by the sweep of
+  ``benchmarks/sweep.py`` on this pair and the 1D one; ``benchmarks/results/sweep/SUMMARY.md``):
+  the one-hot encoding, Adam 3e-3 with a cosine schedule, 512 uniform queries per step, 10,000
+  steps of Monte-Carlo batch 16,384, EMA 0.999. TV of the exact output law of the learned field
+  (no sampling noise), seeds 0 / 1: 0.0034 / 0.0038 (the previous recipe, scaled coordinates, SGD
+  0.01 and data queries at the same budget: 0.019). ``--model current`` runs the paper's network
+  with the same recipe: 0.0098 / 0.0099 (0.28 with the previous recipe, 0.45 with the paper's:
+  ``--recipe paper``). Its sampler evaluates the network for every walker and neighbour state
+  (about 16 walkers per second on a 2-core CPU), so give it ``--num-samples`` of a few thousand.
 * ``noise-to-swissroll-2d``: uniform noise over the grid to the swiss roll, otherwise as above.
 * ``custom``: ``--source`` and ``--target`` specs (files or names), ``--num-categories``,
   ``--num-layers`` (default 10).
@@ -58,12 +62,14 @@ from .._validation import MAX_ENUMERABLE_STATES
 from ..sampling import MODES
 from ..settings import Settings, choice, integer, optional, real, setting, text
 from ..training import TrainConfig
-from ..training.config import SEED_MAX
+from ..training.config import RECIPES, SEED_MAX
 from .datasets import (
+    Checkerboard,
     DiscretisedGaussian1D,
     EmpiricalDistribution,
     GridDistribution,
     UniformGrid,
+    circles,
     load_states,
     moons,
     swiss_roll,
@@ -72,7 +78,14 @@ from .datasets import (
 __all__ = ["EXPERIMENTS", "NAMED_DATASETS", "ExperimentConfig", "make_distribution", "resolve_datasets"]
 
 #: Data sets known by name, with the dimension they fix (None: any D).
-NAMED_DATASETS = {"uniform": None, "gaussian": 1, "moons": 2, "swissroll": 2}
+NAMED_DATASETS = {
+    "uniform": None,
+    "gaussian": 1,
+    "moons": 2,
+    "swissroll": 2,
+    "circles": 2,
+    "checkerboard": 2,
+}
 
 
 def _train_config(name: str, value: object) -> TrainConfig:
@@ -106,6 +119,10 @@ class ExperimentConfig(Settings):
         dim: ``D``; None: inferred from the specs.
         num_layers: ``L``.
         r, R: the circuit's resistances.
+        recipe: the named recipe (:data:`~ecd2g_fast.training.config.RECIPES`) ``train`` was made
+            from; ``ecd2g`` applies it again for another ``--model`` (the settings of the recipe
+            for that model), and ``--recipe`` replaces it. Informative otherwise: ``train`` holds
+            the settings used.
         train: the training settings; ``train.seed`` is the run's master seed (data, start
             states, walk and noise floors derive from it).
         mode: walk mode, ``"bidirectional"`` (exact) or ``"forward"`` (the paper's).
@@ -121,7 +138,7 @@ class ExperimentConfig(Settings):
     experiment: str = setting("custom", "preset name", check=text, cli=False)
     source: str = setting(
         "uniform",
-        "source data set: uniform, gaussian, moons, swissroll or a .npy/.csv file",
+        "source data set: uniform, gaussian, moons, swissroll, circles, checkerboard or a .npy/.csv file",
         check=text,
         group="data",
     )
@@ -135,6 +152,13 @@ class ExperimentConfig(Settings):
     num_layers: int = setting(10, "L, the number of layers of edges", check=integer(1), group="circuit")
     r: float = setting(0.1, "forward resistance", check=real(0.0, inclusive=False), group="circuit")
     R: float = setting(100.0, "lateral resistance", check=real(0.0, inclusive=False), group="circuit")
+    recipe: str = setting(
+        "default",
+        "training recipe the settings start from: default (measured per model) or paper (the paper's "
+        "Algorithm 1 and budget, current network); options given override single settings",
+        check=choice(RECIPES),
+        group="training",
+    )
     train: TrainConfig = setting(
         help="the training settings", check=_train_config, default_factory=TrainConfig, cli=False
     )
@@ -186,7 +210,7 @@ EXPERIMENTS: dict[str, ExperimentConfig] = {
         num_categories=50,
         dim=1,
         num_samples=20_000,
-        notes="paper §5.1: K=50, L=10, r=0.1, R=100; the paper's current network and budget",
+        notes="paper §5.1: K=50, L=10, r=0.1, R=100; current network, measured recipe",
     ),
     "moons-to-swissroll-2d": ExperimentConfig(
         experiment="moons-to-swissroll-2d",
@@ -195,11 +219,9 @@ EXPERIMENTS: dict[str, ExperimentConfig] = {
         num_categories=32,
         dim=2,
         num_layers=10,
-        train=TrainConfig(
-            model="potential", steps=10_000, batch_size=16_384, num_queries=512, queries="data"
-        ),
+        train=TrainConfig.recipe("default", model="potential"),
         num_samples=100_000,
-        notes="paper §5.2 with K=32, L=10 (the paper's values were lost); potential network",
+        notes="paper §5.2 with K=32, L=10 (the paper's values were lost); potential network, measured recipe",
     ),
 }
 # the noise-to-data case: the 2D preset with uniform noise over the grid as its source
@@ -251,6 +273,10 @@ def make_distribution(
         return DiscretisedGaussian1D(num_categories)
     if spec == "moons":
         return moons(num_categories)
+    if spec == "circles":
+        return circles(num_categories)
+    if spec == "checkerboard":
+        return Checkerboard(num_categories)
     return swiss_roll(num_categories)
 
 

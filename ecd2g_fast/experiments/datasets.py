@@ -11,7 +11,13 @@ The 2D toy sets follow the usual conventions (scikit-learn's generators, FFJORD'
 * **moons**: two interleaved half circles, ``(cos t, sin t)`` and ``(1 - cos t, 1/2 - sin t)``,
   ``t ~ U[0, pi]``, each with probability 1/2, plus isotropic Gaussian noise (default sd 0.1);
 * **swiss roll**: the ``(x, z)`` coordinates of the 3D roll, ``(t cos t, t sin t)`` with
-  ``t = 3 pi / 2 (1 + 2 u)``, ``u ~ U[0, 1]``, plus isotropic Gaussian noise (default sd 1.0).
+  ``t = 3 pi / 2 (1 + 2 u)``, ``u ~ U[0, 1]``, plus isotropic Gaussian noise (default sd 1.0);
+* **circles**: two concentric circles of radii 1 and 1/2 (scikit-learn's ``make_circles`` with
+  ``factor=0.5``), ``t ~ U[0, 2 pi]``, each with probability 1/2, plus isotropic Gaussian noise
+  (default sd 0.05);
+* **checkerboard**: uniform over the dark squares of a 4 x 4 checkerboard on the grid (cell
+  ``(i, j)`` is dark when ``floor(4 i / K) + floor(4 j / K)`` is even); a law on the grid itself,
+  with no continuous stage.
 
 A continuous point is mapped to the grid by one affine map per data set: the noiseless curve's
 bounding box, widened by 3 noise sd and then by a margin (default 5 % of the side on each side),
@@ -33,11 +39,13 @@ import numpy as np
 import torch
 
 __all__ = [
+    "Checkerboard",
     "CurveDistribution",
     "DiscretisedGaussian1D",
     "EmpiricalDistribution",
     "GridDistribution",
     "UniformGrid",
+    "circles",
     "load_states",
     "make_moons",
     "make_swiss_roll",
@@ -176,7 +184,7 @@ class DiscretisedGaussian1D(GridDistribution):
 class _Segment:
     """A curve piece ``t -> (x(t), y(t))``, ``t ~ U[t0, t1]``, chosen with probability ``weight``."""
 
-    kind: str  # "outer_moon", "inner_moon" or "roll"
+    kind: str  # "outer_moon", "inner_moon", "roll", "outer_circle" or "inner_circle"
     t0: float
     t1: float
     weight: float
@@ -186,6 +194,10 @@ class _Segment:
             return np.cos(t), np.sin(t)
         if self.kind == "inner_moon":
             return 1.0 - np.cos(t), 0.5 - np.sin(t)
+        if self.kind == "outer_circle":
+            return np.cos(t), np.sin(t)
+        if self.kind == "inner_circle":
+            return 0.5 * np.cos(t), 0.5 * np.sin(t)
         return t * np.cos(t), t * np.sin(t)
 
 
@@ -287,6 +299,45 @@ def swiss_roll(num_categories: int, noise: float = 1.0, margin: float = 0.05) ->
     return CurveDistribution(
         f"swiss_roll(K={num_categories}, noise={noise:g})", segments, noise, num_categories, margin
     )
+
+
+def circles(num_categories: int, noise: float = 0.05, margin: float = 0.05) -> CurveDistribution:
+    """Two concentric circles (radii 1 and 1/2) on a ``K x K`` grid (module docstring)."""
+    segments = (
+        _Segment("outer_circle", 0.0, 2 * math.pi, 0.5),
+        _Segment("inner_circle", 0.0, 2 * math.pi, 0.5),
+    )
+    return CurveDistribution(
+        f"circles(K={num_categories}, noise={noise:g})", segments, noise, num_categories, margin
+    )
+
+
+@dataclass
+class Checkerboard(GridDistribution):
+    """Uniform over the dark squares of a ``squares x squares`` checkerboard on the ``K x K`` grid.
+
+    Cell ``(i, j)`` is dark when ``floor(squares i / K) + floor(squares j / K)`` is even.
+    """
+
+    num_categories: int
+    squares: int = 4
+
+    def __post_init__(self) -> None:
+        _check_size("num_categories", self.num_categories, 2)
+        _check_size("squares", self.squares, 2)
+        if self.squares > self.num_categories:
+            raise ValueError(f"squares must be <= num_categories = {self.num_categories}, got {self.squares}")
+        self.dim = 2
+        self.name = f"checkerboard(K={self.num_categories}, squares={self.squares})"
+
+    def pmf(self) -> np.ndarray:
+        K = self.num_categories
+        square = np.arange(K) * self.squares // K  # (K,) square index of each cell along an axis
+        dark = ((square[:, None] + square[None, :]) % 2 == 0).astype(np.float64)
+        return (dark / dark.sum()).reshape(-1)
+
+    def sample(self, n: int, rng: np.random.Generator) -> np.ndarray:
+        return _sample_pmf(self.pmf(), n, rng, self.num_categories, 2)
 
 
 def make_moons(n: int, noise: float = 0.1, rng: np.random.Generator | None = None) -> np.ndarray:

@@ -52,7 +52,7 @@ from .. import metrics as M
 from ..circuit import Circuit
 from ..distributed import resolve_device
 from ..fields import Field
-from ..sampling import sample
+from ..sampling import check_no_dead_ends, sample
 from ..training import Trainer, TrainResult, load_field
 from .configs import ExperimentConfig, resolve_datasets
 from .datasets import GridDistribution
@@ -71,6 +71,7 @@ from .folder import (
 
 __all__ = [
     "Run",
+    "dead_end_stage",
     "evaluate_stage",
     "figures_stage",
     "run",
@@ -278,8 +279,58 @@ def default_num_samples(target_pmf: np.ndarray) -> int:
     return max(10 * M.occupied_cells(target_pmf), 10_000)
 
 
+def dead_end_stage(run: Run, field: Field, num_samples: int, *, log: Log = stderr_log) -> dict:
+    """Check, before any walk, that no vertex a walker can reach lacks a positive outflow.
+
+    A learned current field (not :attr:`~ecd2g_fast.fields.Field.acyclic`) may have such dead
+    ends; a walker that reaches one cannot move (:mod:`ecd2g_fast.sampling.outflow`). The check
+    (:func:`~ecd2g_fast.sampling.check_no_dead_ends`, from the support of the source pmf, in the
+    configured walk mode) evaluates each reachable vertex once, about the cost of walking ``M``
+    walkers, so it runs when ``M <= num_samples`` (it then costs at most as much as the walk
+    itself); potential fields need none (every walk ends).
+
+    Args:
+        run: the run.
+        field: the field about to be sampled.
+        num_samples: walkers the sample stage will walk.
+        log: status messages.
+
+    Returns:
+        ``dead_end_check`` (``"passed"``, or why it was skipped) and ``dead_end_check_seconds``
+        (None when skipped), for ``metrics.json``.
+
+    Raises:
+        ecd2g_fast.FieldError: reachable dead ends, listed with their layers and states (the
+            first few and their number).
+    """
+    if field.acyclic:
+        return {
+            "dead_end_check": "skipped: potential field (every walk ends)",
+            "dead_end_check_seconds": None,
+        }
+    M = run.circuit.num_states
+    if M > num_samples:
+        log(
+            f"[ecd2g] dead-end check skipped: it costs about as much as walking M = {M} walkers, more "
+            f"than the {num_samples} to sample; a walker may still meet a vertex without outflow"
+        )
+        return {"dead_end_check": "skipped: M > num_samples", "dead_end_check_seconds": None}
+    start = time.perf_counter()
+    support = torch.from_numpy(run.source.pmf() > 0).to(field.device)
+    found = check_no_dead_ends(field, run.config.mode, support)
+    seconds = time.perf_counter() - start
+    log(
+        f"[ecd2g] dead-end check: all {found.num_reachable} reachable vertices have an outlet "
+        f"({run.config.mode} walk, {seconds:.1f} s)"
+    )
+    return {"dead_end_check": "passed", "dead_end_check_seconds": seconds}
+
+
 def sample_stage(run: Run, field: Field, *, progress: bool = True, log: Log = stderr_log) -> np.ndarray:
     """Draw ``num_samples`` walkers from the source, walk them; write the ``.npy`` files.
+
+    A learned current field is first checked for dead ends (:func:`dead_end_stage`), so that a
+    walker is never stranded midway.
 
     Args:
         run: the run.
@@ -291,7 +342,9 @@ def sample_stage(run: Run, field: Field, *, progress: bool = True, log: Log = st
         ``(N, D)`` int64 generated states.
 
     Raises:
-        ecd2g_fast.FieldError: the learned field traps a walker (no positive outflow at a vertex).
+        ecd2g_fast.FieldError: the learned field has a reachable vertex with no positive outflow
+            (reported by :func:`dead_end_stage` before any walk; where that check is skipped, by
+            the walk when a walker reaches it).
     """
     config, device = run.config, run.device
     target_pmf = run.target.pmf()
@@ -302,6 +355,7 @@ def sample_stage(run: Run, field: Field, *, progress: bool = True, log: Log = st
             f"[ecd2g] warning: {n} samples are fewer than 10 per occupied target cell ({occupied} cells "
             f"hold 99% of the mass): the sampled metrics will be dominated by sampling noise"
         )
+    dead_ends = dead_end_stage(run, field, n, log=log)
     x0 = run.source.sample(n, np.random.default_rng(run.seeds.start))
     generator = torch.Generator(device=device)
     generator.manual_seed(int(run.seeds.walk.generate_state(1, dtype=np.uint64)[0] >> np.uint64(1)))
@@ -348,6 +402,7 @@ def sample_stage(run: Run, field: Field, *, progress: bool = True, log: Log = st
             "backend_selected": selected,
             "device": str(device),
             **density_projection_info(field),
+            **dead_ends,
         },
         keep=_TRAIN_KEYS,
     )
@@ -379,7 +434,8 @@ def run(
     Raises:
         TypeError, ValueError: a bad configuration (the message names the setting).
         FolderBusyError: another process is writing ``out``.
-        ecd2g_fast.FieldError: the learned field traps a walker while sampling.
+        ecd2g_fast.FieldError: the learned field has a reachable vertex with no positive outflow
+            (:func:`dead_end_stage`, before sampling).
     """
     wall = time.perf_counter()
     with RunFolder(out).locked() as folder:

@@ -4,11 +4,34 @@
 resistor ``r``) or differs from it in one coordinate (lateral resistor ``R``). Its potentials
 and local currents have a closed form through the Hamming scheme, and :class:`KernelTables`
 holds the per-layer kernels that give them with per-state relative accuracy at any dimension.
-The mathematics, with the test that checks each result, is in ``docs/hamming.md``.
+:mod:`.targets` holds the Monte-Carlo targets on it, which :func:`ecd2g_fast.current_targets` and
+:func:`ecd2g_fast.potential_targets` run for a :class:`HammingCircuit`.
+
+Noise to data at any dimension: :class:`LogField` (a field given by the log of the smoothed data
+density, walked on state vectors), :class:`DataLogField` (the exact field of a pmf or of samples),
+:class:`HammingNet` (the learned log-field) and its loss and queries (:mod:`.learning`). The
+mathematics, with the test that checks each result, is in ``docs/hamming.md``.
 """
 
+from . import targets
 from .circuit import HammingCircuit, HammingConfig
 from .extended import ExtendedTensor
+from .learning import BregmanLogLoss, WalkQueries
+from .log_field import DataLogField, LogField
+from .model import HammingNet, HammingNetField
 from .tables import KernelTables, distance_histogram
 
-__all__ = ["ExtendedTensor", "HammingCircuit", "HammingConfig", "KernelTables", "distance_histogram"]
+__all__ = [
+    "BregmanLogLoss",
+    "DataLogField",
+    "ExtendedTensor",
+    "HammingCircuit",
+    "HammingConfig",
+    "HammingNet",
+    "HammingNetField",
+    "KernelTables",
+    "LogField",
+    "WalkQueries",
+    "distance_histogram",
+    "targets",
+]

@@ -144,6 +144,56 @@ class HammingCircuit(CircuitBase):
         value = other + (other >= digit).long()
         return torch.where(slot == 0, z, z + (value - digit) * place)
 
+    def slot_changes(self, z: torch.Tensor, start: int, stop: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """What each slot changes in state vectors: :meth:`neighbour_at` without flat indices (any ``D``).
+
+        Args:
+            z: ``(B, D)`` int64 states in ``[0, K)``, unchecked; ``0 <= start <= stop <= N``.
+
+        Returns:
+            ``coordinate`` ``(S,)`` int64 (``-1`` for slot 0, the stay edge) and ``value``
+            ``(B, S)`` int64, the new value of that coordinate (0 for slot 0), ``S = stop - start``,
+            on ``z``'s device.
+        """
+        K = self.num_categories
+        slots = torch.arange(start, stop, device=z.device)
+        lateral = (slots - 1).clamp_min(0)
+        coordinate = torch.div(lateral, K - 1, rounding_mode="floor")
+        other = lateral - coordinate * (K - 1)
+        value = other + (other >= z[:, coordinate]).long()
+        stay = slots == 0
+        return torch.where(stay, -1, coordinate), value.masked_fill(stay, 0)
+
+    def apply_slot(self, z: torch.Tensor, slot: torch.Tensor) -> torch.Tensor:
+        """The state in slot ``slot[b]`` of each state vector ``z[b]`` (one coordinate changed, or none).
+
+        Args:
+            z: ``(n, D)`` int64 states in ``[0, K)``; ``slot``: ``(n,)`` int64 in ``[0, N)``. Unchecked.
+
+        Returns:
+            ``(n, D)`` int64, a new tensor.
+        """
+        K = self.num_categories
+        lateral = (slot - 1).clamp_min(0)
+        coordinate = torch.div(lateral, K - 1, rounding_mode="floor")
+        other = lateral - coordinate * (K - 1)
+        rows = torch.arange(z.shape[0], device=z.device)
+        current = z[rows, coordinate]
+        out = z.clone()
+        out[rows, coordinate] = torch.where(slot == 0, current, other + (other >= current).long())
+        return out
+
+    def neighbour_vectors(self, z: torch.Tensor, start: int, stop: int) -> torch.Tensor:
+        """``(B, S, D)`` int64: the states in slots ``start..stop-1`` of each ``(B, D)`` state ``z``.
+
+        Memory ``B S D`` int64: callers bound ``B S``.
+        """
+        coordinate, value = self.slot_changes(z, start, stop)
+        out = z.unsqueeze(1).repeat(1, stop - start, 1)
+        lateral = torch.nonzero(coordinate >= 0).squeeze(1)
+        out[:, lateral, coordinate[lateral]] = value[:, lateral]
+        return out
+
     def slot_conductances(self, z: torch.Tensor, start: int, stop: int) -> torch.Tensor:
         """``(stop - start,)`` float64: ``g`` for slot 0 (the stay edge), ``G`` for the others."""
         slots = torch.arange(start, stop, device=z.device)

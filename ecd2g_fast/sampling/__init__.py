@@ -18,9 +18,19 @@ from .. import backends
 from .._validation import check_choice, check_enumerable, check_generator, check_int, check_states
 from ..fields import Field, FieldError, check_field, default_chunk_size
 from .exact import OutputDistribution, exact_output_distribution
+from .outflow import DeadEnds, check_no_dead_ends, find_dead_ends
 from .reference import MODES, torch_draw, walk
 
-__all__ = ["sample", "exact_output_distribution", "OutputDistribution", "FieldError", "MODES"]
+__all__ = [
+    "sample",
+    "exact_output_distribution",
+    "OutputDistribution",
+    "FieldError",
+    "MODES",
+    "find_dead_ends",
+    "check_no_dead_ends",
+    "DeadEnds",
+]
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -81,7 +91,9 @@ def sample(
 
     Args:
         field: a :class:`~ecd2g_fast.fields.Field` (``ExactField``, ``StateField``, a trained
-            model's field, ...).
+            model's field, ...). A field with ``state_vectors`` (a Hamming-circuit
+            :class:`~ecd2g_fast.hamming.LogField`) is walked on ``(B, D)`` state vectors, one
+            ``outlet_currents`` call per move, for any ``M``; the others need ``M <= 2**24``.
         x0: ``(B, D)`` integer start states in ``[0, K)``, on ``field.device``: int64, or int8,
             int16, int32, uint8 (cast to int64 once). For exact output they should be drawn from
             the field's source pmf.
@@ -120,7 +132,9 @@ def sample(
         RuntimeError: a walker exceeded ``max_moves``.
     """
     circuit = check_field(field)
-    check_enumerable("sample", circuit.num_states)
+    vectors = bool(getattr(field, "state_vectors", False))
+    if not vectors:
+        check_enumerable("sample", circuit.num_states)
     check_choice("mode", mode, MODES)
     x0 = check_states("x0", x0, circuit.num_categories, circuit.dim)
     if x0.device != field.device:
@@ -131,9 +145,10 @@ def sample(
     check_int("chunk_size", chunk_size, 1)
     if max_moves is None:
         L, M = circuit.num_layers, circuit.num_states
-        max_moves = (L + 1) * M if field.acyclic else 100 * L + 1000
+        max_moves = min((L + 1) * M, 2**62) if field.acyclic else 100 * L + 1000
     check_int("max_moves", max_moves, 1)
     draw = backends.select("sample", backend, x0.device, subject=field).impl(field, mode)
-    terminal, moves = walk(field, circuit.flatten(x0), mode, draw, generator, chunk_size, max_moves)
-    states = circuit.unflatten(terminal)
+    start = x0.clone() if vectors else circuit.flatten(x0)
+    terminal, moves = walk(field, start, mode, draw, generator, chunk_size, max_moves)
+    states = terminal if vectors else circuit.unflatten(terminal)
     return (states, moves) if return_moves else states

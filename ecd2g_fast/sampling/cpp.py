@@ -63,7 +63,7 @@ def raise_for_status(field: Field, layer: torch.Tensor, z: torch.Tensor, status:
         return
     first = int(flagged[0])
     flags = int(status[first])
-    where = describe_vertex(field, int(layer[first]), int(z[first]))
+    where = describe_vertex(field, int(layer[first]), z[first])
     if flags & _extension.STATUS_BAD_INDEX:
         raise RuntimeError(f"ecd2g_fast sampler op got a layer or state index out of range at {where}")
     if flags & _extension.STATUS_NON_FINITE:

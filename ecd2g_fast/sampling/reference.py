@@ -38,10 +38,21 @@ DrawFactory = Callable[[Field, str], Draw]
 __all__ = ["MODES", "Draw", "DrawFactory", "FieldError", "OutletDraw", "draw_outlets", "torch_draw", "walk"]
 
 
-def describe_vertex(field: Field, layer: int, index: int) -> str:
-    """``layer l, state (z_1, ..., z_D)`` for error messages."""
-    state = field.circuit.unflatten(torch.tensor([index]))[0].tolist()
-    return f"layer {layer}, state {tuple(state)} (index {index})"
+def describe_vertex(field: Field, layer: int, state: int | torch.Tensor) -> str:
+    """``layer l, state (z_1, ..., z_D)`` for error messages.
+
+    ``state``: a flat index (int or 0-d tensor) or a ``(D,)`` state vector (fields with
+    ``state_vectors``); long vectors are shortened.
+    """
+    if isinstance(state, torch.Tensor) and state.dim() == 1:
+        values = state.tolist()
+        shown = ", ".join(map(str, values[:32])) + (
+            f", ... ({len(values)} coordinates)" if len(values) > 32 else ""
+        )
+        return f"layer {layer}, state ({shown})"
+    index = int(state)
+    coordinates = field.circuit.unflatten(torch.tensor([index]))[0].tolist()
+    return f"layer {layer}, state {tuple(coordinates)} (index {index})"
 
 
 def check_outflow(field: Field, layer: torch.Tensor, z: torch.Tensor, stuck: torch.Tensor) -> None:
@@ -54,7 +65,32 @@ def check_outflow(field: Field, layer: torch.Tensor, z: torch.Tensor, stuck: tor
     """
     if bool(stuck.any()):
         i = int(torch.nonzero(stuck)[0])
-        raise FieldError(f"no positive outflow at {describe_vertex(field, int(layer[i]), int(z[i]))}")
+        raise FieldError(f"no positive outflow at {describe_vertex(field, int(layer[i]), z[i])}")
+
+
+def checked_out_currents(
+    field: Field,
+    layer: torch.Tensor,
+    z: torch.Tensor,
+    rows: torch.Tensor,
+    weights: torch.Tensor,
+    negate: bool,
+) -> torch.Tensor:
+    """``weights`` of the walkers ``rows`` as float64 out-currents (negated when ``negate``).
+
+    Raises:
+        FieldError: a non-finite current, naming the first such walker's vertex.
+    """
+    weights = weights.to(torch.float64)
+    if negate:
+        weights = -weights
+    finite = torch.isfinite(weights).all(dim=1)
+    if not bool(finite.all()):
+        bad = int(rows[~finite][0])
+        raise FieldError(
+            f"field returned a non-finite current at {describe_vertex(field, int(layer[bad]), z[bad])}"
+        )
+    return weights
 
 
 class OutletDraw:
@@ -71,15 +107,7 @@ class OutletDraw:
         (``-weights`` when ``negate``)."""
         if rows.numel() == 0:
             return
-        weights = weights.to(torch.float64)
-        if negate:
-            weights = -weights
-        finite = torch.isfinite(weights).all(dim=1)
-        if not bool(finite.all()):
-            bad = int(rows[~finite][0])
-            raise FieldError(
-                f"field returned a non-finite current at {describe_vertex(self.field, int(self.layer[bad]), int(self.z[bad]))}"
-            )
+        weights = checked_out_currents(self.field, self.layer, self.z, rows, weights, negate)
         cdf = weights.clamp_min(0.0).cumsum(dim=1)
         mass = cdf[:, -1]
         u = torch.rand(
@@ -109,6 +137,10 @@ def draw_outlets(
 ) -> torch.Tensor:
     """One move's outlet for each walker at ``(layer, z)``; see the module docstring for codes.
 
+    A field with ``state_vectors`` (``z`` ``(n, D)`` state vectors) gives every outlet of every
+    walker in one call of its ``outlet_currents(layer, z, mode)`` (``(n, 2N + 1)``: forward slots,
+    backward slots, sink); the others are asked as follows.
+
     The field's currents are evaluated (checked, under inference mode:
     :func:`~ecd2g_fast.fields.call_field`) in blocks of at most ``chunk_size`` neighbour states
     (:func:`~ecd2g_fast.fields.column_blocks`) and offered to ``reservoir(field, layer, z,
@@ -119,6 +151,11 @@ def draw_outlets(
     circuit = field.circuit
     N, L = circuit.num_neighbours, circuit.num_layers
     draw = reservoir(field, layer, z, generator)
+    if getattr(field, "state_vectors", False):
+        # every outlet of every walker from one evaluation of the field
+        weights = call_field(field, "outlet_currents", (layer, z, mode), (layer.shape[0], 2 * N + 1))
+        draw.consume(torch.arange(layer.shape[0], device=layer.device), weights, 0)
+        return draw.result()
     groups = [("currents_to_next", torch.nonzero(layer < L).squeeze(1), 0)]
     if mode == "bidirectional":
         # out-current to (l-1, w) is minus the current arriving from it
@@ -156,7 +193,8 @@ def walk(
 
     Args:
         field: the current field.
-        start: ``(B,)`` int64 flat start states, on ``field.device``.
+        start: ``(B,)`` int64 flat start states, or ``(B, D)`` int64 state vectors for a field
+            with ``state_vectors`` (Hamming circuits), on ``field.device``.
         mode: ``"bidirectional"`` (Definition 3.1) or ``"forward"`` (forward-only inference).
         draw: the per-move draw (:data:`Draw`), from a backend's :data:`DrawFactory`.
         generator: torch generator on ``field.device``, or None for the default one.
@@ -164,7 +202,8 @@ def walk(
         max_moves: raise ``RuntimeError`` if a walker has not terminated after this many moves.
 
     Returns:
-        ``(B,)`` int64 terminal flat states and ``(B,)`` int64 numbers of edge moves.
+        ``(B,)`` int64 terminal flat states (``(B, D)`` state vectors) and ``(B,)`` int64 numbers
+        of edge moves.
     """
     circuit = field.circuit
     L, N = circuit.num_layers, circuit.num_neighbours
@@ -185,7 +224,10 @@ def walk(
         outlet = draw(la, za, generator, chunk_size)
         sink = outlet == 2 * N
         backward = (outlet >= N) & ~sink
-        z[active] = torch.where(sink, za, circuit.neighbour_at(za, outlet % N))
+        if za.dim() == 2:  # state vectors; the sink's slot code 2N % N = 0 is the stay edge
+            z[active] = circuit.apply_slot(za, outlet % N)
+        else:
+            z[active] = torch.where(sink, za, circuit.neighbour_at(za, outlet % N))
         layer[active] = la + torch.where(backward, -1, 1) * (~sink)
         moves[active] += (~sink).to(torch.int64)
         active = active[~sink]

@@ -4,7 +4,9 @@ A batch of source samples ``x`` and target samples ``y`` replaces the pmfs by th
 frequencies, ``p(v) = #{i: x_i == v} / B``; because the potentials are affine in ``(p, q)`` the
 targets are unbiased estimates of the exact currents and potentials (docs/theory.md §3). Backends are
 registered in :mod:`ecd2g_fast.backends` under the op names ``"current_targets"`` and
-``"potential_targets"``.
+``"potential_targets"``; those of the Hamming circuit (:mod:`ecd2g_fast.hamming.targets`, every
+sample contributing through its Hamming distance) under ``"hamming_current_targets"`` and
+``"hamming_potential_targets"``. Both families go through the same checks, in :func:`_run`.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ import torch
 from .. import backends
 from .._validation import ValueRange, check_ranges, check_states, check_tensor, state_range
 from ..circuit import Circuit
+from ..hamming import HammingCircuit
+from ..hamming import targets as _hamming
 from . import triton as _triton
 from .packed import TORCH as _TORCH
 from .reference import current_targets_reference, potential_targets_reference
@@ -30,11 +34,17 @@ for _op in ("current_targets", "potential_targets"):
     # On CPU the Triton interpreter is for testing only: it runs when named explicitly.
     backends.set_auto_order(_op, "cuda", ("triton", "torch", "reference"))
     backends.set_auto_order(_op, "cpu", ("torch", "reference"))
+for _index, _op in enumerate(("hamming_current_targets", "hamming_potential_targets")):
+    for _name, _impls in _hamming.BACKENDS.items():
+        _extra = (_triton.is_available, _triton.UNAVAILABLE_REASON) if _name == "triton" else ()
+        backends.register(_op, _name, _impls[_index], *_extra)
+    backends.set_auto_order(_op, "cuda", ("triton", "torch", "reference"))
+    backends.set_auto_order(_op, "cpu", ("torch", "reference"))
 
 
 def _run(
     op: str,
-    circuit: Circuit,
+    circuit: Circuit | HammingCircuit,
     layer,
     queries: dict,
     x,
@@ -48,10 +58,15 @@ def _run(
     ``queries``: name -> ``(Q, D)`` query states (``z``, and ``w`` for currents: then layers
     index edge tails, ``[0, L-1]``; otherwise vertices, ``[0, L]``). The value ranges of all
     tensors are checked together, with one device-to-host copy, when ``check_values``; under
-    ``torch.compile`` by asserts inside the graph instead (:func:`_assert_ranges`).
+    ``torch.compile`` by asserts inside the graph instead (:func:`_assert_ranges`). A
+    :class:`HammingCircuit` runs the ``"hamming_"`` op, whose edges must also join states at
+    Hamming distance <= 1 (checked with the values).
     """
-    if not isinstance(circuit, Circuit):
-        raise TypeError(f"circuit must be an ecd2g_fast.Circuit, got {type(circuit).__name__}")
+    hamming = isinstance(circuit, HammingCircuit)
+    if not (hamming or isinstance(circuit, Circuit)):
+        raise TypeError(
+            f"circuit must be an ecd2g_fast.Circuit or HammingCircuit, got {type(circuit).__name__}"
+        )
     if not isinstance(normalize, bool):
         raise TypeError(f"normalize must be a bool, got {type(normalize).__name__}")
     K, D = circuit.num_categories, circuit.dim
@@ -81,6 +96,10 @@ def _run(
         ranges = [("layer", layer, 0, layer_max + 1, f"layer indices in [0, {layer_max}]")]
         ranges += [state_range(name, t, K) for name, t in states.items()]
         (_assert_ranges if compiling else check_ranges)(ranges)
+        if hamming and "w" in states:
+            _check_edges(states["z"], states["w"], compiling)
+    if hamming:
+        op = f"hamming_{op}"
     if compiling:
         if backend == "triton":
             raise ValueError(
@@ -90,6 +109,19 @@ def _run(
         backend = "torch" if backend == "auto" else backend
     impl = backends.select(op, backend, layer.device).impl
     return impl(circuit, layer, *states.values(), normalize=normalize)
+
+
+def _check_edges(z: torch.Tensor, w: torch.Tensor, compiling: bool) -> None:
+    """Hamming circuits: every ``w`` equals its ``z`` or differs from it in one coordinate."""
+    bad = _hamming.distance_violations(z, w)
+    message = "w must equal z or differ from it in exactly one coordinate (the Hamming circuit's edges)"
+    if compiling:
+        torch._assert_async(~bad.any(), message)
+        return
+    if bool(bad.any()):
+        first = int(torch.nonzero(bad)[0, 0])
+        distance = int((z[first] != w[first]).sum())
+        raise ValueError(f"{message}; query {first} is at distance {distance}")
 
 
 def _assert_ranges(ranges: list[ValueRange]) -> None:
@@ -104,7 +136,7 @@ def _assert_ranges(ranges: list[ValueRange]) -> None:
 
 
 def current_targets(
-    circuit: Circuit,
+    circuit: Circuit | HammingCircuit,
     layer: torch.Tensor,
     z: torch.Tensor,
     w: torch.Tensor,
@@ -132,8 +164,16 @@ def current_targets(
     inside the graph: out-of-range values raise ``RuntimeError`` naming the tensor when the
     compiled graph runs (on CUDA a device-side assert); nothing out of range is silently used.
 
+    A :class:`~ecd2g_fast.HammingCircuit` takes the same arguments, with ``w`` equal to ``z`` or
+    one coordinate away (else ``ValueError`` naming ``w``, checked with ``check_values``): every
+    sample contributes through its Hamming distance (:mod:`ecd2g_fast.hamming.targets`), computed
+    with per-state relative accuracy at any ``D``; the normalised target is
+    ``I / (C(z, w) sigma_l)`` with ``|normalised| <= 1`` (``circuit.log_current_scale``). Its
+    backends: ``"reference"`` (pairwise, ``O(Q B D)``), ``"torch"`` (one-hot matrix products,
+    ``O(Q B D K)`` multiply-adds) and ``"triton"`` (one fused kernel, bit-packed states).
+
     Args:
-        circuit: the circuit.
+        circuit: the circuit (:class:`~ecd2g_fast.Circuit` or :class:`~ecd2g_fast.HammingCircuit`).
         layer: ``(Q,)`` int64 layer of each query edge's tail, in ``[0, L)``.
         z: ``(Q, D)`` int64 tail states (at ``layer``), in ``[0, K)``.
         w: ``(Q, D)`` int64 head states (at ``layer + 1``).
@@ -162,7 +202,7 @@ def current_targets(
 
 
 def potential_targets(
-    circuit: Circuit,
+    circuit: Circuit | HammingCircuit,
     layer: torch.Tensor,
     z: torch.Tensor,
     x: torch.Tensor,
@@ -181,8 +221,11 @@ def potential_targets(
     space (:attr:`Circuit.potential_terms`), finite wherever representable, as in
     :func:`current_targets`: ``|target| <= 1`` for a state absent from both batches.
 
+    For a :class:`~ecd2g_fast.HammingCircuit` the normalised target is
+    ``(phi_l(z) + l s) / tau_l`` with ``|normalised| <= 1`` (``circuit.log_potential_scale``).
+
     Args:
-        circuit: the circuit.
+        circuit: the circuit (:class:`~ecd2g_fast.Circuit` or :class:`~ecd2g_fast.HammingCircuit`).
         layer: ``(Q,)`` int64 layers in ``[0, L]``.
         z: ``(Q, D)`` int64 states in ``[0, K)``.
         x, y: ``(B, D)`` / ``(B', D)`` int64 source and target samples, as in :func:`current_targets`.

@@ -87,20 +87,31 @@ def _decorating_mode(triton: ModuleType, interpret: bool):
             os.environ["TRITON_INTERPRET"] = previous
 
 
+def load_kernel_module(path: str, name: str, interpret: bool) -> ModuleType:
+    """The Triton kernel file ``path`` loaded as module ``<name>_interpreted`` or ``<name>_compiled``.
+
+    ``@triton.jit`` picks interpreted or compiled when it decorates, so a kernel file is executed
+    once per mode, under that mode (callers cache the result per mode).
+    """
+    import triton
+
+    full_name = f"{name}_{'interpreted' if interpret else 'compiled'}"
+    spec = importlib.util.spec_from_file_location(full_name, path)
+    module = importlib.util.module_from_spec(spec)
+    with _decorating_mode(triton, interpret):
+        sys.modules[full_name] = module  # importlib's recipe: the module is findable by its name
+        spec.loader.exec_module(module)
+    return module
+
+
 def _kernels(interpret: bool) -> ModuleType:
     """The kernel module compiled (``False``) or interpreted (``True``); loaded once per mode."""
     module = _KERNEL_MODULES.get(interpret)
     if module is None:
-        import triton
-
-        name = f"{__package__}._triton_kernels_{'interpreted' if interpret else 'compiled'}"
         path = os.path.join(os.path.dirname(__file__), "_triton_kernels.py")
-        spec = importlib.util.spec_from_file_location(name, path)
-        module = importlib.util.module_from_spec(spec)
-        with _decorating_mode(triton, interpret):
-            sys.modules[name] = module  # importlib's recipe: the module is findable by its name
-            spec.loader.exec_module(module)
-        _KERNEL_MODULES[interpret] = module
+        module = _KERNEL_MODULES[interpret] = load_kernel_module(
+            path, f"{__package__}._triton_kernels", interpret
+        )
     return module
 
 

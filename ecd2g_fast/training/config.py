@@ -5,17 +5,26 @@ check, the experiment configuration and the ``ecd2g`` command's options all read
 from here. To add a setting, add a field below (with its default, help text and check); the CLI
 option, the JSON form and the validation follow from it.
 
-**Defaults.** The paper's SGD, 5000 steps and batch 256 (its Appendix B; the paper's learning
-rate and weight decay were lost from its text) with ``lr = 0.01``, ``momentum = 0.9``, no weight
-decay and an exponential moving average (EMA) of the weights, decay 0.999. The Monte-Carlo
-targets are very noisy (one batch of 256 samples per step), so the last SGD iterate carries a
-noise floor set by the step size; averaging the iterates removes most of it at no cost in gradient
-evaluations. On the 1D task of ``docs/theory.md`` §4 (K = 50, 5000 steps of batch 256, 7 seeds)
-the EMA cut the current network's relative L2 current error from 0.12-0.32 to 0.05-0.08 and its
-output TV from 0.03-0.16 to 0.01-0.03, the potential network's TV from 0.016-0.022 to
-0.004-0.006. The learning rate: on the same task lr 0.003-0.03 with momentum 0.9 (effective step
-``lr / (1 - momentum) = 0.1`` at the default) and plain SGD at 0.1 all converge; 0.001 is too slow
-for 5000 steps. No weight decay: the targets are unbiased and the network is small.
+**Defaults: measured, per model** (``benchmarks/sweep.py``; raw results, tables and the reasoning
+in ``benchmarks/results/sweep/``, ``SUMMARY.md`` there). :data:`RECIPES` ``["default"]`` holds one
+recipe per model; the field defaults below are the current network's, and the potential network's
+is ``TrainConfig.recipe("default", model="potential")`` (the presets and ``ecd2g --model`` use it).
+The sweep found the same recipe best for both: the one-hot state encoding, Adam at ``lr = 3e-3``
+with a cosine schedule, uniform queries (512 per step), 10,000 steps of Monte-Carlo batch 16,384,
+and the weights' exponential moving average (EMA, decay 0.999: the Monte-Carlo targets are noisy,
+and averaging the iterates removes most of the noise at no cost in gradient evaluations). It was
+chosen by the TV of the exact output law of the learned field (bidirectional walk) on the 2D
+(moons -> swiss roll, ``K = 32``) and 1D (uniform -> gaussian, ``K = 50``) experiments: a screening
+at 2500 steps, then the best two per model at the full budget with seeds 0 and 1. Measured (seeds
+0 / 1): 2D current network 0.0098 / 0.0099 (Adam 1e-3: 0.0128 / 0.0138; the previous defaults,
+scaled coordinates and SGD 0.01, about 0.28), 2D potential network 0.0034 / 0.0038 (previously
+0.019); 1D 0.0020 / 0.0021 (current), 0.0005 / 0.0005 (potential). A third pair held out from
+the choice (circles -> checkerboard) confirms it (``SUMMARY.md``).
+
+**The paper's recipe** (its Appendix B: SGD, 5000 steps, batch 256 with as many uniform queries,
+the scaled-coordinate encoding, the last iterate; its learning rate and weight decay were lost from
+its text: ``lr = 0.01``, momentum 0.9, no weight decay here) is :data:`RECIPES` ``["paper"]``:
+``TrainConfig.recipe("paper")``, ``ecd2g run ... --recipe paper``.
 """
 
 from __future__ import annotations
@@ -31,7 +40,7 @@ from ..circuit import Circuit
 from ..models import CurrentNet, PotentialNet
 from ..settings import Settings, choice, flag, integer, mapping, optional, real, setting
 
-__all__ = ["MODELS", "QUERIES", "TrainConfig"]
+__all__ = ["DEFAULT_ENCODING", "MODELS", "QUERIES", "RECIPES", "RECIPE_SETTINGS", "Recipe", "TrainConfig"]
 
 #: The learned models by name: the paper's current network and the potential network.
 MODELS: dict[str, type[nn.Module]] = {"current": CurrentNet, "potential": PotentialNet}
@@ -43,8 +52,77 @@ OPTIMIZERS = ("sgd", "adam", "adamw")
 LR_SCHEDULES = ("constant", "cosine")
 #: Optimiser hyperparameters are applied to float32 weights.
 FLOAT32_MAX = float(torch.finfo(torch.float32).max)
+#: The state encoding of the models when ``model_kwargs`` names none (measured; module docstring).
+DEFAULT_ENCODING = "onehot"
 #: Largest seed: ``torch.Generator.manual_seed`` takes 64-bit signed values.
 SEED_MAX = 2**63 - 1
+
+
+#: The settings a recipe sets (all of them, for every model); the others (seed, amp, backend,
+#: checkpoints) are never touched by a recipe.
+RECIPE_SETTINGS = (
+    "model", "steps", "batch_size", "num_queries", "queries", "optimizer", "lr", "lr_schedule",
+    "warmup_steps", "momentum", "weight_decay", "ema_decay", "model_kwargs",
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """A named set of training settings applied together (:meth:`TrainConfig.with_recipe`).
+
+    Attributes:
+        name: its name (``ecd2g ... --recipe NAME``).
+        help: one line.
+        settings: per model name, a value for every name in :data:`RECIPE_SETTINGS`.
+        model: the model the recipe selects when none is asked for; None: the configuration's.
+    """
+
+    name: str
+    help: str
+    settings: dict[str, dict]
+    model: str | None = None
+
+    def for_model(self, model: str | None = None) -> dict:
+        """The settings for ``model`` (None: :attr:`model`, or ``"current"``); a fresh dict."""
+        model = model if model is not None else (self.model or "current")
+        if model not in self.settings:
+            raise ValueError(f"model must be one of {', '.join(map(repr, self.settings))}, got {model!r}")
+        return {k: (dict(v) if isinstance(v, dict) else v) for k, v in self.settings[model].items()}
+
+
+def _measured(model: str, queries: str, encoding: str = "onehot") -> dict:
+    return dict(
+        model=model, steps=10_000, batch_size=16_384, num_queries=512, queries=queries, optimizer="adam",
+        lr=3e-3, lr_schedule="cosine", warmup_steps=0, momentum=0.9, weight_decay=0.0, ema_decay=0.999,
+        model_kwargs={"encoding": encoding},
+    )  # fmt: skip
+
+
+def _paper(model: str) -> dict:
+    return dict(
+        model=model, steps=5000, batch_size=256, num_queries=None, queries="uniform", optimizer="sgd",
+        lr=0.01, lr_schedule="constant", warmup_steps=0, momentum=0.9, weight_decay=0.0, ema_decay=None,
+        model_kwargs={"encoding": "scaled"},
+    )  # fmt: skip
+
+
+#: The named recipes. ``"default"``: the measured per-model defaults (module docstring; the
+#: numbers are in ``benchmarks/results/sweep/SUMMARY.md``). ``"paper"``: the paper's Algorithm 1
+#: and budget with its current network (scaled coordinates, SGD 0.01, 5000 steps of batch 256,
+#: uniform queries, the last iterate).
+RECIPES: dict[str, Recipe] = {
+    "default": Recipe(
+        "default",
+        "measured: one-hot, Adam 3e-3 cosine, uniform queries, 10k steps of batch 16384, 512 queries, EMA",
+        {"current": _measured("current", "uniform"), "potential": _measured("potential", "uniform")},
+    ),
+    "paper": Recipe(
+        "paper",
+        "the paper's: current network, scaled coordinates, SGD 0.01, 5000 steps of batch 256, uniform queries",
+        {"current": _paper("current"), "potential": _paper("potential")},
+        model="current",
+    ),
+}
 
 
 def _target_backends() -> tuple[str, ...]:
@@ -79,7 +157,9 @@ class TrainConfig(Settings):
         weight_decay: L2 penalty (SGD, Adam) or decoupled decay (AdamW). *resume*
         ema_decay: decay of the exponential moving average of the weights; None: the last
             iterate (the paper's). *resume*
-        model_kwargs: extra constructor arguments of the model (``hidden``, ``encoding``, ...).
+        model_kwargs: extra constructor arguments of the model (``hidden``, ``encoding``, ...);
+            an ``encoding`` not given is :data:`DEFAULT_ENCODING` (``"onehot"``, not the models'
+            own default, the paper's ``"scaled"``).
             *resume* (compared after defaults are filled in)
         seed: model initialisation and the trainer's generator (data and queries). *resume*
         amp: bf16 autocast of the networks' hidden layers; None: on for CUDA, never on the CPU.
@@ -91,16 +171,16 @@ class TrainConfig(Settings):
     model: str = setting(
         "current", "the learned model: current (the paper's) or potential", check=choice(MODELS)
     )
-    steps: int = setting(5000, "optimiser steps", check=integer(1), resume=False)
-    batch_size: int = setting(256, "data samples per step (Monte-Carlo targets)", check=integer(2))
+    steps: int = setting(10_000, "optimiser steps", check=integer(1), resume=False)
+    batch_size: int = setting(16_384, "data samples per step (Monte-Carlo targets)", check=integer(2))
     num_queries: int | None = setting(
-        None, "queries per step; none: the batch size", check=optional(integer(1))
+        512, "queries per step; none: the batch size", check=optional(integer(1))
     )
     queries: str = setting("uniform", "query distribution", check=choice(QUERIES))
-    optimizer: str = setting("sgd", "the optimiser", check=choice(OPTIMIZERS))
-    lr: float = setting(0.01, "peak learning rate", check=real(0.0, inclusive=False, high=FLOAT32_MAX))
+    optimizer: str = setting("adam", "the optimiser", check=choice(OPTIMIZERS))
+    lr: float = setting(3e-3, "peak learning rate", check=real(0.0, inclusive=False, high=FLOAT32_MAX))
     lr_schedule: str = setting(
-        "constant", "learning-rate schedule after the warm-up", check=choice(LR_SCHEDULES)
+        "cosine", "learning-rate schedule after the warm-up", check=choice(LR_SCHEDULES)
     )
     warmup_steps: int = setting(0, "steps of linear learning-rate warm-up", check=integer(0))
     momentum: float = setting(0.9, "SGD momentum", check=real(0.0, inclusive=True, high=1.0))
@@ -110,8 +190,9 @@ class TrainConfig(Settings):
         check=optional(real(0.0, inclusive=True, high=1.0)),
     )  # fmt: skip
     model_kwargs: dict = setting(
-        help='model constructor arguments as JSON, e.g. \'{"hidden": [64, 64]}\'',
-        check=mapping, default_factory=dict,
+        help='model constructor arguments as JSON, e.g. \'{"hidden": [64, 64]}\'; an encoding not given '
+        "is onehot",
+        check=mapping, default_factory=lambda: {"encoding": DEFAULT_ENCODING},
     )  # fmt: skip
     seed: int = setting(0, "seed of the initialisation, data draws and queries", check=integer(0, SEED_MAX))
     amp: bool | None = setting(
@@ -136,6 +217,40 @@ class TrainConfig(Settings):
         span = max(1, self.steps - self.warmup_steps)
         return 0.5 * (1.0 + math.cos(math.pi * min(step - self.warmup_steps, span) / span))
 
+    @classmethod
+    def recipe(cls, name: str, model: str | None = None, **overrides) -> TrainConfig:
+        """The defaults with recipe ``name`` (:data:`RECIPES`) for ``model`` applied, then ``overrides``.
+
+        Args:
+            name: ``"default"`` or ``"paper"``.
+            model: ``"current"`` or ``"potential"``; None: the recipe's own model (the paper's:
+                ``"current"``), else ``"current"``.
+            **overrides: settings replacing the recipe's.
+
+        Raises:
+            ValueError: unknown ``name`` or ``model``; TypeError, ValueError: bad ``overrides``.
+        """
+        return cls().with_recipe(name, model).replace(**overrides)
+
+    def with_recipe(self, name: str, model: str | None = None) -> TrainConfig:
+        """A copy with every setting of recipe ``name`` (:data:`RECIPE_SETTINGS`) for ``model`` set.
+
+        Args:
+            name: a key of :data:`RECIPES`.
+            model: the model; None: the recipe's own model if it has one (``"paper"``: the current
+                network), else this configuration's. The seed, ``amp``, backend and checkpoint
+                settings are kept.
+
+        Raises:
+            ValueError: unknown ``name`` or ``model``.
+        """
+        if not isinstance(name, str) or name not in RECIPES:
+            raise ValueError(f"recipe must be one of {', '.join(map(repr, RECIPES))}, got {name!r}")
+        recipe = RECIPES[name]
+        if model is None:
+            model = recipe.model or self.model
+        return self.replace(**recipe.for_model(model))
+
     def build_optimizer(self, parameters) -> torch.optim.Optimizer:
         """The configured optimiser over ``parameters`` (``foreach`` implementations)."""
         if self.optimizer == "sgd":
@@ -148,6 +263,8 @@ class TrainConfig(Settings):
     def build_model(self, circuit: Circuit) -> nn.Module:
         """A freshly initialised :attr:`model` for ``circuit``, seeded by :attr:`seed`.
 
+        ``model_kwargs`` without an ``encoding`` gets :data:`DEFAULT_ENCODING`.
+
         The initialisation depends only on the settings; the caller's global RNG is untouched.
 
         Raises:
@@ -155,4 +272,4 @@ class TrainConfig(Settings):
         """
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.seed)
-            return MODELS[self.model](circuit, **self.model_kwargs)
+            return MODELS[self.model](circuit, **{"encoding": DEFAULT_ENCODING, **self.model_kwargs})

@@ -1,0 +1,179 @@
+"""High-dimensional discrete data sets and the sample metrics that judge a generator on them.
+
+Data sets (``(n, D)`` int64 states in ``[0, K)``):
+
+* :class:`BernoulliMixture`: a mixture of ``C`` product-Bernoulli distributions on ``{0, 1}^D``
+  (prototype bits flipped with per-coordinate probabilities in ``[0.05, 0.25]``, Dirichlet(3)
+  weights): exact log-likelihood and component posteriors are known.
+* :func:`load_digits`: scikit-learn's bundled 8 x 8 digits (1797 images, no download), at their 17
+  grey levels (``K = 17``) or binarised at level 8 (``K = 2``), with their labels.
+
+Metrics (:func:`sample_metrics`), each computed for the samples and for a *floor*: a set of exact
+draws (or held-out data) of the same size, which is what a perfect sampler would score:
+
+* ``marginal_tv``: mean over the coordinates of the TV between the per-coordinate marginals of the
+  samples and of the reference data;
+* ``correlation_error``: root mean square, over the coordinate pairs, of the difference between
+  the Pearson correlations of the samples and of the reference data;
+* with a :class:`BernoulliMixture`: ``loglik_gap`` (mean exact log-likelihood of exact draws minus
+  that of the samples, in nats) and ``coverage_tv`` (TV between the histogram of the samples' most
+  likely components and the mixture weights).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+__all__ = ["BernoulliMixture", "load_digits", "sample_metrics"]
+
+
+@dataclass(frozen=True)
+class BernoulliMixture:
+    """``q(x) = sum_c w_c prod_d theta_cd^x_d (1 - theta_cd)^(1 - x_d)`` on ``{0, 1}^D``.
+
+    Attributes:
+        theta: ``(C, D)`` float64 ``P(x_d = 1 | c)``.
+        weights: ``(C,)`` float64 mixture weights.
+    """
+
+    theta: torch.Tensor
+    weights: torch.Tensor
+
+    @classmethod
+    def make(cls, dim: int, num_components: int = 10, seed: int = 0) -> BernoulliMixture:
+        """A random mixture: prototypes of fair bits, each bit flipped with a probability drawn
+        uniformly in ``[0.05, 0.25]``, weights Dirichlet(3, ..., 3); reproducible for ``seed``."""
+        g = torch.Generator().manual_seed(seed)
+        prototypes = torch.randint(0, 2, (num_components, dim), generator=g)
+        flip = 0.05 + 0.2 * torch.rand(num_components, dim, generator=g, dtype=torch.float64)
+        theta = torch.where(prototypes == 1, 1 - flip, flip)
+        gamma = torch.distributions.Gamma(torch.full((num_components,), 3.0, dtype=torch.float64), 1.0)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            weights = gamma.sample()
+        return cls(theta, weights / weights.sum())
+
+    @property
+    def dim(self) -> int:
+        return self.theta.shape[1]
+
+    def sample(self, n: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(n, D)`` int64 states and ``(n,)`` int64 components of ``n`` exact draws."""
+        component = torch.multinomial(self.weights, n, replacement=True, generator=generator)
+        bits = torch.rand(n, self.dim, generator=generator, dtype=torch.float64) < self.theta[component]
+        return bits.long(), component
+
+    def component_log_joint(self, x: torch.Tensor) -> torch.Tensor:
+        """``(n, C)`` float64 ``log w_c + log q(x | c)``."""
+        x = x.to(torch.float64)
+        log_one, log_zero = torch.log(self.theta), torch.log1p(-self.theta)
+        return torch.log(self.weights) + x @ log_one.T + (1 - x) @ log_zero.T
+
+    def log_likelihood(self, x: torch.Tensor) -> torch.Tensor:
+        """``(n,)`` float64 exact ``log q(x)`` (nats)."""
+        return torch.logsumexp(self.component_log_joint(x), dim=1)
+
+    def components(self, x: torch.Tensor) -> torch.Tensor:
+        """``(n,)`` int64 most likely component of each state."""
+        return self.component_log_joint(x).argmax(dim=1)
+
+
+def load_digits(binary: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """scikit-learn's 8 x 8 digits as ``(1797, 64)`` int64 states and ``(1797,)`` int64 labels.
+
+    Args:
+        binary: threshold the 17 grey levels at 8 (``K = 2``); else keep them (``K = 17``).
+
+    Raises:
+        ImportError: scikit-learn is not installed (``pip install scikit-learn``; its data set is
+            bundled, nothing is downloaded).
+    """
+    try:
+        from sklearn.datasets import load_digits as sklearn_digits
+    except ImportError as error:  # pragma: no cover - depends on the environment
+        raise ImportError("the digits data sets need scikit-learn: pip install scikit-learn") from error
+    data = sklearn_digits()
+    images = torch.as_tensor(data.data, dtype=torch.int64)
+    if binary:
+        images = (images >= 8).long()
+    return images, torch.as_tensor(data.target, dtype=torch.int64)
+
+
+def marginal_tv(a: torch.Tensor, b: torch.Tensor, num_categories: int) -> float:
+    """Mean over the coordinates of the TV between the categorical marginals of ``(n, D)`` and ``(m, D)`` states."""
+    pa = torch.nn.functional.one_hot(a, num_categories).to(torch.float64).mean(0)
+    pb = torch.nn.functional.one_hot(b, num_categories).to(torch.float64).mean(0)
+    return float(0.5 * (pa - pb).abs().sum(-1).mean())
+
+
+def correlation_error(a: torch.Tensor, b: torch.Tensor) -> float:
+    """RMS over the coordinate pairs of the difference of Pearson correlations (constant coordinates count as 0)."""
+
+    def correlations(x: torch.Tensor) -> torch.Tensor:
+        x = x.to(torch.float64)
+        centred = x - x.mean(0)
+        std = centred.pow(2).mean(0).sqrt()
+        scaled = centred / torch.where(std > 0, std, 1.0)
+        return (scaled.T @ scaled) / x.shape[0]
+
+    difference = correlations(a) - correlations(b)
+    upper = torch.triu_indices(a.shape[1], a.shape[1], offset=1)
+    return float(difference[upper[0], upper[1]].pow(2).mean().sqrt())
+
+
+def sample_metrics(
+    samples: torch.Tensor,
+    reference: torch.Tensor,
+    floor: torch.Tensor,
+    num_categories: int,
+    mixture: BernoulliMixture | None = None,
+) -> dict[str, dict[str, float]]:
+    """The metrics of the module docstring for ``samples`` and for ``floor``.
+
+    Args:
+        samples: ``(n, D)`` int64 generated states.
+        reference: ``(m, D)`` int64 data the statistics are compared with (exact draws, or held-out data).
+        floor: ``(n, D)`` int64 states of a perfect sampler of the same size (exact draws
+            independent of ``reference``, or other held-out data).
+        num_categories: ``K``.
+        mixture: the exact distribution, when known (adds ``loglik_gap`` and ``coverage_tv``).
+
+    Returns:
+        ``{"samples": {metric: value}, "floor": {metric: value}}``.
+    """
+    out: dict[str, dict[str, float]] = {}
+    for name, states in (("samples", samples), ("floor", floor)):
+        metrics = {
+            "marginal_tv": marginal_tv(states, reference, num_categories),
+            "correlation_error": correlation_error(states, reference),
+        }
+        if mixture is not None:
+            reference_ll = float(mixture.log_likelihood(reference).mean())
+            metrics["loglik"] = float(mixture.log_likelihood(states).mean())
+            metrics["loglik_gap"] = reference_ll - metrics["loglik"]
+            counts = torch.bincount(mixture.components(states), minlength=mixture.weights.shape[0])
+            metrics["coverage_tv"] = float(0.5 * (counts / states.shape[0] - mixture.weights).abs().sum())
+        out[name] = metrics
+    return out
+
+
+def nearest_distances(
+    queries: torch.Tensor, points: torch.Tensor, exclude_self: bool = False
+) -> torch.Tensor:
+    """``(n,)`` int64 Hamming distance from each of ``(n, D)`` ``queries`` to its nearest row of ``points``.
+
+    ``exclude_self``: ``queries`` is ``points`` itself; the zero distance of a row to itself is skipped.
+    """
+    out = torch.empty(queries.shape[0], dtype=torch.int64)
+    step = max(1, 2**22 // max(points.shape[0] * queries.shape[1], 1))
+    for start in range(0, queries.shape[0], step):
+        block = queries[start : start + step]
+        distance = (block[:, None, :] != points[None, :, :]).sum(-1)
+        if exclude_self:
+            rows = torch.arange(block.shape[0])
+            distance[rows, start + rows] = math.inf if distance.is_floating_point() else queries.shape[1] + 1
+        out[start : start + block.shape[0]] = distance.min(1).values
+    return out

@@ -1,0 +1,188 @@
+""":class:`HammingNet`: a learned noise-to-data log-field for Hamming circuits of any dimension.
+
+The network outputs ``f(l, z)`` and the field is ``S_l(z) = log alpha*_{L-l} + f(l, z)``
+(:mod:`.log_field`): the per-layer normaliser, which spans hundreds of nats across layers at large
+``D``, stays outside the network, so ``f`` is of order one and ``f = 0`` (the initial output) is
+the uniform field of the layer mean. It is trained on the Monte-Carlo targets ``t`` of ``rho_l(z)``
+with a scale-free loss whose minimiser is ``log E[t]`` (:class:`~.learning.BregmanLogLoss`).
+
+**Architecture.** The input is a sum of per-coordinate embeddings, ``sum_c E[c, z_c]``, plus a
+layer embedding; a stack of pre-norm residual MLP blocks (LayerNorm, Linear, SiLU, Linear) and a
+linear head follow. The sum makes the neighbours cheap: a state one coordinate away from ``z``
+differs by ``E[c, v] - E[c, z_c]``, so the inputs of a walker and of its ``2 (1 + D (K-1))``
+neighbours in the two adjacent layers cost ``O(width)`` each, and one batched body evaluation per
+move gives every value the walk needs (:meth:`HammingNet.outlet_values`), with the same value for a
+state whichever walker asks: both ends of an edge see one current.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from .._validation import check_int
+from .circuit import HammingCircuit
+from .log_field import LogField
+
+__all__ = ["HammingNet", "HammingNetField"]
+
+#: float32 activations of one body evaluation in :meth:`HammingNet.outlet_values` (rows x width):
+#: 2**24 floats = 64 MiB per block.
+_MAX_ACTIVATIONS = 2**24
+
+
+class ResidualBlock(nn.Module):
+    """``x + W2 silu(W1 LayerNorm(x))``, width ``width``, hidden ``expansion * width``."""
+
+    def __init__(self, width: int, expansion: int = 2) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(width)
+        self.inner = nn.Linear(width, expansion * width)
+        self.outer = nn.Linear(expansion * width, width)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.outer(nn.functional.silu(self.inner(self.norm(x))))
+
+
+class HammingNet(nn.Module):
+    """``f(l, z)``, the learned part of the log-field of a noise-to-data Hamming circuit.
+
+    Args:
+        circuit: the :class:`HammingCircuit`.
+        width: embedding and residual width.
+        depth: residual blocks.
+
+    Raises:
+        TypeError: ``circuit`` is not a HammingCircuit, or a size is not an int.
+        ValueError: a size below 1.
+    """
+
+    def __init__(self, circuit: HammingCircuit, width: int = 256, depth: int = 3) -> None:
+        super().__init__()
+        if not isinstance(circuit, HammingCircuit):
+            raise TypeError(f"circuit must be an ecd2g_fast.HammingCircuit, got {type(circuit).__name__}")
+        self.circuit = circuit
+        K, D, L = circuit.num_categories, circuit.dim, circuit.num_layers
+        self.width, self.depth = check_int("width", width, 1), check_int("depth", depth, 1)
+        # sum of D embeddings: entries of size 1/sqrt(D) give inputs of order one
+        self.state_embedding = nn.Parameter(torch.randn(D * K, width) / math.sqrt(D))
+        self.layer_embedding = nn.Embedding(L + 1, width)
+        self.blocks = nn.ModuleList(ResidualBlock(width) for _ in range(depth))
+        self.norm = nn.LayerNorm(width)
+        self.head = nn.Linear(width, 1)
+        nn.init.zeros_(self.head.weight)
+        nn.init.zeros_(self.head.bias)
+        self.register_buffer("offsets", torch.arange(D) * K, persistent=False)
+
+    @property
+    def config(self) -> dict:
+        """The constructor's arguments besides the circuit (checkpoints record them)."""
+        return {"width": self.width, "depth": self.depth}
+
+    def embed_states(self, z: torch.Tensor) -> torch.Tensor:
+        """``(n, width)`` float32 ``sum_c E[c, z_c]`` of ``(n, D)`` int64 states."""
+        return nn.functional.embedding_bag(z + self.offsets, self.state_embedding, mode="sum")
+
+    def body(self, x: torch.Tensor) -> torch.Tensor:
+        """``(..., width)`` inputs -> ``(...)`` outputs ``f``."""
+        for block in self.blocks:
+            x = block(x)
+        return self.head(self.norm(x)).squeeze(-1)
+
+    def forward(self, layer: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """``(n,)`` float32 ``f(layer, z)`` from ``(n,)`` int64 layers in ``[0, L]`` and ``(n, D)`` int64 states."""
+        return self.body(self.embed_states(z) + self.layer_embedding(layer))
+
+    def slot_changes(self, z: torch.Tensor) -> torch.Tensor:
+        """``(B, N, width)``: the input change from ``z`` to each of its ``N`` neighbour slots."""
+        K, N = self.circuit.num_categories, self.circuit.num_neighbours
+        coordinate, value = self.circuit.slot_changes(z, 0, N)
+        lateral = coordinate.clamp_min(0)
+        new_rows = lateral * K + value
+        old_rows = lateral * K + z[:, lateral]
+        change = self.state_embedding[new_rows] - self.state_embedding[old_rows]
+        return change * (coordinate >= 0)[None, :, None]
+
+    def outlet_values(
+        self, layer: torch.Tensor, z: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``f`` at each walker ``(B,)`` and at its ``N`` neighbours in layers ``l+1`` and ``l-1``
+        ``(B, N)`` each (layers clipped to ``[0, L]``), from one body evaluation per block of walkers.
+
+        Args:
+            layer: ``(B,)`` int64 layers in ``[0, L]``; ``z``: ``(B, D)`` int64 states.
+
+        Returns:
+            Three float32 tensors on ``z``'s device.
+        """
+        L, N = self.circuit.num_layers, self.circuit.num_neighbours
+        B = z.shape[0]
+        here = torch.empty(B, device=z.device)
+        ahead = torch.empty(B, N, device=z.device)
+        behind = torch.empty(B, N, device=z.device)
+        rows = max(1, _MAX_ACTIVATIONS // ((2 * N + 1) * self.width))
+        for b0 in range(0, B, rows):
+            zb, lb = z[b0 : b0 + rows], layer[b0 : b0 + rows]
+            base = self.embed_states(zb)
+            neighbours = base[:, None, :] + self.slot_changes(zb)
+            inputs = torch.cat(
+                [
+                    (base + self.layer_embedding(lb))[:, None, :],
+                    neighbours + self.layer_embedding((lb + 1).clamp_max(L))[:, None, :],
+                    neighbours + self.layer_embedding((lb - 1).clamp_min(0))[:, None, :],
+                ],
+                dim=1,
+            )
+            out = self.body(inputs)
+            n = zb.shape[0]
+            here[b0 : b0 + n], ahead[b0 : b0 + n], behind[b0 : b0 + n] = (
+                out[:, 0],
+                out[:, 1 : N + 1],
+                out[:, N + 1 :],
+            )
+        return here, ahead, behind
+
+    def field(self) -> HammingNetField:
+        """The sampler's view of the network (:class:`HammingNetField`)."""
+        return HammingNetField(self)
+
+
+class HammingNetField(LogField):
+    """:class:`HammingNet` as a :class:`~.log_field.LogField`: ``S_l(z) = log alpha*_{L-l} + f(l, z)``.
+
+    Evaluated in float32 and used in float64; one body evaluation per move covers every walker and
+    its neighbours (:meth:`HammingNet.outlet_values`). A vertex without positive outflow (a local
+    minimum of the learned potential) is bridged by its forward stay edge and counted
+    (:attr:`~.log_field.LogField.bridge_dead_ends`, :attr:`~.log_field.LogField.bridged`). A bridge
+    goes uphill, so a walker can return over the edge it was bridged across and cycle: the field
+    is not :attr:`~ecd2g_fast.fields.Field.acyclic`, and walks are capped at ``100 L + 1000`` moves
+    by default, as for learned current fields. The network is evaluated as it is: put it in
+    ``eval()`` mode and load the weights (an EMA, say) before sampling.
+    """
+
+    bytes_per_pair = 1024
+    bridge_dead_ends = True
+    # a bridge goes against the learned potential, so walks may cycle: capped like current fields
+    acyclic = False
+
+    def __init__(self, net: HammingNet) -> None:
+        device = next(net.parameters()).device
+        super().__init__(net.circuit, device)
+        self.net = net
+
+    def log_field(self, layer: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        return self.tables.log_norm[layer] + self.net(layer, z).to(torch.float64)
+
+    def outlet_log_fields(
+        self, layer: torch.Tensor, z: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        L = self.circuit.num_layers
+        here, ahead, behind = (v.to(torch.float64) for v in self.net.outlet_values(layer, z))
+        norm = self.tables.log_norm
+        return (
+            norm[layer] + here,
+            norm[(layer + 1).clamp_max(L)][:, None] + ahead,
+            norm[(layer - 1).clamp_min(0)][:, None] + behind,
+        )

@@ -1,0 +1,168 @@
+"""The learned noise-to-data field of Hamming circuits: network, targets, loss, queries, training."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+import ecd2g_fast as E
+from ecd2g_fast.hamming import HammingCircuit
+from ecd2g_fast.hamming.learning import BregmanLogLoss, WalkQueries, log_targets, point_occupancy
+from ecd2g_fast.hamming.log_field import DataLogField
+from ecd2g_fast.hamming.model import HammingNet
+
+from .testing import total_variation
+
+
+def random_net(circuit: HammingCircuit, seed: int = 0) -> HammingNet:
+    torch.manual_seed(seed)
+    net = HammingNet(circuit, width=32, depth=2)
+    with torch.no_grad():  # a non-trivial output (the head starts at zero)
+        net.head.weight.normal_(0, 0.5)
+    return net.eval()
+
+
+@pytest.mark.parametrize("K,D,L", [(2, 5, 3), (3, 4, 2)])
+def test_outlet_values_are_the_networks_values_at_the_neighbours(K, D, L):
+    c = HammingCircuit(K, D, L)
+    net = random_net(c)
+    g = torch.Generator().manual_seed(0)
+    z = torch.randint(0, K, (17, D), generator=g)
+    layer = torch.randint(0, L + 1, (17,), generator=g)
+    with torch.no_grad():
+        here, ahead, behind = net.outlet_values(layer, z)
+        N = c.num_neighbours
+        heads = c.neighbour_vectors(z, 0, N).reshape(-1, D)
+        up = (layer + 1).clamp_max(L).repeat_interleave(N)
+        down = (layer - 1).clamp_min(0).repeat_interleave(N)
+        torch.testing.assert_close(here, net(layer, z), rtol=0, atol=1e-5)
+        torch.testing.assert_close(ahead.reshape(-1), net(up, heads), rtol=0, atol=1e-5)
+        torch.testing.assert_close(behind.reshape(-1), net(down, heads), rtol=0, atol=1e-5)
+
+
+def test_network_field_one_call_moves_match_the_flat_contract():
+    """outlet_currents (one body evaluation per move) gives the flat methods' currents."""
+    c = HammingCircuit(2, 4, 3)
+    field = random_net(c).field()
+    field.bridge_dead_ends = False  # the flat methods give the field as it is
+    states = torch.arange(c.num_states)
+    N, L = c.num_neighbours, c.num_layers
+    with torch.no_grad():
+        for l in range(L + 1):
+            layer = torch.full_like(states, l)
+            out = field.outlet_currents(layer, c.unflatten(states), "bidirectional")
+            if l < L:
+                torch.testing.assert_close(
+                    out[:, :N], field.currents_to_next(layer, states, 0, N), rtol=1e-5, atol=1e-6
+                )
+            if l > 0:
+                torch.testing.assert_close(
+                    out[:, N : 2 * N], -field.currents_from_prev(layer, states, 0, N), rtol=1e-5, atol=1e-6
+                )
+            if l == L:
+                torch.testing.assert_close(
+                    out[:, 2 * N].clamp_min(0), field.sink_currents(states), rtol=1e-5, atol=1e-6
+                )
+
+
+def test_log_targets_of_the_whole_support_are_the_exact_log_field():
+    c = HammingCircuit(3, 3, 4)
+    states = c.unflatten(torch.arange(c.num_states))
+    y = states[torch.tensor([0, 5, 5, 11, 26])]
+    exact = DataLogField(c, y)
+    layer = torch.arange(c.num_states) % (c.num_layers + 1)
+    got = log_targets(exact.tables, layer, states, y, 3)
+    torch.testing.assert_close(got, exact.log_field(layer, states), rtol=0, atol=1e-12)
+
+
+def test_loss_gradient_is_one_minus_t_over_rho_and_vanishes_at_log_mean_t():
+    c = HammingCircuit(2, 4, 2)
+    loss = BregmanLogLoss(c)
+    layer = torch.tensor([1, 1, 1])
+    z = torch.zeros(3, 4, dtype=torch.int64)
+    targets = torch.stack([loss.targets(layer[:1], z[:1], y[None]) for y in torch.eye(4, dtype=torch.int64)])
+    mean = torch.logsumexp(targets.double(), 0) - torch.log(torch.tensor(4.0, dtype=torch.float64))
+
+    class Constant(torch.nn.Module):
+        def __init__(self, value):
+            super().__init__()
+            self.value = torch.nn.Parameter(torch.tensor(float(value)))
+
+        def forward(self, layer, z):
+            return self.value.expand(layer.shape[0])
+
+    # at f = log mean t the gradients of the four batches cancel; elsewhere they do not
+    for value, vanishes in ((float(mean), True), (float(mean) + 0.3, False)):
+        f = Constant(value)
+        total = sum(loss(f, layer[:1], z[:1], y[None]) for y in torch.eye(4, dtype=torch.int64))
+        total.backward()
+        assert (abs(float(f.value.grad)) < 1e-5) == vanishes
+
+
+def test_point_occupancy_is_the_lumped_exact_walk():
+    """Its total visits are 1 + the expected moves of the exact walk to a single point."""
+    c = HammingCircuit(3, 4, 3)
+    p = torch.full((c.num_states,), 1.0 / c.num_states, dtype=torch.float64)
+    law = E.exact_output_distribution(DataLogField(c, torch.zeros(1, 4, dtype=torch.int64)), p)
+    assert float(point_occupancy(c).sum()) - 1 == pytest.approx(law.expected_moves, rel=1e-9)
+
+
+def test_walk_queries_change_the_drawn_number_of_coordinates():
+    c = HammingCircuit(5, 12, 6)
+    queries = WalkQueries(c)
+    data = torch.randint(0, 5, (1, 12))
+    layer, z = queries(data.expand(4000, 12), 4000, torch.Generator().manual_seed(0))
+    distance = (z != data).sum(1)
+    assert int(layer.min()) >= 0 and int(layer.max()) <= c.num_layers
+    # mean distance per layer decreases towards layer L (the walk approaches the data)
+    means = [float(distance[layer == l].double().mean()) for l in (0, c.num_layers)]
+    assert means[0] > means[1]
+
+
+def test_short_training_beats_the_untrained_field():
+    """300 steps on a 2-component mixture at D = 6 bring the exact output law closer to q."""
+    torch.manual_seed(0)
+    c = HammingCircuit(2, 6, 6)
+    states = c.unflatten(torch.arange(c.num_states))
+    q = torch.exp(-2.0 * torch.minimum(states.sum(1), 6 - states.sum(1)).double())
+    q /= q.sum()
+    p = torch.full((c.num_states,), 1.0 / c.num_states, dtype=torch.float64)
+    net = HammingNet(c, width=64, depth=2)
+    untrained = total_variation(E.exact_output_distribution(net.field(), p).pmf, q)
+    loss_fn, queries = BregmanLogLoss(c), WalkQueries(c)
+    optimizer = torch.optim.Adam(net.parameters(), lr=3e-3)
+    g = torch.Generator().manual_seed(1)
+    for _ in range(300):
+        y = states[torch.multinomial(q, 256, replacement=True, generator=g)]
+        layer, z = queries(states[torch.multinomial(q, 256, replacement=True, generator=g)], 256, g)
+        loss = loss_fn(net, layer, z, y)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    with torch.no_grad():
+        trained = total_variation(E.exact_output_distribution(copy.deepcopy(net).eval().field(), p).pmf, q)
+    assert trained < 0.5 * untrained, (trained, untrained)
+
+
+def test_dead_ends_of_a_learned_field_are_bridged_and_counted():
+    """A vertex without positive outflow below layer L gets a unit forward stay edge, and is counted."""
+    c = HammingCircuit(2, 4, 3)
+    field = random_net(c).field()
+    states = c.unflatten(torch.arange(c.num_states))
+    N = c.num_neighbours
+    with torch.no_grad():
+        for l in range(c.num_layers):
+            layer = torch.full((c.num_states,), l)
+            field.bridge_dead_ends = False
+            raw = field.outlet_currents(layer, states, "bidirectional")
+            stuck = raw.clamp_min(0).sum(1) <= 0
+            field.bridge_dead_ends = True
+            before = int(field.bridged)
+            bridged = field.outlet_currents(layer, states, "bidirectional")
+            assert int(field.bridged) - before == int(stuck.sum())
+            assert bool((bridged[stuck, 0] == 1.0).all())
+            torch.testing.assert_close(bridged[~stuck], raw[~stuck])
+            assert bool((bridged[:, : 2 * N + 1].clamp_min(0).sum(1) > 0).all())
+    assert int(field.bridged) > 0  # the random network has dead ends to bridge
