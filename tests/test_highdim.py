@@ -1,0 +1,77 @@
+"""High-dimensional data sets and sample metrics (ecd2g_fast/experiments/highdim.py)."""
+
+from __future__ import annotations
+
+import importlib.util
+import itertools
+
+import pytest
+import torch
+
+from ecd2g_fast.experiments.highdim import (
+    BernoulliMixture,
+    correlation_error,
+    load_digits,
+    marginal_tv,
+    nearest_distances,
+    sample_metrics,
+)
+
+
+def test_mixture_log_likelihood_is_the_brute_force_sum():
+    mix = BernoulliMixture.make(5, num_components=3, seed=2)
+    states = torch.tensor(list(itertools.product([0, 1], repeat=5)))
+    brute = torch.zeros(32, dtype=torch.float64)
+    for c in range(3):
+        theta = mix.theta[c]
+        brute += mix.weights[c] * torch.prod(torch.where(states == 1, theta, 1 - theta), dim=1)
+    torch.testing.assert_close(mix.log_likelihood(states), torch.log(brute), rtol=1e-12, atol=0)
+    assert float(brute.sum()) == pytest.approx(1.0, abs=1e-12)
+
+
+def test_mixture_is_reproducible_and_samples_follow_the_weights():
+    a, b = BernoulliMixture.make(16, 4, seed=7), BernoulliMixture.make(16, 4, seed=7)
+    assert torch.equal(a.theta, b.theta) and torch.equal(a.weights, b.weights)
+    _, component = a.sample(40_000, torch.Generator().manual_seed(0))
+    frequencies = torch.bincount(component, minlength=4).to(torch.float64) / 40_000
+    assert torch.allclose(frequencies, a.weights, atol=0.01)
+
+
+def test_metrics_floor_is_small_and_a_wrong_sampler_is_caught():
+    mix = BernoulliMixture.make(32, 5, seed=1)
+    g = torch.Generator().manual_seed(3)
+    reference, _ = mix.sample(20_000, g)
+    floor, _ = mix.sample(2000, g)
+    good, _ = mix.sample(2000, g)
+    uniform = torch.randint(0, 2, (2000, 32), generator=g)
+    good_metrics = sample_metrics(good, reference, floor, 2, mix)
+    bad_metrics = sample_metrics(uniform, reference, floor, 2, mix)
+    for name in ("marginal_tv", "correlation_error", "loglik_gap", "coverage_tv"):
+        assert bad_metrics["samples"][name] > 3 * max(
+            good_metrics["samples"][name], good_metrics["floor"][name], 0.01
+        )
+    assert abs(good_metrics["samples"]["loglik_gap"]) < 0.5
+
+
+def test_marginal_and_correlation_statistics():
+    a = torch.tensor([[0, 1], [1, 0], [0, 1], [1, 0]])
+    assert marginal_tv(a, a, 2) == 0.0
+    assert marginal_tv(a, torch.zeros_like(a), 2) == pytest.approx(0.5)
+    assert correlation_error(a, a) == 0.0
+    independent = torch.tensor([[0, 0], [0, 1], [1, 0], [1, 1]])
+    assert correlation_error(a, independent) == pytest.approx(1.0)  # correlation -1 against 0
+
+
+def test_nearest_distances():
+    points = torch.tensor([[0, 0, 0], [1, 1, 1], [1, 0, 0]])
+    queries = torch.tensor([[0, 0, 1], [1, 1, 1]])
+    assert nearest_distances(queries, points).tolist() == [1, 0]
+    assert nearest_distances(points, points, exclude_self=True).tolist() == [1, 2, 1]
+
+
+@pytest.mark.skipif(importlib.util.find_spec("sklearn") is None, reason="scikit-learn is not installed")
+def test_digits_are_bundled_and_binarised():
+    images, labels = load_digits(binary=False)
+    assert images.shape == (1797, 64) and int(images.max()) == 16 and labels.shape == (1797,)
+    binary, _ = load_digits(binary=True)
+    assert set(binary.unique().tolist()) == {0, 1}
