@@ -12,6 +12,7 @@
                             ``results/<device-slug>.{json,md,log}``
 ``dfm_comparison.py``       ECD2G next to discrete flow matching (quality and time, one run)
 ``sweep.py``                the training-defaults sweep (its results: ``results/sweep/``)
+``highdim_learning.py``     a first measurement of learning noise -> data on a Hamming circuit, D = 64
 ``gpu_session.sh``          the GPU report cut into parts of under 10 minutes each
 ==========================  ====================================================================
 

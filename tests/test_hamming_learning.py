@@ -96,7 +96,7 @@ def test_loss_gradient_is_one_minus_t_over_rho_and_vanishes_at_log_mean_t():
     # at f = log mean t the gradients of the four batches cancel; elsewhere they do not
     for value, vanishes in ((float(mean), True), (float(mean) + 0.3, False)):
         f = Constant(value)
-        total = sum(loss(f, layer[:1], z[:1], y[None]) for y in torch.eye(4, dtype=torch.int64))
+        total = sum(loss(f, (layer[:1], z[:1]), None, y[None]) for y in torch.eye(4, dtype=torch.int64))
         total.backward()
         assert (abs(float(f.value.grad)) < 1e-5) == vanishes
 
@@ -137,7 +137,7 @@ def test_short_training_beats_the_untrained_field():
     for _ in range(300):
         y = states[torch.multinomial(q, 256, replacement=True, generator=g)]
         layer, z = queries(states[torch.multinomial(q, 256, replacement=True, generator=g)], 256, g)
-        loss = loss_fn(net, layer, z, y)
+        loss = loss_fn(net, (layer, z), None, y) / 256
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -166,3 +166,33 @@ def test_dead_ends_of_a_learned_field_are_bridged_and_counted():
             torch.testing.assert_close(bridged[~stuck], raw[~stuck])
             assert bool((bridged[:, : 2 * N + 1].clamp_min(0).sum(1) > 0).all())
     assert int(field.bridged) > 0  # the random network has dead ends to bridge
+
+
+def test_train_picks_the_hamming_model_checkpoints_and_resumes_exactly(tmp_path):
+    c = HammingCircuit(2, 5, 4)
+    g = torch.Generator().manual_seed(0)
+    y = torch.randint(0, 2, (500, 5), generator=g) * torch.tensor([1, 1, 0, 0, 1])
+    x = torch.randint(0, 2, (500, 5), generator=g)
+    settings = dict(steps=40, batch_size=64, num_queries=64, progress=False, checkpoint_every=20)
+    straight = E.train(c, x, y, **settings)
+    assert straight.config.model == "hamming" and straight.config.queries == "walk"
+    assert isinstance(straight.model, HammingNet)
+    ck = tmp_path / "ck.pt"
+    # an interrupted run: 20 of its 40 steps, then a checkpoint
+    interrupted = E.Trainer(c, x, y, straight.config, device="cpu", checkpoint_path=ck, progress=False)
+    for _ in range(20):
+        interrupted.step()
+    interrupted.save()
+    resumed = E.train(c, x, y, **settings, checkpoint_path=ck, resume=True)
+    assert torch.equal(resumed.losses, straight.losses)
+    for name, tensor in straight.model.state_dict().items():
+        assert torch.equal(resumed.model.state_dict()[name], tensor), name
+    reloaded = E.training.load_field(ck)
+    states = c.unflatten(torch.arange(c.num_states))
+    layer = torch.zeros(c.num_states, dtype=torch.int64)
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded.log_field(layer, states), resumed.field.log_field(layer, states))
+    with pytest.raises(ValueError, match="model 'current' does not fit a HammingCircuit"):
+        E.train(c, x, y, model="current", steps=1, progress=False)
+    with pytest.raises(ValueError, match="model 'hamming' does not fit a Circuit"):
+        E.train(E.Circuit(2, 2, 2), x[:, :2], y[:, :2], model="hamming", steps=1, progress=False)

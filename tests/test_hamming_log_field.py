@@ -112,3 +112,14 @@ def test_log_field_rejects_a_complete_circuit_and_bad_weights():
         DataLogField(c, torch.zeros(2, 3, dtype=torch.int64), torch.tensor([1.0, -1.0], dtype=torch.float64))
     with pytest.raises(ValueError, match="states must hold"):
         DataLogField(c, torch.full((2, 3), 5))
+
+
+def test_unfinished_walkers_can_be_kept_and_are_marked():
+    c, p, q, exact, log_field = noise_to_data(2, 5, 6, seed=2)
+    x0 = c.unflatten(torch.zeros(50, dtype=torch.int64))
+    with pytest.raises(RuntimeError, match="did not terminate within max_moves=3"):
+        E.sample(log_field, x0, max_moves=3)
+    out, moves = E.sample(log_field, x0, max_moves=3, unfinished="keep", return_moves=True, generator=0)
+    assert bool((moves == -1).all()) and out.shape == x0.shape  # L = 6 needs at least 6 moves
+    with pytest.raises(ValueError, match="unfinished must be one of"):
+        E.sample(log_field, x0, unfinished="drop")

@@ -43,7 +43,11 @@ def log_targets(
 
 
 class BregmanLogLoss:
-    """Mean over the queries of ``e^u - u - 1``, ``u = log t - S`` (module docstring).
+    """Sum over the queries of ``e^u - u - 1``, ``u = log t - S`` (module docstring).
+
+    The call has the trainer's loss signature (:class:`~ecd2g_fast.training.Trainer`); the source
+    batch is not used: the Hamming model learns from uniform noise, whose term of the potentials
+    vanishes.
 
     Args:
         circuit: the Hamming circuit.
@@ -60,11 +64,17 @@ class BregmanLogLoss:
         return (logt - self.tables.log_norm[layer]).to(torch.float32)
 
     def __call__(
-        self, net: torch.nn.Module, layer: torch.Tensor, z: torch.Tensor, y: torch.Tensor
+        self,
+        net: torch.nn.Module,
+        queries: tuple[torch.Tensor, torch.Tensor],
+        x: torch.Tensor | None,
+        y: torch.Tensor,
     ) -> torch.Tensor:
-        """0-d float32 loss of ``net(layer, z)`` (the ``f`` of :class:`~.model.HammingNet`) on the batch ``y``."""
+        """0-d float32 sum over the queries ``(layer (Q,), z (Q, D))`` of the loss of ``net``'s
+        output ``f`` (:class:`~.model.HammingNet`) on the ``(B, D)`` data batch ``y``."""
+        layer, z = queries
         u = self.targets(layer, z, y) - net(layer, z)
-        return (torch.exp(u) - u - 1).mean()
+        return (torch.exp(u) - u - 1).sum()
 
 
 def point_occupancy(
@@ -168,17 +178,15 @@ class WalkQueries:
     def __call__(
         self, data: torch.Tensor, num_queries: int, generator: torch.Generator
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(layer (Q,), z (Q, D))`` int64 queries around the ``(B, D)`` samples ``data`` (on its device)."""
+        """``(layer (Q,), z (Q, D))`` int64 queries around the ``(B, D)`` samples ``data``, on its
+        device (``generator`` must be on that device)."""
         K, D = self.circuit.num_categories, self.circuit.dim
+        device = data.device
+        if self.probabilities.device != device:
+            self.probabilities = self.probabilities.to(device)
         cell = torch.multinomial(self.probabilities, num_queries, replacement=True, generator=generator)
         layer, distance = cell // (D + 1), cell % (D + 1)
-        pick = torch.randint(0, data.shape[0], (num_queries,), generator=generator)
-        rank = torch.rand(num_queries, D, generator=generator).argsort(dim=1).argsort(dim=1)
-        change = rank < distance[:, None]
-        shift = torch.randint(1, K, (num_queries, D), generator=generator)
-        z = torch.where(
-            change.to(data.device),
-            (data[pick.to(data.device)] + shift.to(data.device)) % K,
-            data[pick.to(data.device)],
-        )
-        return layer.to(data.device), z
+        anchor = data[torch.randint(0, data.shape[0], (num_queries,), generator=generator, device=device)]
+        rank = torch.rand(num_queries, D, generator=generator, device=device).argsort(dim=1).argsort(dim=1)
+        shift = torch.randint(1, K, (num_queries, D), generator=generator, device=device)
+        return layer, torch.where(rank < distance[:, None], (anchor + shift) % K, anchor)

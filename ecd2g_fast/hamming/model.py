@@ -76,7 +76,6 @@ class HammingNet(nn.Module):
         nn.init.zeros_(self.head.bias)
         self.register_buffer("offsets", torch.arange(D) * K, persistent=False)
 
-    @property
     def config(self) -> dict:
         """The constructor's arguments besides the circuit (checkpoints record them)."""
         return {"width": self.width, "depth": self.depth}

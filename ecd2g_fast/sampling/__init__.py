@@ -76,6 +76,7 @@ def sample(
     chunk_size: int | None = None,
     max_moves: int | None = None,
     return_moves: bool = False,
+    unfinished: str = "raise",
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Carry start states through the circuit with the movement rule.
 
@@ -119,6 +120,9 @@ def sample(
             so it never triggers), ``100 L + 1000`` otherwise (learned current fields may have
             cycles).
         return_moves: also return the number of edge moves of each walker.
+        unfinished: what happens to walkers still moving after ``max_moves``: ``"raise"``
+            (default: ``RuntimeError``) or ``"keep"`` (they are returned where they are, with move
+            count -1: for measuring a learned field whose walk may cycle).
 
     Returns:
         ``(B, D)`` int64 terminal states (and ``(B,)`` int64 move counts if ``return_moves``).
@@ -129,7 +133,7 @@ def sample(
         FieldError: the field breaks its contract: no circuit, an output of the wrong shape,
             dtype or device (naming the method and the expected shape), nan/inf currents or no
             positive outflow at a visited vertex (naming the vertex).
-        RuntimeError: a walker exceeded ``max_moves``.
+        RuntimeError: a walker exceeded ``max_moves`` (with ``unfinished="raise"``).
     """
     circuit = check_field(field)
     vectors = bool(getattr(field, "state_vectors", False))
@@ -147,8 +151,11 @@ def sample(
         L, M = circuit.num_layers, circuit.num_states
         max_moves = min((L + 1) * M, 2**62) if field.acyclic else 100 * L + 1000
     check_int("max_moves", max_moves, 1)
+    check_choice("unfinished", unfinished, ("raise", "keep"))
     draw = backends.select("sample", backend, x0.device, subject=field).impl(field, mode)
     start = x0.clone() if vectors else circuit.flatten(x0)
-    terminal, moves = walk(field, start, mode, draw, generator, chunk_size, max_moves)
+    terminal, moves = walk(
+        field, start, mode, draw, generator, chunk_size, max_moves, keep_unfinished=unfinished == "keep"
+    )
     states = terminal if vectors else circuit.unflatten(terminal)
     return (states, moves) if return_moves else states

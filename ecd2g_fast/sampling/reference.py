@@ -188,6 +188,7 @@ def walk(
     generator: torch.Generator | None,
     chunk_size: int,
     max_moves: int,
+    keep_unfinished: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Run walkers from ``(0, start)`` to termination: the one walk loop of every backend.
 
@@ -200,6 +201,7 @@ def walk(
         generator: torch generator on ``field.device``, or None for the default one.
         chunk_size: neighbour states per field call (draws that evaluate the field).
         max_moves: raise ``RuntimeError`` if a walker has not terminated after this many moves.
+        keep_unfinished: instead of raising, return such walkers where they are, with move count -1.
 
     Returns:
         ``(B,)`` int64 terminal flat states (``(B, D)`` state vectors) and ``(B,)`` int64 numbers
@@ -219,6 +221,9 @@ def walk(
         if active.numel() == 0:
             return z, moves
         if step == max_moves:  # every active walker has made `step` moves
+            if keep_unfinished:
+                moves[active] = -1
+                return z, moves
             break
         la, za = layer[active], z[active]
         outlet = draw(la, za, generator, chunk_size)

@@ -18,6 +18,7 @@ import os
 import torch
 
 from ..circuit import Circuit
+from ..hamming import HammingCircuit
 from .checkpoint import load_checkpoint, load_field, load_model
 from .config import MODELS, QUERIES, TrainConfig
 from .data import Source
@@ -41,7 +42,7 @@ __all__ = [
 
 
 def train(
-    circuit: Circuit,
+    circuit: Circuit | HammingCircuit,
     source: Source,
     target: Source,
     config: TrainConfig | None = None,
@@ -61,7 +62,9 @@ def train(
         circuit: the circuit.
         source, target: ``(N, D)`` int64 samples of ``p`` and ``q`` (drawn with replacement each
             step), or callables ``n -> (n, D)`` int64.
-        config: the settings (:class:`TrainConfig`); None: the defaults.
+        config: the settings (:class:`TrainConfig`); None: the defaults (on a
+            :class:`~ecd2g_fast.hamming.HammingCircuit` without a ``model`` override: the
+            default recipe of the ``"hamming"`` model, which learns from uniform noise to data).
         device: training device; None: CUDA when available, else the CPU.
         checkpoint_path: where to write checkpoints (atomically); None for none.
         resume: continue from ``checkpoint_path`` if it exists (bit-identical to an
@@ -78,7 +81,10 @@ def train(
             without ``checkpoint_path``; a checkpoint of a different run.
         NonFiniteLossError: the loss became nan/inf (:meth:`Trainer.run`).
     """
-    config = TrainConfig() if config is None else config
+    if config is None:
+        # a Hamming circuit learns the noise-to-data log-field by default
+        hamming = isinstance(circuit, HammingCircuit) and "model" not in overrides
+        config = TrainConfig.recipe("default", model="hamming") if hamming else TrainConfig()
     if not isinstance(config, TrainConfig):
         raise TypeError(f"config must be a TrainConfig or None, got {type(config).__name__}")
     if overrides:

@@ -4,7 +4,8 @@ A checkpoint is a ``torch.save`` dict, read back with ``weights_only=True``:
 
 =================  ==========================================================================
 ``format``         :data:`FORMAT`
-``circuit``        the circuit's constructor arguments (``CircuitConfig``)
+``circuit``        the circuit's constructor arguments (``CircuitConfig``; ``HammingConfig`` for
+                   the ``"hamming"`` model)
 ``config``         the :class:`~ecd2g_fast.training.TrainConfig`, as JSON
 ``model_config``   the network's constructor arguments with defaults filled in
 ``world_size``     processes that trained it; ``amp``: whether bf16 autocast was on
@@ -39,6 +40,7 @@ from .._atomic import atomic_write
 from ..circuit import Circuit
 from ..distributed import resolve_device
 from ..fields import Field
+from ..hamming import HammingCircuit
 from .config import MODELS, TrainConfig
 
 if TYPE_CHECKING:
@@ -205,8 +207,9 @@ def load_model(path: str | os.PathLike, device: str | torch.device | None = None
     weights = ckpt["ema_model"] if ckpt.get("ema_model") is not None else ckpt["model"]
     _check_sizes(ckpt, weights, path)
     try:
-        circuit = Circuit(**ckpt["circuit"])
-        cls = MODELS[ckpt["config"]["model"]]
+        model = ckpt["config"]["model"]
+        circuit = (HammingCircuit if model == "hamming" else Circuit)(**ckpt["circuit"])
+        cls = MODELS[model]
     except (KeyError, TypeError, ValueError) as err:
         raise ValueError(f"{os.fspath(path)!r} holds an invalid model configuration: {err}") from err
     net = cls(circuit, **ckpt["model_config"])

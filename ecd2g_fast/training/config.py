@@ -37,15 +37,30 @@ from torch import nn
 
 from .. import backends
 from ..circuit import Circuit
+from ..hamming import HammingCircuit, HammingNet
 from ..models import CurrentNet, PotentialNet
 from ..settings import Settings, choice, flag, integer, mapping, optional, real, setting
 
-__all__ = ["DEFAULT_ENCODING", "MODELS", "QUERIES", "RECIPES", "RECIPE_SETTINGS", "Recipe", "TrainConfig"]
+__all__ = [
+    "CIRCUIT_MODELS",
+    "DEFAULT_ENCODING",
+    "MODELS",
+    "QUERIES",
+    "RECIPES",
+    "RECIPE_SETTINGS",
+    "Recipe",
+    "TrainConfig",
+]
 
 #: The learned models by name: the paper's current network and the potential network.
-MODELS: dict[str, type[nn.Module]] = {"current": CurrentNet, "potential": PotentialNet}
+MODELS: dict[str, type[nn.Module]] = {"current": CurrentNet, "potential": PotentialNet, "hamming": HammingNet}
+#: The models of each circuit family: the complete circuit's two, the Hamming circuit's log-field.
+CIRCUIT_MODELS: dict[type, tuple[str, ...]] = {
+    Circuit: ("current", "potential"),
+    HammingCircuit: ("hamming",),
+}
 #: Query distributions (:class:`~ecd2g_fast.training.data.QuerySampler`).
-QUERIES = ("uniform", "data")
+QUERIES = ("uniform", "data", "walk")
 #: Optimisers by name (``foreach`` implementations: one code path on the CPU and CUDA).
 OPTIMIZERS = ("sgd", "adam", "adamw")
 #: Learning-rate schedules (:meth:`TrainConfig.lr_factor`).
@@ -110,11 +125,23 @@ def _paper(model: str) -> dict:
 #: numbers are in ``benchmarks/results/sweep/SUMMARY.md``). ``"paper"``: the paper's Algorithm 1
 #: and budget with its current network (scaled coordinates, SGD 0.01, 5000 steps of batch 256,
 #: uniform queries, the last iterate).
+#: The Hamming log-field's recipe (docs/hamming.md §8): Adam 2e-3 cosine, 1024 data samples and
+#: 1024 walk-occupancy queries per step, EMA. Not swept yet: the first working setting, at
+#: D = 12 (exact output law TV 0.063 after 3000 steps on a 6-component mixture).
+_HAMMING = dict(
+    model="hamming", steps=10_000, batch_size=1024, num_queries=1024, queries="walk", optimizer="adam", lr=2e-3,
+    lr_schedule="cosine", warmup_steps=0, momentum=0.9, weight_decay=0.0, ema_decay=0.999, model_kwargs={},
+)  # fmt: skip
+
 RECIPES: dict[str, Recipe] = {
     "default": Recipe(
         "default",
         "measured: one-hot, Adam 3e-3 cosine, uniform queries, 10k steps of batch 16384, 512 queries, EMA",
-        {"current": _measured("current", "uniform"), "potential": _measured("potential", "uniform")},
+        {
+            "current": _measured("current", "uniform"),
+            "potential": _measured("potential", "uniform"),
+            "hamming": _HAMMING,
+        },
     ),
     "paper": Recipe(
         "paper",
@@ -123,6 +150,19 @@ RECIPES: dict[str, Recipe] = {
         model="current",
     ),
 }
+
+
+def check_model_for_circuit(model: str, circuit: object) -> None:
+    """Raise ``ValueError`` naming ``model`` when it does not belong to the circuit's family
+    (:data:`CIRCUIT_MODELS`); ``TypeError`` for an object that is no circuit."""
+    for family, models in CIRCUIT_MODELS.items():
+        if isinstance(circuit, family):
+            if model not in models:
+                raise ValueError(
+                    f"model {model!r} does not fit a {family.__name__}; use one of {', '.join(map(repr, models))}"
+                )
+            return
+    raise TypeError(f"circuit must be an ecd2g_fast.Circuit or HammingCircuit, got {type(circuit).__name__}")
 
 
 def _target_backends() -> tuple[str, ...]:
@@ -140,12 +180,16 @@ class TrainConfig(Settings):
     checkpoint and the run that resumes it.
 
     Attributes:
-        model: ``"current"`` (the paper's network) or ``"potential"`` (:data:`MODELS`). *resume*
+        model: ``"current"`` (the paper's network) or ``"potential"`` on a :class:`Circuit`;
+            ``"hamming"`` (:class:`~ecd2g_fast.hamming.HammingNet`, noise to data: the source must
+            be uniform noise) on a :class:`~ecd2g_fast.hamming.HammingCircuit` (:data:`MODELS`,
+            :data:`CIRCUIT_MODELS`). *resume*
         steps: optimiser steps in total (a resumed run continues up to this many).
         batch_size: source and target samples per step, from which the Monte-Carlo targets are
             counted (>= 2). *resume*
         num_queries: queries per step; None: ``batch_size``. *resume*
-        queries: ``"uniform"`` (the paper's) or ``"data"`` (docs/theory.md §5). *resume*
+        queries: ``"uniform"`` (the paper's), ``"data"`` (docs/theory.md §5) or ``"walk"``
+            (Hamming model only: where the exact walk to a data point goes, docs/hamming.md §8). *resume*
         optimizer: ``"sgd"`` (the paper's; with ``momentum``), ``"adam"`` or ``"adamw"`` (torch's
             default betas). *resume*
         lr: the peak learning rate. *resume*
@@ -157,9 +201,10 @@ class TrainConfig(Settings):
         weight_decay: L2 penalty (SGD, Adam) or decoupled decay (AdamW). *resume*
         ema_decay: decay of the exponential moving average of the weights; None: the last
             iterate (the paper's). *resume*
-        model_kwargs: extra constructor arguments of the model (``hidden``, ``encoding``, ...);
-            an ``encoding`` not given is :data:`DEFAULT_ENCODING` (``"onehot"``, not the models'
-            own default, the paper's ``"scaled"``).
+        model_kwargs: extra constructor arguments of the model (``hidden``, ``encoding``, ...;
+            ``width``, ``depth`` for ``"hamming"``); for the complete circuit's models an
+            ``encoding`` not given is :data:`DEFAULT_ENCODING` (``"onehot"``, not the models' own
+            default, the paper's ``"scaled"``).
             *resume* (compared after defaults are filled in)
         seed: model initialisation and the trainer's generator (data and queries). *resume*
         amp: bf16 autocast of the networks' hidden layers; None: on for CUDA, never on the CPU.
@@ -169,7 +214,9 @@ class TrainConfig(Settings):
     """
 
     model: str = setting(
-        "current", "the learned model: current (the paper's) or potential", check=choice(MODELS)
+        "current",
+        "the learned model: current (the paper's) or potential on a Circuit, hamming on a HammingCircuit",
+        check=choice(MODELS),
     )
     steps: int = setting(10_000, "optimiser steps", check=integer(1), resume=False)
     batch_size: int = setting(16_384, "data samples per step (Monte-Carlo targets)", check=integer(2))
@@ -260,16 +307,24 @@ class TrainConfig(Settings):
         cls = torch.optim.Adam if self.optimizer == "adam" else torch.optim.AdamW
         return cls(parameters, lr=self.lr, weight_decay=self.weight_decay, foreach=True)
 
-    def build_model(self, circuit: Circuit) -> nn.Module:
+    def build_model(self, circuit: Circuit | HammingCircuit) -> nn.Module:
         """A freshly initialised :attr:`model` for ``circuit``, seeded by :attr:`seed`.
 
-        ``model_kwargs`` without an ``encoding`` gets :data:`DEFAULT_ENCODING`.
+        For the complete circuit's models, ``model_kwargs`` without an ``encoding`` gets
+        :data:`DEFAULT_ENCODING`.
 
         The initialisation depends only on the settings; the caller's global RNG is untouched.
 
         Raises:
-            TypeError, ValueError: bad :attr:`model_kwargs` (the model's own checks).
+            TypeError, ValueError: bad :attr:`model_kwargs` (the model's own checks); a model
+                that does not fit the circuit's family.
         """
+        check_model_for_circuit(self.model, circuit)
+        kwargs = (
+            self.model_kwargs
+            if self.model == "hamming"
+            else {"encoding": DEFAULT_ENCODING, **self.model_kwargs}
+        )
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.seed)
-            return MODELS[self.model](circuit, **{"encoding": DEFAULT_ENCODING, **self.model_kwargs})
+            return MODELS[self.model](circuit, **kwargs)

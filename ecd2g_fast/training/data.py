@@ -102,9 +102,10 @@ class QuerySampler:
     """Draws a step's queries (module docstring).
 
     Args:
-        kind: ``"uniform"`` or ``"data"``.
-        model: ``"current"`` (edge queries ``(l, z, w)``) or ``"potential"`` (vertex queries
-            ``(l, z)``).
+        kind: ``"uniform"``, ``"data"`` or ``"walk"`` (``"hamming"`` only: where the exact walk
+            towards a target sample goes, :class:`~ecd2g_fast.hamming.WalkQueries`).
+        model: ``"current"`` (edge queries ``(l, z, w)``), ``"potential"`` or ``"hamming"``
+            (vertex queries ``(l, z)``).
         circuit: the circuit.
         sources: the source and target :class:`DataSource` (anchors of ``"data"`` queries).
     """
@@ -114,6 +115,12 @@ class QuerySampler:
     ) -> None:
         self.kind, self.model, self.circuit, self.sources = kind, model, circuit, sources
         self.num_layers = circuit.num_layers if model == "current" else circuit.num_layers + 1
+        if kind == "walk":
+            if model != "hamming":
+                raise ValueError(f"queries 'walk' are for the hamming model, not {model!r}")
+            from ..hamming import WalkQueries
+
+            self.walk = WalkQueries(circuit)
 
     def _mixture(self, n: int, gen: torch.Generator, device: torch.device) -> torch.Tensor:
         c = self.circuit
@@ -127,14 +134,16 @@ class QuerySampler:
 
     def draw(self, n: int, gen: torch.Generator, device: torch.device) -> tuple[torch.Tensor, ...]:
         """``n`` queries: ``(layer (n,), z (n, D))``, plus ``w (n, D)`` for the current model."""
+        if self.kind == "walk":  # around target (data) samples
+            return self.walk(self.sources[1].draw(n, gen), n, gen)
         layer = torch.randint(self.num_layers, (n,), generator=gen, device=device)
         if self.kind == "uniform":
             z = uniform_states(n, self.circuit, gen, device)
-            if self.model == "potential":
+            if self.model != "current":
                 return layer, z
             return layer, z, uniform_states(n, self.circuit, gen, device)
         z = self._mixture(n, gen, device)
-        if self.model == "potential":
+        if self.model != "current":
             return layer, z
         w = self._mixture(n, gen, device)
         diagonal = torch.rand((n, 1), generator=gen, device=device) < 0.25

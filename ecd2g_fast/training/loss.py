@@ -10,7 +10,7 @@ from torch import nn
 from ..circuit import Circuit
 from ..targets import current_targets, potential_targets
 
-__all__ = ["TargetRegressionLoss"]
+__all__ = ["TargetRegressionLoss", "make_loss"]
 
 
 class TargetRegressionLoss:
@@ -58,3 +58,19 @@ class TargetRegressionLoss:
         with torch.autocast("cuda", dtype=torch.bfloat16) if self.amp else contextlib.nullcontext():
             out = net(*queries)
         return (out.float() - normalised).square().sum()
+
+
+def make_loss(
+    circuit, model: str, targets_backend: str = "auto", amp: bool = False, device: torch.device | str = "cpu"
+):
+    """The loss of ``model``: ``(net, queries, x, y) -> 0-d float32 sum over the queries``.
+
+    :class:`TargetRegressionLoss` for the complete circuit's models; for ``"hamming"`` the
+    scale-free log-field loss :class:`~ecd2g_fast.hamming.BregmanLogLoss` (its targets come from
+    distance histograms; ``targets_backend`` and ``amp`` do not apply; its tables live on ``device``).
+    """
+    if model == "hamming":
+        from ..hamming import BregmanLogLoss
+
+        return BregmanLogLoss(circuit, device)
+    return TargetRegressionLoss(circuit, model, targets_backend, amp)

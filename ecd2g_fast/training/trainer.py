@@ -32,10 +32,11 @@ from tqdm.auto import tqdm
 from .. import distributed
 from ..circuit import Circuit
 from ..fields import Field
+from ..hamming import HammingCircuit
 from . import checkpoint
-from .config import TrainConfig
+from .config import TrainConfig, check_model_for_circuit
 from .data import DataSource, QuerySampler, Source
-from .loss import TargetRegressionLoss
+from .loss import make_loss
 
 __all__ = ["CHECK_EVERY", "NonFiniteLossError", "TrainResult", "Trainer"]
 
@@ -91,13 +92,14 @@ class Trainer:
         metadata: JSON-friendly values stored in every checkpoint under ``"metadata"``.
 
     Raises:
-        TypeError, ValueError: bad ``circuit``, sources, ``device``, ``checkpoint_path``, or a
-            ``num_queries`` smaller than the number of processes.
+        TypeError, ValueError: bad ``circuit``, sources, ``device``, ``checkpoint_path``, a model
+            that does not fit the circuit (``"hamming"`` on a HammingCircuit, the others on a
+            Circuit), or a ``num_queries`` smaller than the number of processes.
     """
 
     def __init__(
         self,
-        circuit: Circuit,
+        circuit: Circuit | HammingCircuit,
         source: Source,
         target: Source,
         config: TrainConfig | None = None,
@@ -107,11 +109,10 @@ class Trainer:
         progress: bool = True,
         metadata: dict | None = None,
     ) -> None:
-        if not isinstance(circuit, Circuit):
-            raise TypeError(f"circuit must be an ecd2g_fast.Circuit, got {type(circuit).__name__}")
         config = TrainConfig() if config is None else config
         if not isinstance(config, TrainConfig):
             raise TypeError(f"config must be a TrainConfig or None, got {type(config).__name__}")
+        check_model_for_circuit(config.model, circuit)
         if checkpoint_path is not None and not isinstance(checkpoint_path, (str, os.PathLike)):
             raise TypeError(
                 f"checkpoint_path must be a str, os.PathLike or None, got {type(checkpoint_path).__name__}"
@@ -133,7 +134,7 @@ class Trainer:
         )
         self.queries = QuerySampler(config.queries, config.model, circuit, self.sources)
         self.use_amp = dev.type == "cuda" and config.amp is not False
-        self.loss = TargetRegressionLoss(circuit, config.model, config.targets_backend, self.use_amp)
+        self.loss = make_loss(circuit, config.model, config.targets_backend, self.use_amp, dev)
         self.net = config.build_model(circuit).to(dev)
         self.ema_net = None
         if config.ema_decay is not None:
