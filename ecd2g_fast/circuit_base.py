@@ -116,7 +116,13 @@ class CircuitBase(StateSpace, abc.ABC):
             ``(n, M)`` float64.
         """
         n, M = mass.shape
-        heads = self.neighbour_states(torch.arange(M, device=mass.device), 0, self.num_neighbours)
+        # the walk's mass propagation pushes every move: the (M, N) head table is built once per device
+        cache = self.__dict__.setdefault("_push_heads", {})
+        heads = cache.get(mass.device)
+        if heads is None:
+            heads = cache[mass.device] = self.neighbour_states(
+                torch.arange(M, device=mass.device), 0, self.num_neighbours
+            )
         moved = (mass.unsqueeze(2) * probabilities).reshape(n, -1)
         out = torch.zeros_like(mass)
         return out.scatter_add_(1, heads.reshape(1, -1).expand(n, -1), moved)

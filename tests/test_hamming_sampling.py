@@ -15,6 +15,7 @@ import ecd2g_fast as E
 from ecd2g_fast import _extension, backends
 from ecd2g_fast.hamming import HammingCircuit
 
+from .test_sampler_backends import TablePotential
 from .testing import (
     assert_close_to_reference,
     assert_samples_follow,
@@ -196,18 +197,6 @@ def test_state_field_needs_the_complete_circuit():
 def test_a_dead_end_is_named_on_a_hamming_circuit():
     """A potential table whose vertex (1, 0) is a strict minimum of its neighbourhood strands the walk."""
 
-    class Table(E.PotentialField):
-        def __init__(self, circuit, table):
-            super().__init__(circuit)
-            self.table = table
-
-        @property
-        def device(self):
-            return self.table.device
-
-        def compute_potential_table(self):
-            return self.table
-
     c = HammingCircuit(2, 3, 2)
     table = -torch.arange(3, dtype=torch.float64)[:, None].expand(3, 8).clone()
     table[1, 0] = -10.0  # below everything in layers 0 and 2: no positive outflow
@@ -215,4 +204,4 @@ def test_a_dead_end_is_named_on_a_hamming_circuit():
     x0 = torch.zeros(50, 3, dtype=torch.int64)
     for backend in ["torch"] + (["cpp"] if _extension.available() else []):
         with pytest.raises(E.FieldError, match=r"no positive outflow at layer 1, state \(0, 0, 0\)"):
-            E.sample(Table(c, table), x0, backend=backend, generator=0)
+            E.sample(TablePotential(c, table), x0, backend=backend, generator=0)

@@ -89,7 +89,7 @@ class Generic(Field):
 class TablePotential(PotentialField):
     """A PotentialField given by an explicit table (a gauge-shifted or corrupted exact one)."""
 
-    def __init__(self, circuit: E.Circuit, table: torch.Tensor):
+    def __init__(self, circuit: E.CircuitBase, table: torch.Tensor):
         super().__init__(circuit)
         self.table = table
 

@@ -125,6 +125,14 @@ class HammingCircuit(CircuitBase):
         slots = torch.arange(self.num_neighbours, device=idx.device)
         return self.neighbour_at(idx.unsqueeze(-1), slots)
 
+    def _decode_slots(self, slot: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Slot -> (coordinate ``c``, rank ``t`` of the new value among the ``K-1`` values other than
+        the current one); slot 0 (the stay edge) decodes as ``(0, 0)``: callers mask it."""
+        K = self.num_categories
+        lateral = (slot - 1).clamp_min(0)
+        coordinate = torch.div(lateral, K - 1, rounding_mode="floor")
+        return coordinate, lateral - coordinate * (K - 1)
+
     def neighbour_at(self, z: torch.Tensor, slot: torch.Tensor) -> torch.Tensor:
         """The state in slot ``slot`` of ``z``, in the edge order of :meth:`neighbours`.
 
@@ -136,9 +144,7 @@ class HammingCircuit(CircuitBase):
             int64 flat states of the broadcast shape, on ``z``'s device.
         """
         K, D = self.num_categories, self.dim
-        lateral = (slot - 1).clamp_min(0)
-        coordinate = torch.div(lateral, K - 1, rounding_mode="floor")
-        other = lateral - coordinate * (K - 1)  # t: the t-th value other than z[c]
+        coordinate, other = self._decode_slots(slot)
         place = (K ** torch.arange(D - 1, -1, -1, device=z.device))[coordinate]
         digit = torch.div(z, place, rounding_mode="floor") % K
         value = other + (other >= digit).long()
@@ -155,11 +161,8 @@ class HammingCircuit(CircuitBase):
             ``(B, S)`` int64, the new value of that coordinate (0 for slot 0), ``S = stop - start``,
             on ``z``'s device.
         """
-        K = self.num_categories
         slots = torch.arange(start, stop, device=z.device)
-        lateral = (slots - 1).clamp_min(0)
-        coordinate = torch.div(lateral, K - 1, rounding_mode="floor")
-        other = lateral - coordinate * (K - 1)
+        coordinate, other = self._decode_slots(slots)
         value = other + (other >= z[:, coordinate]).long()
         stay = slots == 0
         return torch.where(stay, -1, coordinate), value.masked_fill(stay, 0)
@@ -173,10 +176,7 @@ class HammingCircuit(CircuitBase):
         Returns:
             ``(n, D)`` int64, a new tensor.
         """
-        K = self.num_categories
-        lateral = (slot - 1).clamp_min(0)
-        coordinate = torch.div(lateral, K - 1, rounding_mode="floor")
-        other = lateral - coordinate * (K - 1)
+        coordinate, other = self._decode_slots(slot)
         rows = torch.arange(z.shape[0], device=z.device)
         current = z[rows, coordinate]
         out = z.clone()

@@ -256,11 +256,12 @@ class DataLogField(LogField):
         keep = weights > 0
         self.points = states[keep]
         self.log_weights = torch.log(weights[keep] / weights.sum())
+        # equal weights (samples): distance-histogram counts, exact integers
+        self.equal_weights = bool((weights[keep] == weights[keep][0]).all())
         self.bytes_per_pair = 64 + 8 * self.points.shape[0]
 
     def log_field(self, layer: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-        if self.log_weights.numel() and bool((self.log_weights == self.log_weights[0]).all()):
-            # equal weights: histogram counts (exact integers), one logsumexp per state
+        if self.equal_weights:  # one logsumexp over the D + 1 distances per state
             counts = distance_histograms(z, self.points, self.circuit.num_categories)
             log_mass = torch.log(counts) - math.log(self.points.shape[0])
             return torch.logsumexp(log_mass + self.tables.log_kernel[layer], dim=1)
