@@ -23,7 +23,7 @@ if ! "$VENV/bin/python" -c "import torch" 2>/dev/null; then
   $PIP install -q "torch==$TORCH_VERSION"
 fi
 $PIP install -q "numpy>=1.24" "tqdm>=4.60" "matplotlib>=3.7" "pytest>=7" "pytest-benchmark>=4" "hypothesis>=6.100" \
-  "triton>=3.0" pybind11 ninja setuptools wheel
+  "triton>=3.0" "scikit-learn>=1.3" pybind11 ninja setuptools wheel
 # --no-build-isolation: build the extension against the torch installed above
 $PIP install -q --no-build-isolation --no-deps -e .
 touch "$VENV/.ecd2g-installed"

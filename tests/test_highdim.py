@@ -10,11 +10,14 @@ import torch
 
 from ecd2g_fast.experiments.highdim import (
     BernoulliMixture,
+    DigitClassifier,
     correlation_error,
     load_digits,
+    memorisation,
     marginal_tv,
     nearest_distances,
     sample_metrics,
+    split,
 )
 
 
@@ -75,3 +78,39 @@ def test_digits_are_bundled_and_binarised():
     assert images.shape == (1797, 64) and int(images.max()) == 16 and labels.shape == (1797,)
     binary, _ = load_digits(binary=True)
     assert set(binary.unique().tolist()) == {0, 1}
+
+
+def test_split_is_a_reproducible_partition():
+    states = torch.arange(40).reshape(20, 2)
+    labels = torch.arange(20)
+    a = split(states, labels, 0.25, seed=3)
+    b = split(states, labels, 0.25, seed=3)
+    assert all(torch.equal(x, y) for x, y in zip(a, b))
+    assert a[2].shape[0] == 5 and a[0].shape[0] == 15
+    assert sorted(torch.cat([a[1], a[3]]).tolist()) == list(range(20))
+    with pytest.raises(ValueError, match="held_out"):
+        split(states, labels, 1.5)
+
+
+def test_classifier_label_tv_separates_right_and_wrong_label_laws():
+    mix = BernoulliMixture.make(16, 3, seed=1)
+    g = torch.Generator().manual_seed(0)
+    states, labels = mix.sample(3000, g)
+    clf = DigitClassifier(states[:2000], labels[:2000], 2, steps=200)
+    assert clf.accuracy(states[2000:], labels[2000:]) > 0.9
+    same = clf.label_tv(states[2000:2500], states[2500:])
+    only_one = clf.label_tv(states[2000:][labels[2000:] == 0], states[2500:])
+    assert same < 0.08 and only_one > 0.4
+    metrics = sample_metrics(states[2000:2500], states[2500:], states[:500], 2, classifier=clf)
+    assert metrics["samples"]["label_tv"] == pytest.approx(same)
+
+
+def test_memorisation_tells_copies_from_fresh_draws():
+    mix = BernoulliMixture.make(32, 4, seed=2)
+    g = torch.Generator().manual_seed(0)
+    train, held = mix.sample(500, g)[0], mix.sample(200, g)[0]
+    copies = memorisation(train[:200], train, held)
+    assert copies["samples_mean"] == 0 and copies["samples_exact_copies"] == 1
+    fresh = memorisation(mix.sample(200, g)[0], train, held)
+    assert fresh["samples_exact_copies"] < 0.1
+    assert abs(fresh["samples_mean"] - fresh["held_out_mean"]) < 1.0

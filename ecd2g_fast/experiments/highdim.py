@@ -17,7 +17,12 @@ draws (or held-out data) of the same size, which is what a perfect sampler would
   the Pearson correlations of the samples and of the reference data;
 * with a :class:`BernoulliMixture`: ``loglik_gap`` (mean exact log-likelihood of exact draws minus
   that of the samples, in nats) and ``coverage_tv`` (TV between the histogram of the samples' most
-  likely components and the mixture weights).
+  likely components and the mixture weights);
+* with a :class:`DigitClassifier`: ``label_tv`` (TV between the histograms of the labels the
+  classifier gives the states and the reference data).
+
+:func:`memorisation` compares the distances from samples to their nearest training image with
+those from held-out images: a generator that copies its training set sits closer.
 """
 
 from __future__ import annotations
@@ -27,7 +32,14 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["BernoulliMixture", "load_digits", "sample_metrics"]
+__all__ = [
+    "BernoulliMixture",
+    "DigitClassifier",
+    "load_digits",
+    "memorisation",
+    "sample_metrics",
+    "split",
+]
 
 
 @dataclass(frozen=True)
@@ -102,6 +114,92 @@ def load_digits(binary: bool) -> tuple[torch.Tensor, torch.Tensor]:
     return images, torch.as_tensor(data.target, dtype=torch.int64)
 
 
+def split(
+    states: torch.Tensor, labels: torch.Tensor, held_out: float = 0.25, seed: int = 0
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A random ``(train_states, train_labels, held_out_states, held_out_labels)`` split; the
+    fraction ``held_out`` of the rows (rounded) is held out; reproducible for ``seed``."""
+    if not 0 < held_out < 1:
+        raise ValueError(f"held_out must be in (0, 1), got {held_out}")
+    order = torch.randperm(states.shape[0], generator=torch.Generator().manual_seed(seed))
+    n_out = max(1, round(held_out * states.shape[0]))
+    test, train = order[:n_out], order[n_out:]
+    return states[train], labels[train], states[test], labels[test]
+
+
+class DigitClassifier:
+    """A small MLP classifier of ``(n, D)`` states in ``[0, K)`` (one-hot inputs), trained on real
+    labelled data; judges generated images by the distribution of the labels it gives them.
+
+    Args:
+        states: ``(n, D)`` int64 training states; ``labels``: ``(n,)`` int64 in ``[0, C)``.
+        num_categories: ``K``.
+        hidden: hidden width; ``steps``: full-batch Adam steps (lr 1e-2, weight decay 1e-3);
+        seed: initialisation seed.
+    """
+
+    def __init__(
+        self,
+        states: torch.Tensor,
+        labels: torch.Tensor,
+        num_categories: int,
+        hidden: int = 128,
+        steps: int = 300,
+        seed: int = 0,
+    ) -> None:
+        self.num_categories = num_categories
+        self.num_classes = int(labels.max()) + 1
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            dim = states.shape[1] * num_categories
+            self.net = torch.nn.Sequential(
+                torch.nn.Linear(dim, hidden), torch.nn.SiLU(), torch.nn.Linear(hidden, self.num_classes)
+            )
+        optimizer = torch.optim.Adam(self.net.parameters(), lr=1e-2, weight_decay=1e-3)
+        inputs = self._inputs(states)
+        for _ in range(steps):
+            loss = torch.nn.functional.cross_entropy(self.net(inputs), labels)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        self.net.eval()
+
+    def _inputs(self, states: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.one_hot(states.cpu(), self.num_categories).flatten(1).to(torch.float32)
+
+    @torch.no_grad()
+    def predict(self, states: torch.Tensor) -> torch.Tensor:
+        """``(n,)`` int64 predicted labels of ``(n, D)`` states."""
+        return self.net(self._inputs(states)).argmax(1)
+
+    def accuracy(self, states: torch.Tensor, labels: torch.Tensor) -> float:
+        """Fraction of ``labels`` predicted right (held-out data: how far to trust :meth:`label_tv`)."""
+        return float((self.predict(states) == labels.cpu()).double().mean())
+
+    def label_tv(self, states: torch.Tensor, reference: torch.Tensor) -> float:
+        """TV between the predicted-label histograms of ``states`` and of ``reference``."""
+        a = torch.bincount(self.predict(states), minlength=self.num_classes) / states.shape[0]
+        b = torch.bincount(self.predict(reference), minlength=self.num_classes) / reference.shape[0]
+        return float(0.5 * (a - b).abs().sum())
+
+
+def memorisation(samples: torch.Tensor, train: torch.Tensor, held_out: torch.Tensor) -> dict[str, float]:
+    """Nearest-training-image Hamming distances of ``samples`` and of ``held_out`` images.
+
+    Returns:
+        ``{"samples_mean", "held_out_mean"}``: mean distance to the nearest row of ``train``;
+        ``"samples_exact_copies"``, ``"held_out_exact_copies"``: fraction at distance 0. Samples
+        closer to ``train`` than held-out images are (smaller mean, more copies) are memorised.
+    """
+    s, h = nearest_distances(samples.cpu(), train.cpu()), nearest_distances(held_out.cpu(), train.cpu())
+    return {
+        "samples_mean": float(s.double().mean()),
+        "held_out_mean": float(h.double().mean()),
+        "samples_exact_copies": float((s == 0).double().mean()),
+        "held_out_exact_copies": float((h == 0).double().mean()),
+    }
+
+
 def marginal_tv(a: torch.Tensor, b: torch.Tensor, num_categories: int) -> float:
     """Mean over the coordinates of the TV between the categorical marginals of ``(n, D)`` and ``(m, D)`` states."""
     pa = torch.nn.functional.one_hot(a, num_categories).to(torch.float64).mean(0)
@@ -130,6 +228,7 @@ def sample_metrics(
     floor: torch.Tensor,
     num_categories: int,
     mixture: BernoulliMixture | None = None,
+    classifier: DigitClassifier | None = None,
 ) -> dict[str, dict[str, float]]:
     """The metrics of the module docstring for ``samples`` and for ``floor``.
 
@@ -140,6 +239,8 @@ def sample_metrics(
             independent of ``reference``, or other held-out data).
         num_categories: ``K``.
         mixture: the exact distribution, when known (adds ``loglik_gap`` and ``coverage_tv``).
+        classifier: a classifier trained on real labelled data (adds ``label_tv`` against
+            ``reference``).
 
     Returns:
         ``{"samples": {metric: value}, "floor": {metric: value}}``.
@@ -156,6 +257,8 @@ def sample_metrics(
             metrics["loglik_gap"] = reference_ll - metrics["loglik"]
             counts = torch.bincount(mixture.components(states), minlength=mixture.weights.shape[0])
             metrics["coverage_tv"] = float(0.5 * (counts / states.shape[0] - mixture.weights).abs().sum())
+        if classifier is not None:
+            metrics["label_tv"] = classifier.label_tv(states, reference)
         out[name] = metrics
     return out
 
