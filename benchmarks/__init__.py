@@ -12,7 +12,9 @@
                             ``results/<device-slug>.{json,md,log}``
 ``dfm_comparison.py``       ECD2G next to discrete flow matching (quality and time, one run)
 ``sweep.py``                the training-defaults sweep (its results: ``results/sweep/``)
-``highdim_learning.py``     a first measurement of learning noise -> data on a Hamming circuit, D = 64
+``highdim_learning.py``     training variants of the Hamming model at D = 64, measured against the
+                            exact field (``results/highdim_learning.md``)
+``highdim_comparison.py``   the Hamming model next to discrete flow matching at D = 64
 ``gpu_session.sh``          the GPU report cut into parts of under 10 minutes each
 ==========================  ====================================================================
 

@@ -418,17 +418,6 @@ def ecd2g_unit(args, key, model, config, ctx) -> list[dict]:
 
 
 # ---------------------------------------------------------------------------- main
-def _load_done(path, fresh: bool) -> dict[str, list[dict]]:
-    done: dict[str, list[dict]] = {}
-    if fresh or not path.is_file():
-        return done
-    for line in path.read_text().splitlines():
-        if line.strip():
-            entry = json.loads(line)
-            done[entry["key"]] = entry["rows"]
-    return done
-
-
 def main(argv: list[str] | None = None) -> int:
     preset = EXPERIMENTS[PRESET]
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -580,27 +569,9 @@ def main(argv: list[str] | None = None) -> int:
         **harness.run_metadata(device, None if argv is None else ["-m", "benchmarks.dfm_comparison", *argv]),
     }
 
-    def write(complete: bool) -> None:
-        meta["complete"] = complete
-        harness.write_json(harness.RESULTS / f"{args.out_stem}.json", {"meta": meta, "rows": rows})
-        (harness.RESULTS / f"{args.out_stem}.md").write_text(render_markdown(meta, rows))
-
-    journal = harness.RESULTS / f"{args.out_stem}_runs.jsonl"
-    done = _load_done(journal, args.fresh)
-    if args.fresh and journal.exists():
-        journal.unlink()
-    for key, unit in units():
-        if key in done:
-            log(f"done already: {key}")
-            rows.extend(done[key])
-            continue
-        unit_rows = unit()
-        with journal.open("a") as handle:
-            handle.write(json.dumps({"key": key, "rows": unit_rows}) + "\n")
-            handle.flush()
-        rows.extend(unit_rows)
-        write(complete=False)  # the results so far, after every unit
-    write(complete=True)
+    harness.run_units(  # best_lr reads the rows so far
+        units(), args.out_stem, fresh=args.fresh, meta=meta, render=render_markdown, log=log, rows=rows
+    )
     print(render_markdown(meta, rows))
     return 0
 

@@ -52,6 +52,7 @@ __all__ = [
     "repo_path",
     "RESULTS",
     "run_metadata",
+    "run_units",
     "synchronize",
     "timed",
     "Timing",
@@ -427,3 +428,55 @@ def markdown_table(headers: Sequence[str], rows: Iterable[Sequence[object]]) -> 
             raise ValueError(f"row has {len(cells)} cells, expected {len(headers)}: {row!r}")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def run_units(
+    units: Iterable[tuple[str, Callable[[], list[dict]]]],
+    stem: str,
+    *,
+    fresh: bool,
+    meta: dict,
+    render: Callable[[dict, list[dict]], str],
+    log: Callable[[str], None],
+    rows: list[dict] | None = None,
+) -> list[dict]:
+    """The resumable loop of the comparison scripts: run each ``(key, unit)`` not yet journaled.
+
+    ``unit()`` returns result rows. They are added to the results and, unless one holds an
+    ``"error"`` (a rerun then tries the unit again), to the journal ``RESULTS/<stem>_runs.jsonl``
+    (one JSON line ``{"key", "rows"}`` per unit). A unit whose key is in the journal is not run
+    again: its rows are taken from there (``fresh``: the journal is started over). After every unit
+    and at the end, ``RESULTS/<stem>.json`` (``meta`` with ``"complete"``, and the rows) and
+    ``RESULTS/<stem>.md`` (``render(meta, rows)``) are rewritten.
+
+    Returns:
+        All rows, in unit order: ``rows`` itself when given (units may read the rows so far).
+    """
+    journal = RESULTS / f"{stem}_runs.jsonl"
+    rows = [] if rows is None else rows
+
+    def write(complete: bool) -> None:
+        meta["complete"] = complete
+        write_json(RESULTS / f"{stem}.json", {"meta": meta, "rows": rows})
+        (RESULTS / f"{stem}.md").write_text(render(meta, rows))
+
+    done: dict[str, list[dict]] = {}
+    if not fresh and journal.is_file():
+        for line in journal.read_text().splitlines():
+            if line.strip():
+                entry = json.loads(line)
+                done[entry["key"]] = entry["rows"]
+    if fresh and journal.exists():
+        journal.unlink()
+    for key, unit in units:
+        if key in done:
+            log(f"done already: {key}")
+            rows.extend(done[key])
+            continue
+        unit_rows = unit()
+        if not any("error" in row for row in unit_rows):
+            append_jsonl(journal, [{"key": key, "rows": unit_rows}])
+        rows.extend(unit_rows)
+        write(False)  # the results so far, after every unit
+    write(True)
+    return rows

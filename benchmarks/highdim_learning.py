@@ -1,19 +1,35 @@
-"""Learning noise -> data on a Hamming circuit at D = 64: a first measurement, not yet an experiment.
+"""What makes the Hamming log-field learnable at D = 64: training variants measured against the exact field.
 
-Task ``bernoulli-mixture-64``: a mixture of ten product-Bernoulli distributions on ``{0, 1}^64``
-(:class:`ecd2g_fast.experiments.highdim.BernoulliMixture`, seed 0), fresh exact samples every step;
-uniform noise as the source. ``train(HammingCircuit(2, 64, L), noise, data)`` with the Hamming
-model's default recipe (width and depth and steps from the command line), then ``--walkers``
-bidirectional walks of the EMA field, capped at ``--max-moves`` moves (walkers still moving are
-counted, not sampled: a learned log-field can cycle across a bridged dead end). Metrics of the
-finished walkers against 20,000 exact draws, next to the floor of as many exact draws
-(:func:`~ecd2g_fast.experiments.highdim.sample_metrics`).
+Task ``bernoulli-mixture-64``: uniform noise to the ten-component mixture of product-Bernoulli
+distributions on ``{0, 1}^64`` (:class:`ecd2g_fast.experiments.highdim.BernoulliMixture`, seed 0),
+``HammingCircuit(2, 64, --layers)``, fresh exact draws every training step. The mixture's exact
+field is known at any ``D`` (:class:`~ecd2g_fast.hamming.log_field.ProductMixtureLogField`: the
+distance to a draw of a product distribution is Poisson-binomial), so every variant is measured
+against it, not only through its samples:
 
-    python -m benchmarks.highdim_learning [--steps 10000] [--width 256] [--depth 3] [--layers 64]
-        [--walkers 1000] [--max-moves 1000] [--threads 1]
+* ``field_error``: per layer (every 8th, and the last four), the mean and standard deviation of
+  ``S_learned - S_exact`` over 512 states drawn from the data smoothed by the layer's kernel
+  (:func:`~ecd2g_fast.hamming.learning.smoothed_data_states`, where the walk goes), and the
+  standard deviation of the error of the layer step ``S_{l+1}(z) - S_l(z)`` at the same states
+  (what the stay edge reads);
+* ``layer_mean_log_ratio``: :func:`~ecd2g_fast.hamming.learning.layer_mean_ratios` (0 when the
+  layer means keep their closed-form values);
+* the walk: ``--walkers`` bidirectional walks from uniform noise (at most ``--max-moves`` moves;
+  walkers still moving then are counted, not scored), bridged dead ends, mean moves, and
+  :func:`~ecd2g_fast.experiments.highdim.sample_metrics` against 20,000 exact draws, next to the
+  floor of as many exact draws as finished walkers.
 
-Writes one JSON line per run to ``benchmarks/results/highdim_learning.jsonl`` (settings, seconds,
-metrics, machine, the command).
+``--exact`` walks the exact field instead of training (the oracle row: what a perfect field scores
+with this walk). Training settings: the Hamming model's default recipe, ``--steps``, and
+``--set NAME=JSON`` overrides of :class:`~ecd2g_fast.training.TrainConfig` settings.
+
+    python -m benchmarks.highdim_learning TAG [--steps 3000] [--set queries='"walk"' ...]
+        [--layers 64] [--walkers 300] [--max-moves 1000] [--exact] [--threads 1]
+    python -m benchmarks.highdim_learning --summary
+
+Each run appends one JSON line to ``benchmarks/results/highdim_learning.jsonl`` (settings,
+seconds, the measurements, machine, the command); ``--summary`` writes
+``benchmarks/results/highdim_learning.md`` from it.
 """
 
 from __future__ import annotations
@@ -26,82 +42,172 @@ import torch
 
 import ecd2g_fast as E
 from ecd2g_fast.experiments.highdim import BernoulliMixture, sample_metrics
+from ecd2g_fast.hamming.learning import layer_mean_ratios, smoothed_data_states
+from ecd2g_fast.hamming.log_field import ProductMixtureLogField
 
 from . import harness
 
 RESULTS = harness.RESULTS / "highdim_learning.jsonl"
+SUMMARY = harness.RESULTS / "highdim_learning.md"
 DIM = 64
+#: States per layer of the field-error and layer-mean measurements.
+PROBE_STATES = 512
+
+
+def exact_field(mixture: BernoulliMixture, circuit: E.HammingCircuit) -> ProductMixtureLogField:
+    """The exact noise-to-data field of ``mixture`` on ``circuit``."""
+    return ProductMixtureLogField(
+        circuit, torch.stack([1 - mixture.theta, mixture.theta], -1), mixture.weights
+    )
+
+
+@torch.no_grad()
+def field_errors(field, exact, data: torch.Tensor, generator: torch.Generator) -> list[dict]:
+    """Per probed layer: mean and sd of ``S - S_exact`` and sd of the layer-step error (module docstring)."""
+    L = exact.circuit.num_layers
+    rows = []
+    for l in sorted({*range(0, L + 1, 8), L - 3, L - 2, L - 1, L}):
+        layer = torch.full((PROBE_STATES,), l)
+        z = smoothed_data_states(exact.tables, layer, data, 2, generator)
+        error = field.log_field(layer, z) - exact.log_field(layer, z)
+        row = {"layer": l, "mean": float(error.mean()), "sd": float(error.std())}
+        if l < L:
+            ahead = field.log_field(layer + 1, z) - exact.log_field(layer + 1, z)
+            row["step_sd"] = float((ahead - error).std())
+        rows.append(row)
+    return rows
 
 
 def run(args: argparse.Namespace) -> dict:
     mixture = BernoulliMixture.make(DIM, 10, seed=0)
     circuit = E.HammingCircuit(2, DIM, args.layers)
-    data_rng = torch.Generator().manual_seed(1)
-    noise_rng = torch.Generator().manual_seed(2)
-
-    def data(n: int) -> torch.Tensor:
-        return mixture.sample(n, data_rng)[0]
-
-    def noise(n: int) -> torch.Tensor:
-        return torch.randint(0, 2, (n, DIM), generator=noise_rng)
-
-    start = time.perf_counter()
-    result = E.train(
-        circuit,
-        noise,
-        data,
-        steps=args.steps,
-        model_kwargs={"width": args.width, "depth": args.depth},
-        progress=not args.quiet,
-    )
-    train_seconds = time.perf_counter() - start
-    field = result.field
-    x0 = noise(args.walkers)
+    exact = exact_field(mixture, circuit)
+    row: dict = {"tag": args.tag, "task": "bernoulli-mixture-64", "layers": args.layers}
+    if args.exact:
+        field = exact
+        row["field"] = "exact (ProductMixtureLogField)"
+    else:
+        data_rng = torch.Generator().manual_seed(1)
+        overrides = {name: json.loads(value) for name, value in (item.split("=", 1) for item in args.set)}
+        config = E.TrainConfig.recipe("default", model="hamming", steps=args.steps, **overrides)
+        start = time.perf_counter()
+        result = E.training.Trainer(
+            circuit,
+            lambda n: torch.randint(0, 2, (n, DIM)),
+            lambda n: mixture.sample(n, data_rng)[0],
+            config,
+            progress=not args.quiet,
+        ).run()
+        field = result.field
+        row.update(
+            field="learned",
+            config=config.to_json(),
+            overrides=overrides,
+            parameters=sum(p.numel() for p in result.model.parameters()),
+            train_seconds=time.perf_counter() - start,
+            final_loss=float(result.losses[-200:].mean()),
+        )
+        probe_rng = torch.Generator().manual_seed(7)
+        probe_data = mixture.sample(2000, probe_rng)[0]
+        row["field_error"] = field_errors(field, exact, probe_data, probe_rng)
+        estimates, errors = layer_mean_ratios(field, probe_data, PROBE_STATES, generator=3)
+        row["layer_mean_log_ratio"] = {
+            "max_abs": float(estimates.abs().max()),
+            "rms": float(estimates.pow(2).mean().sqrt()),
+            "last_layer": float(estimates[-1]),
+            "values": estimates.tolist(),
+            "standard_errors": errors.tolist(),
+        }
+    x0 = torch.randint(0, 2, (args.walkers, DIM), generator=torch.Generator().manual_seed(5))
+    bridged = int(getattr(field, "bridged", 0))
     start = time.perf_counter()
     with torch.no_grad():
         out, moves = E.sample(
             field, x0, generator=3, max_moves=args.max_moves, unfinished="keep", return_moves=True
         )
-    sample_seconds = time.perf_counter() - start
     finished = moves >= 0
     eval_rng = torch.Generator().manual_seed(4)
     reference = mixture.sample(20_000, eval_rng)[0]
     floor = mixture.sample(int(finished.sum()), eval_rng)[0]
-    return {
-        "task": "bernoulli-mixture-64",
-        "steps": args.steps,
-        "width": args.width,
-        "depth": args.depth,
-        "layers": args.layers,
-        "parameters": sum(p.numel() for p in result.model.parameters()),
-        "train_seconds": train_seconds,
-        "final_loss": float(result.losses[-100:].mean()),
-        "walkers": args.walkers,
-        "max_moves": args.max_moves,
-        "finished": int(finished.sum()),
-        "bridged_dead_ends": int(field.bridged),
-        "mean_moves": float(moves[finished].double().mean()) if bool(finished.any()) else None,
-        "sample_seconds": sample_seconds,
-        "metrics": sample_metrics(out[finished], reference, floor, 2, mixture),
-    }
+    row.update(
+        walkers=args.walkers,
+        max_moves=args.max_moves,
+        sample_seconds=time.perf_counter() - start,
+        finished=int(finished.sum()),
+        bridged_dead_ends=int(getattr(field, "bridged", 0)) - bridged,
+        mean_moves=float(moves[finished].double().mean()) if bool(finished.any()) else None,
+        metrics=sample_metrics(out[finished], reference, floor, 2, mixture),
+    )
+    return row
 
 
-def main(argv: list[str] | None = None) -> dict:
+def summary() -> str:
+    """``highdim_learning.md`` from the results file (one row per run, in file order)."""
+    rows = [json.loads(line) for line in RESULTS.read_text().splitlines() if line.strip()]
+    headers = [
+        "tag", "settings", "train s", "loglik gap (floor)", "coverage TV (floor)", "marginal TV (floor)",
+        "corr. err. (floor)", "bridges / walker", "finished", "step err. sd l=L-1", "layer-mean max |log|",
+    ]  # fmt: skip
+    table = []
+    for r in rows:
+        s, f = r["metrics"]["samples"], r["metrics"]["floor"]
+        steps = {e["layer"]: e.get("step_sd") for e in r.get("field_error", [])}
+        settings = "exact field" if r["field"] != "learned" else (
+            f"{r['config']['steps']} steps; "
+            + (", ".join(f"{k}={json.dumps(v)}" for k, v in r["overrides"].items()) or "the recipe")
+        )  # fmt: skip
+        table.append(
+            [
+                r["tag"],
+                settings,
+                harness.format_number(r.get("train_seconds")),
+                f"{s['loglik_gap']:.2f} ({f['loglik_gap']:.2f})",
+                f"{s['coverage_tv']:.3f} ({f['coverage_tv']:.3f})",
+                f"{s['marginal_tv']:.3f} ({f['marginal_tv']:.3f})",
+                f"{s['correlation_error']:.3f} ({f['correlation_error']:.3f})",
+                f"{r['bridged_dead_ends'] / r['walkers']:.2f}",
+                f"{r['finished']}/{r['walkers']}",
+                harness.format_number(steps.get(r["layers"] - 1)),
+                harness.format_number(r.get("layer_mean_log_ratio", {}).get("max_abs")),
+            ]
+        )
+    meta = rows[-1]["meta"] if rows else {}
+    text = (
+        "# Learning the Hamming log-field at D = 64: variants against the exact field\n\n"
+        "Written by `python -m benchmarks.highdim_learning --summary` from `highdim_learning.jsonl` "
+        "(each row's command, commit and machine are there). Machine of the last row: "
+        f"{meta.get('device_name', '?')} ({meta.get('cpu', {}).get('logical_cpus', '?')} CPUs, "
+        f"{meta.get('cpu', {}).get('torch_threads', '?')} torch thread), torch "
+        f"{meta.get('versions', {}).get('torch', '?')}. 300 walkers per row; the floor is as many exact "
+        "draws. Settings not listed are the Hamming recipe's (`TrainConfig.recipe('default', "
+        "model='hamming')`) at the row's commit.\n\n" + harness.markdown_table(headers, table) + "\n"
+    )
+    SUMMARY.write_text(text)
+    return text
+
+
+def main(argv: list[str] | None = None) -> dict | str:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--steps", type=int, default=10_000)
-    parser.add_argument("--width", type=int, default=256)
-    parser.add_argument("--depth", type=int, default=3)
+    parser.add_argument("tag", nargs="?", help="name of the run in the results file")
+    parser.add_argument("--steps", type=int, default=3000)
+    parser.add_argument("--set", nargs="*", default=[], metavar="NAME=JSON", help="TrainConfig overrides")
     parser.add_argument("--layers", type=int, default=64)
-    parser.add_argument("--walkers", type=int, default=1000)
+    parser.add_argument("--walkers", type=int, default=300)
     parser.add_argument("--max-moves", type=int, default=1000)
+    parser.add_argument("--exact", action="store_true", help="walk the exact field (no training)")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--summary", action="store_true", help="write highdim_learning.md and stop")
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args(argv)
+    if args.summary:
+        return summary()
+    if args.tag is None:
+        parser.error("give a TAG (or --summary)")
     torch.set_num_threads(args.threads)
     meta = harness.run_metadata("cpu", argv)
     row = {**run(args), "meta": meta}
     harness.append_jsonl(RESULTS, [row])
-    print(json.dumps(row, indent=1))
+    print(json.dumps({k: v for k, v in row.items() if k not in ("config", "meta")}, indent=1))
     return row
 
 

@@ -9,6 +9,9 @@ Usage::
     ecd2g run uniform-to-gaussian-1d --recipe paper --out runs/gauss-paper  # the paper's recipe
     ecd2g sample --out runs/m2s-current --mode forward --num-samples 20000
     ecd2g evaluate --out runs/m2s-current
+    ecd2g run bernoulli-mixture-64                  # noise -> 64-bit mixture, Hamming circuit
+    ecd2g run digits-64 --steps 10000 --num-samples 256
+    ecd2g run custom --source uniform --target bernoulli-mixture --dim 128 --model hamming --R none
     ecd2g list
 
 ``run`` and ``train`` start from a preset (``ecd2g list``) and apply the options given. Its
@@ -147,6 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _config_from_args(args: argparse.Namespace):
     """The preset named on the command line with the options given applied (validated)."""
     from .experiments.configs import EXPERIMENTS, ExperimentConfig
+    from .experiments.highdim import HIGHDIM_TARGETS
     from .settings import options_from_args
     from .training import TrainConfig
 
@@ -160,9 +164,10 @@ def _config_from_args(args: argparse.Namespace):
         if "source" in changes or "target" in changes:
             # a preset's K and D belong to its own data sets; infer them again for the new ones
             changes.setdefault("experiment", f"{args.experiment} (modified)")
-            changes["dim"] = None
-            if "num_categories" not in changes and any(
-                str(changes.get(role, "")).endswith((".npy", ".csv")) for role in ("source", "target")
+            changes.setdefault("dim", None)
+            if "num_categories" not in changes and (
+                any(str(changes.get(role, "")).endswith((".npy", ".csv")) for role in ("source", "target"))
+                or changes.get("target") in HIGHDIM_TARGETS
             ):
                 changes["num_categories"] = None
     # a recipe sets many training settings at once: --recipe NAME, or the preset's recipe again
@@ -227,9 +232,7 @@ def main(argv: list[str] | None = None) -> int:
             out = args.out if args.out is not None else Path("runs") / args.experiment
             if args.command == "run":
                 metrics = runner.run(config, out, resume=args.resume, progress=progress, log=log)
-                log(
-                    f"[ecd2g] wrote {out}/ (metrics.json: tv={metrics['tv']:.4f}, wall {metrics['wall_seconds']:.1f} s)"
-                )
+                log(f"[ecd2g] wrote {out}/ (metrics.json: {_headline(metrics)})")
             else:
                 with RunFolder(out).locked() as folder:
                     run = runner.Run.resolve(config, folder)
@@ -261,6 +264,16 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     finally:
         torch.set_num_threads(threads_before)  # main() may run in-process (tests, notebooks)
+
+
+#: metrics.json keys the final line of ``ecd2g run`` shows when present (grid and high-dimensional runs).
+HEADLINE_METRICS = ("tv", "tv_exact", "marginal_tv", "loglik_gap", "label_tv", "finished_fraction")
+
+
+def _headline(metrics: dict) -> str:
+    """``tv=0.0123, ..., wall 12.3 s``: the :data:`HEADLINE_METRICS` a run wrote, and its wall time."""
+    shown = [f"{key}={metrics[key]:.4f}" for key in HEADLINE_METRICS if metrics.get(key) is not None]
+    return ", ".join([*shown, f"wall {metrics['wall_seconds']:.1f} s"])
 
 
 def _one_line(error: BaseException) -> str:

@@ -982,6 +982,11 @@ INVALID_SETTING_VALUES = {
         NOT_REAL, st.floats(max_value=-1e-300), st.floats(min_value=1.0), st.just(math.nan)
     ),
     "weight_decay": st.one_of(NOT_REAL, st.floats(max_value=-1e-300), st.sampled_from([math.nan, math.inf])),
+    "grad_clip": st.one_of(
+        NOT_REAL.filter(lambda v: v is not None),
+        st.floats(max_value=0.0),
+        st.sampled_from([math.nan, math.inf]),
+    ),
     "ema_decay": st.one_of(
         NOT_REAL.filter(lambda v: v is not None),
         st.floats(max_value=-1e-300),
@@ -1074,7 +1079,8 @@ MALFORMED += [
         "TrainConfig:real-setting-int-beyond-float",
         call_train_config,
         one_of_arguments(
-            ("lr", "momentum", "weight_decay", "ema_decay"), lambda a: st.integers(2**1024, 2**1100)
+            ("lr", "momentum", "weight_decay", "grad_clip", "ema_decay"),
+            lambda a: st.integers(2**1024, 2**1100),
         ),
     ),
     Malformed(

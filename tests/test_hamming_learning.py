@@ -13,7 +13,7 @@ from ecd2g_fast.hamming.learning import BregmanLogLoss, WalkQueries, log_targets
 from ecd2g_fast.hamming.log_field import DataLogField
 from ecd2g_fast.hamming.model import HammingNet
 
-from .testing import total_variation
+from .testing import assert_samples_follow, total_variation
 
 
 def random_net(circuit: HammingCircuit, seed: int = 0) -> HammingNet:
@@ -175,7 +175,7 @@ def test_train_picks_the_hamming_model_checkpoints_and_resumes_exactly(tmp_path)
     x = torch.randint(0, 2, (500, 5), generator=g)
     settings = dict(steps=40, batch_size=64, num_queries=64, progress=False, checkpoint_every=20)
     straight = E.train(c, x, y, **settings)
-    assert straight.config.model == "hamming" and straight.config.queries == "walk"
+    assert straight.config.model == "hamming" and straight.config.queries == "kernel"
     assert isinstance(straight.model, HammingNet)
     ck = tmp_path / "ck.pt"
     # an interrupted run: 20 of its 40 steps, then a checkpoint
@@ -196,3 +196,93 @@ def test_train_picks_the_hamming_model_checkpoints_and_resumes_exactly(tmp_path)
         E.train(c, x, y, model="current", steps=1, progress=False)
     with pytest.raises(ValueError, match="model 'hamming' does not fit a Circuit"):
         E.train(E.Circuit(2, 2, 2), x[:, :2], y[:, :2], model="hamming", steps=1, progress=False)
+
+
+def test_smoothed_data_states_follow_the_normalised_data_field():
+    """States drawn by smoothed_data_states follow rho^data_l / (M alpha*): chi-square on all M."""
+    from ecd2g_fast.hamming.learning import smoothed_data_states
+    from ecd2g_fast.hamming.log_field import DataLogField
+
+    c = HammingCircuit(3, 3, 4)
+    g = torch.Generator().manual_seed(0)
+    data = torch.randint(0, 3, (5, 3), generator=g)
+    field = DataLogField(c, data)
+    for l in (0, 2, 4):
+        layer = torch.full((c.num_states,), l)
+        law = torch.exp(
+            field.log_field(layer, c.unflatten(torch.arange(c.num_states))) - field.tables.log_norm[l]
+        )
+        law = law / c.num_states
+        assert float(law.sum()) == pytest.approx(1.0, abs=1e-12)
+        draws = smoothed_data_states(field.tables, torch.full((40_000,), l), data, 3, g)
+        assert_samples_follow(torch.bincount(c.flatten(draws), minlength=c.num_states), law)
+
+
+def test_layer_mean_ratios_are_zero_for_exact_fields_and_see_a_scale_error():
+    from ecd2g_fast.experiments.highdim import BernoulliMixture
+    from ecd2g_fast.hamming.learning import layer_mean_ratios
+    from ecd2g_fast.hamming.log_field import ProductMixtureLogField
+
+    mix = BernoulliMixture.make(24, 4, seed=0)
+    c = HammingCircuit(2, 24, 6)
+    exact = ProductMixtureLogField(c, torch.stack([1 - mix.theta, mix.theta], -1), mix.weights)
+    data = mix.sample(3000, torch.Generator().manual_seed(1))[0]
+    estimates, errors = layer_mean_ratios(exact, data, num_states=2000, generator=2)
+    assert bool((estimates.abs() < 5 * errors + 0.02).all()), (estimates, errors)
+
+    class Scaled(ProductMixtureLogField):
+        def log_field(self, layer, z):
+            return super().log_field(layer, z) + 0.2 * (layer == 3)
+
+    scaled = Scaled(c, torch.stack([1 - mix.theta, mix.theta], -1), mix.weights)
+    shifted, _ = layer_mean_ratios(scaled, data, num_states=2000, generator=2)
+    assert float(shifted[3] - estimates[3]) == pytest.approx(0.2, abs=1e-6)
+
+
+@pytest.mark.parametrize("walk_fraction", [0.0, 0.5])
+def test_denoising_ratio_targets_average_to_the_exact_ratios(walk_fraction):
+    """Given z, the anchor of a kernel query follows the posterior (or, with walk-occupancy
+    distances mixed in, carries the importance weight that restores it), so the weighted mean of
+    the anchor's ratio tau over the queries of one (layer, z, edge) cell is the exact ratio
+    rho_l'(w) / rho_l(z): the ratio term's gradient e^d - tau vanishes on average at the exact field."""
+    from ecd2g_fast.hamming.learning import KernelQueries
+
+    c = HammingCircuit(2, 4, 3)
+    g = torch.Generator().manual_seed(0)
+    data = torch.randint(0, 2, (5, 4), generator=g)
+    exact = DataLogField(c, data)
+    loss = BregmanLogLoss(c)
+    queries = KernelQueries(c, walk_fraction=walk_fraction)(data, 400_000, g)
+    layer, z, anchor, slot, forward = queries[:5]
+    weight = queries[5] if walk_fraction > 0 else torch.ones(layer.shape, dtype=torch.float64)
+    assert len(queries) == (6 if walk_fraction > 0 else 5)
+    other, w = loss.edge_states(layer, z, slot, forward)
+    E = other.shape[1]
+    f_here = exact.log_field(layer, z) - exact.tables.log_norm[layer]
+    f_there = (exact.log_field(other.reshape(-1), w) - exact.tables.log_norm[other.reshape(-1)]).view(-1, E)
+    d = exact.tables.log_norm[other] - exact.tables.log_norm[layer][:, None] + f_there - f_here[:, None]
+    h_here = (z != anchor).sum(1)
+    h_there = (w != anchor.repeat_interleave(E, 0)).sum(1).view(-1, E)
+    tau = torch.exp(exact.tables.log_kernel[other, h_there] - exact.tables.log_kernel[layer, h_here][:, None])
+    cell = ((layer[:, None] * c.num_states + c.flatten(z)[:, None]) * c.num_neighbours + slot) * 2 + forward
+    cell = cell.reshape(-1)
+    weights = weight[:, None].expand(-1, E).reshape(-1)
+
+    def scores(model_d):
+        """Per cell: weighted mean of e^d - tau over its standard error."""
+        residual = weights * (torch.exp(model_d) - tau).reshape(-1)
+        count = torch.bincount(cell).clamp_min(1)
+        total = torch.bincount(cell, weights).clamp_min(1e-300)
+        mean = torch.bincount(cell, residual) / count
+        spread = (torch.bincount(cell, residual**2) / count - mean**2).clamp_min(0)
+        return mean.abs() / ((spread / count).sqrt() + 1e-12), torch.bincount(cell) >= 300, total
+
+    exact_scores, used, _ = scores(d)
+    assert int(used.sum()) > 100
+    assert float(exact_scores[used].max()) < 5.5
+    # a wrong field (layer 2 scaled) is seen
+    wrong_scores, _, _ = scores(d + 0.3 * ((other == 2).double() - (layer == 2).double()[:, None]))
+    assert float(wrong_scores[used].max()) > 20
+    # the term itself: zero when the model's ratio equals tau, positive otherwise
+    terms = loss.ratio_terms(layer[:4], z[:4], anchor[:4], other[:4], w[: 4 * E], f_here[:4], f_there[:4])
+    assert bool((terms >= -1e-12).all())

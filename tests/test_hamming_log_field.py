@@ -123,3 +123,31 @@ def test_unfinished_walkers_can_be_kept_and_are_marked():
     assert bool((moves == -1).all()) and out.shape == x0.shape  # L = 6 needs at least 6 moves
     with pytest.raises(ValueError, match="unfinished must be one of"):
         E.sample(log_field, x0, unfinished="drop")
+
+
+@pytest.mark.parametrize("K,D,L", [(2, 6, 3), (3, 4, 2)])
+def test_product_mixture_field_is_the_data_field_of_its_pmf(K, D, L):
+    """The Poisson-binomial field of a product mixture equals the exact field of its pmf."""
+    from ecd2g_fast.hamming.log_field import ProductMixtureLogField
+
+    c = HammingCircuit(K, D, L)
+    g = torch.Generator().manual_seed(K * D)
+    exponentials = -torch.log(torch.rand(3, D, K, generator=g, dtype=torch.float64))
+    probabilities = exponentials / exponentials.sum(-1, keepdim=True)  # Dirichlet(1, ..., 1)
+    weights = torch.tensor([0.5, 0.3, 0.2], dtype=torch.float64)
+    states = c.unflatten(torch.arange(c.num_states))
+    onehot = torch.nn.functional.one_hot(states, K).to(torch.float64)  # (M, D, K)
+    log_pmf = torch.logsumexp(
+        torch.log(weights) + torch.einsum("mdk,cdk->mc", onehot, torch.log(probabilities)), dim=1
+    )
+    data = DataLogField(c, states, torch.exp(log_pmf))
+    mixture = ProductMixtureLogField(c, probabilities, weights)
+    for l in range(L + 1):
+        layer = torch.full((c.num_states,), l)
+        torch.testing.assert_close(
+            mixture.log_field(layer, states), data.log_field(layer, states), rtol=0, atol=1e-11
+        )
+    with pytest.raises(ValueError, match="probabilities"):
+        ProductMixtureLogField(c, probabilities[:, :-1], weights)
+    with pytest.raises(ValueError, match="weights"):
+        ProductMixtureLogField(c, probabilities, weights[:2])

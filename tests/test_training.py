@@ -551,3 +551,25 @@ def test_adam_with_a_schedule_learns_and_resumes_bit_identically(optimizer, tmp_
         assert torch.equal(u, v), k
     with pytest.raises(ValueError, match="optimizer"):
         train(c, x, y, checkpoint_path=path, resume=True, **{**kwargs, "optimizer": "sgd"})
+
+
+def test_grad_clip_bounds_the_step():
+    """With SGD (no momentum) a step moves the parameters by lr times the clipped gradient, whose
+    global norm is at most grad_clip; without clipping the same step moves them far more."""
+    c = E.Circuit(K, 1, L, r=0.1, R=100.0)
+    source, target = small_data()
+
+    def step_norm(grad_clip):
+        config = TrainConfig.recipe(
+            "paper", model="potential", steps=1, momentum=0.0, ema_decay=None, lr=1.0, grad_clip=grad_clip
+        )
+        trainer = training.Trainer(c, source, target, config, progress=False)
+        before = [p.detach().clone() for p in trainer.net.parameters()]
+        trainer.step()
+        moved = [p.detach() - b for p, b in zip(trainer.net.parameters(), before)]
+        return float(torch.linalg.vector_norm(torch.cat([m.flatten() for m in moved])))
+
+    assert step_norm(1e-3) == pytest.approx(1e-3, rel=1e-3)
+    assert step_norm(None) > 1e-2
+    with pytest.raises(ValueError, match="grad_clip"):
+        TrainConfig(grad_clip=0.0)

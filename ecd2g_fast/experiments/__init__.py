@@ -5,15 +5,17 @@
 * :mod:`.configs`: :class:`ExperimentConfig` and the shipped presets :data:`EXPERIMENTS`;
 * :mod:`.runner`: :class:`Run` (a configuration resolved once), :func:`run` and the train and
   sample stages;
-* :mod:`.evaluation`: the evaluate and figures stages (metrics, exact output law);
+* :mod:`.evaluation`: the evaluate and figures stages of grid runs (metrics, exact output law);
+* :mod:`.highdim`: high-dimensional data sets (Bernoulli mixture, digits) and their sample metrics;
+* :mod:`.highdim_stages`: the sample, evaluate and figures stages of high-dimensional runs
+  (Hamming circuits; :func:`.runner.pipeline` picks the stages of a run);
 * :mod:`.plots`: the figures (matplotlib, imported lazily, Agg backend).
 
 The command line front end is :mod:`ecd2g_fast.cli` (``ecd2g run moons-to-swissroll-2d``).
 """
 
 from .configs import EXPERIMENTS, ExperimentConfig, make_distribution, resolve_datasets
-from .evaluation import evaluate_stage, figures_stage
-from .runner import Run, run, sample_stage, train_stage
+from .runner import Run, evaluate_stage, figures_stage, run, sample_stage, train_stage
 
 __all__ = [
     "EXPERIMENTS",

@@ -16,6 +16,24 @@ spec                    distribution                                            
 
 (:mod:`ecd2g_fast.experiments.datasets` defines them and their exact pmfs.)
 
+High-dimensional targets (:data:`~ecd2g_fast.experiments.highdim.HIGHDIM_TARGETS`; no pmf is
+tabulated, ``K**D`` is astronomical):
+
+=====================  ====================================================================  ===  =======
+target                 distribution                                                          K    D
+=====================  ====================================================================  ===  =======
+``bernoulli-mixture``  ten product-Bernoulli components, ``BernoulliMixture.make(D, 10, 0)``  2    any (64)
+``digits``             scikit-learn's 8 x 8 digits, 17 grey levels                           17   64
+``digits-binary``      the same digits thresholded at grey level 8                           2    64
+=====================  ====================================================================  ===  =======
+
+A run with one of them learns a Hamming log-field (``HammingCircuit(K, D, L, r, R)``, ``--model
+hamming``, docs/hamming.md) from uniform noise: ``--source uniform``, and another ``--source`` or
+``--model`` is an error. ``--R none`` (the presets' value) is the Hamming circuit's default
+``R = r D (K - 1)``. The mixture trains on fresh exact draws every step; the digits on the training
+split (``split(states, labels, 0.25, seed=0)``), the rest being held out for the metrics
+(:mod:`ecd2g_fast.experiments.highdim_stages`).
+
 Shipped experiments (:data:`EXPERIMENTS`):
 
 * ``uniform-to-gaussian-1d``, the paper's §5.1: ``K = 50``, ``L = 10``, ``r = 0.1``, ``R = 100``,
@@ -45,6 +63,11 @@ Shipped experiments (:data:`EXPERIMENTS`):
   ``--recipe paper``). Its sampler evaluates the network for every walker and neighbour state
   (about 16 walkers per second on a 2-core CPU), so give it ``--num-samples`` of a few thousand.
 * ``noise-to-swissroll-2d``: uniform noise over the grid to the swiss roll, otherwise as above.
+* ``bernoulli-mixture-64``, ``digits-64``, ``binary-digits-64``: uniform noise to a
+  64-dimensional target (table above) on a Hamming circuit with ``L = 64``, the Hamming model's
+  default recipe (width 256, depth 3) with the quick budget of :data:`HIGHDIM_BUDGETS`.
+* ``bernoulli-mixture-256``: the mixture at ``D = 256`` (``L = 64``): whether the machinery holds
+  at ``D >= 256`` (``metrics.json`` has the time per walker move and the peak memory).
 * ``custom``: ``--source`` and ``--target`` specs (files or names), ``--num-categories``,
   ``--num-layers`` (default 10).
 """
@@ -74,8 +97,17 @@ from .datasets import (
     moons,
     swiss_roll,
 )
+from .highdim import HIGHDIM_TARGETS, HighDimTarget
 
-__all__ = ["EXPERIMENTS", "NAMED_DATASETS", "ExperimentConfig", "make_distribution", "resolve_datasets"]
+__all__ = [
+    "EXPERIMENTS",
+    "HIGHDIM_BUDGETS",
+    "NAMED_DATASETS",
+    "ExperimentConfig",
+    "is_highdim",
+    "make_distribution",
+    "resolve_datasets",
+]
 
 #: Data sets known by name, with the dimension they fix (None: any D).
 NAMED_DATASETS = {
@@ -115,10 +147,12 @@ class ExperimentConfig(Settings):
     Attributes:
         experiment: preset name (``custom`` for ad-hoc specs).
         source, target: data-set specs (module docstring).
-        num_categories: ``K``; None: inferred (the largest state in the files, plus one).
-        dim: ``D``; None: inferred from the specs.
+        num_categories: ``K``; None: inferred (the largest state in the files, plus one; a
+            high-dimensional target's own ``K``).
+        dim: ``D``; None: inferred from the specs (``bernoulli-mixture``: 64).
         num_layers: ``L``.
-        r, R: the circuit's resistances.
+        r, R: the circuit's resistances (ohms); ``R`` None: the Hamming circuit's default
+            ``r D (K - 1)`` (high-dimensional targets only).
         recipe: the named recipe (:data:`~ecd2g_fast.training.config.RECIPES`) ``train`` was made
             from; ``ecd2g`` applies it again for another ``--model`` (the settings of the recipe
             for that model), and ``--recipe`` replaces it. Informative otherwise: ``train`` holds
@@ -127,7 +161,12 @@ class ExperimentConfig(Settings):
             states, walk and noise floors derive from it).
         mode: walk mode, ``"bidirectional"`` (exact) or ``"forward"`` (the paper's).
         backend: sampler backend (``"auto"``, ``"torch"``, ``"cpp"``, ``"potential"``).
-        num_samples: generated samples; None: ten per occupied target cell, at least 10,000.
+        num_samples: generated samples (walkers); None: ten per occupied target cell, at least
+            10,000 (high-dimensional targets: :data:`HIGHDIM_DEFAULT_WALKERS`).
+        max_moves: most moves of a walker; None: the sampler's default (``100 L + 1000`` for
+            learned current and Hamming fields). A grid run fails when a walker exceeds it; a
+            high-dimensional run keeps such walkers out of the samples and counts them
+            (``finished_fraction``: a learned log-field can cycle across a bridged dead end).
         sample_seed: seed of the start states and the walk; None: derived from ``train.seed``.
         device: ``"cpu"``, ``"cuda"``, ...; None: CUDA when available, else the CPU.
         exact_max_states: compute the exact output law (``tv_exact``) when ``M`` is at most this
@@ -142,16 +181,30 @@ class ExperimentConfig(Settings):
         check=text,
         group="data",
     )
-    target: str = setting("gaussian", "target data set, as --source", check=text, group="data")
+    target: str = setting(
+        "gaussian",
+        "target data set, as --source, or high-dimensional: bernoulli-mixture, digits, digits-binary",
+        check=text,
+        group="data",
+    )
     num_categories: int | None = setting(
-        None, "K; none: inferred from the data files", check=optional(integer(2)), group="data"
+        None,
+        "K; none: inferred from the data files (high-dimensional targets: their own K)",
+        check=optional(integer(2)),
+        group="data",
     )
     dim: int | None = setting(
-        None, "D; none: inferred from the data sets", check=optional(integer(1)), cli=False
-    )
+        None, "D; none: inferred from the data sets (bernoulli-mixture: 64)", check=optional(integer(1)),
+        group="data",
+    )  # fmt: skip
     num_layers: int = setting(10, "L, the number of layers of edges", check=integer(1), group="circuit")
     r: float = setting(0.1, "forward resistance", check=real(0.0, inclusive=False), group="circuit")
-    R: float = setting(100.0, "lateral resistance", check=real(0.0, inclusive=False), group="circuit")
+    R: float | None = setting(
+        100.0,
+        "lateral resistance; none: the Hamming circuit's default r D (K-1) (high-dimensional targets)",
+        check=optional(real(0.0, inclusive=False)),
+        group="circuit",
+    )
     recipe: str = setting(
         "default",
         "training recipe the settings start from: default (measured per model) or paper (the paper's "
@@ -165,7 +218,13 @@ class ExperimentConfig(Settings):
     mode: str = setting("bidirectional", "walk mode", check=choice(MODES), group="sample")
     backend: str = setting("auto", "sampler backend", check=choice(_sampler_backends), group="sample")
     num_samples: int | None = setting(
-        None, "generated samples; none: 10 per occupied target cell, at least 10,000",
+        None, "generated samples (walkers); none: 10 per occupied target cell, at least 10,000 "
+        "(high-dimensional targets: 1000)",
+        check=optional(integer(1)), group="sample",
+    )  # fmt: skip
+    max_moves: int | None = setting(
+        None, "most moves of a walker; none: the sampler's default, 100 L + 1000 for learned fields "
+        "(high-dimensional runs keep walkers still moving then out of the samples and count them)",
         check=optional(integer(1)), group="sample",
     )  # fmt: skip
     sample_seed: int | None = setting(
@@ -231,6 +290,75 @@ EXPERIMENTS["noise-to-swissroll-2d"] = EXPERIMENTS["moons-to-swissroll-2d"].repl
     notes="uniform noise over the 32 x 32 grid -> swiss roll; as moons-to-swissroll-2d otherwise",
 )
 
+#: Walkers of a high-dimensional run without ``num_samples``: one walker costs one network body
+#: evaluation of ``2 (1 + D (K-1)) + 1`` rows per move (a few ms at ``K = 2``, ``D = 64`` on a CPU).
+HIGHDIM_DEFAULT_WALKERS = 1000
+
+#: The quick budget of the high-dimensional presets, in one place: training steps, walkers and the
+#: walkers' move cap, sized so that a whole ``ecd2g run`` takes about 10-15 minutes on the project's
+#: 2-core CPU with one thread. Measured there (width 256, depth 3, L = 64; other jobs running):
+#: a training step takes 0.10-0.15 s at D = 64 (K = 2) and 0.16 s at D = 256; a walker move
+#: 3-4 ms at K = 2, D = 64, 14 ms at D = 256 and 80 ms at K = 17, D = 64 (1025 neighbours);
+#: walks take about L + 20 moves. Longer runs: ``--steps``, ``--num-samples``.
+HIGHDIM_BUDGETS: dict[str, dict] = {
+    "bernoulli-mixture-64": dict(steps=3000, num_samples=1000, max_moves=500),
+    "digits-64": dict(steps=3000, num_samples=64, max_moves=300),
+    "binary-digits-64": dict(steps=3000, num_samples=1000, max_moves=500),
+    "bernoulli-mixture-256": dict(steps=2000, num_samples=256, max_moves=400),
+}
+
+
+def _highdim_preset(name: str, target: str, dim: int, notes: str) -> ExperimentConfig:
+    budget = HIGHDIM_BUDGETS[name]
+    recipe = TrainConfig.recipe("default", model="hamming")
+    # the recipe's model settings (its layer encoding) with the presets' size
+    train = recipe.replace(
+        steps=budget["steps"], model_kwargs={**recipe.model_kwargs, "width": 256, "depth": 3}
+    )
+    return ExperimentConfig(
+        experiment=name,
+        source="uniform",
+        target=target,
+        num_categories=HIGHDIM_TARGETS[target].num_categories,
+        dim=dim,
+        num_layers=64,
+        R=None,
+        train=train,
+        num_samples=budget["num_samples"],
+        max_moves=budget["max_moves"],
+        notes=notes,
+    )
+
+
+EXPERIMENTS.update(
+    {
+        "bernoulli-mixture-64": _highdim_preset(
+            "bernoulli-mixture-64",
+            "bernoulli-mixture",
+            64,
+            "noise -> 10-component Bernoulli mixture on {0,1}^64, Hamming circuit L=64; quick budget",
+        ),
+        "digits-64": _highdim_preset(
+            "digits-64",
+            "digits",
+            64,
+            "noise -> 8x8 digits at 17 grey levels, Hamming circuit L=64; quick budget",
+        ),
+        "binary-digits-64": _highdim_preset(
+            "binary-digits-64",
+            "digits-binary",
+            64,
+            "noise -> binarised 8x8 digits, Hamming circuit L=64; quick budget",
+        ),
+        "bernoulli-mixture-256": _highdim_preset(
+            "bernoulli-mixture-256",
+            "bernoulli-mixture",
+            256,
+            "the mixture at D=256 (L=64): does the machinery hold at D>=256 (time per move, peak memory)",
+        ),
+    }
+)
+
 
 def _is_file_spec(spec: str) -> bool:
     return spec.lower().endswith((".npy", ".csv"))
@@ -262,7 +390,7 @@ def make_distribution(
             )
         return EmpiricalDistribution(data, num_categories, name=f"file({spec})")
     if spec not in NAMED_DATASETS:
-        choices = ", ".join(NAMED_DATASETS)
+        choices = ", ".join(NAMED_DATASETS) + (f" (a target may also be {', '.join(HIGHDIM_TARGETS)})")
         raise ValueError(f"{name} must be one of {choices} or a .npy/.csv file, got {spec!r}")
     fixed = NAMED_DATASETS[spec]
     if fixed is not None and fixed != dim:
@@ -280,16 +408,65 @@ def make_distribution(
     return swiss_roll(num_categories)
 
 
-def resolve_datasets(config: ExperimentConfig) -> tuple[ExperimentConfig, GridDistribution, GridDistribution]:
+def is_highdim(config: ExperimentConfig) -> bool:
+    """Whether ``config`` has a high-dimensional target (a Hamming-circuit run)."""
+    return config.target in HIGHDIM_TARGETS
+
+
+def _resolve_highdim(config: ExperimentConfig) -> tuple[ExperimentConfig, UniformGrid, HighDimTarget]:
+    """:func:`resolve_datasets` for a high-dimensional target (module docstring)."""
+    spec = HIGHDIM_TARGETS[config.target]
+    target = repr(config.target)
+    if config.source != "uniform":
+        raise ValueError(
+            f"source must be 'uniform' for the high-dimensional target {target}: its Hamming model "
+            f"learns from uniform noise (--source uniform), got {config.source!r}"
+        )
+    if config.train.model != "hamming":
+        raise ValueError(
+            f"model must be 'hamming' for the high-dimensional target {target} (--model hamming), "
+            f"got {config.train.model!r}"
+        )
+    K = spec.num_categories
+    if config.num_categories is not None and config.num_categories != K:
+        raise ValueError(
+            f"num_categories must be {K} for the target {target} (--num-categories), got {config.num_categories}"
+        )
+    dim = config.dim if config.dim is not None else spec.default_dim
+    if spec.dim is not None and dim != spec.dim:
+        raise ValueError(f"dim must be {spec.dim} for the target {target} (--dim), got {dim}")
+    config = config.replace(num_categories=K, dim=dim)
+    return config, UniformGrid(K, dim), HighDimTarget.make(config.target, dim)
+
+
+def resolve_datasets(
+    config: ExperimentConfig,
+) -> tuple[ExperimentConfig, GridDistribution, GridDistribution | HighDimTarget]:
     """Build the source and target distributions of ``config``, filling in ``K`` and ``D``.
 
     Returns:
-        ``(config with num_categories and dim set, source, target)``.
+        ``(config with num_categories and dim set, source, target)``; the target of a
+        high-dimensional run is a :class:`~ecd2g_fast.experiments.highdim.HighDimTarget` (no pmf).
 
     Raises:
         ValueError: specs that disagree on ``D``, a missing ``K`` with no file to infer it from,
-            unknown specs.
+            unknown specs; for a high-dimensional target, a source other than ``uniform``, a model
+            other than ``hamming``, or a ``K``/``D`` its data do not have; for a grid target, the
+            ``hamming`` model or ``R`` None. (The message names the option.)
     """
+    if is_highdim(config):
+        return _resolve_highdim(config)
+    if config.source in HIGHDIM_TARGETS:
+        raise ValueError(
+            f"source {config.source!r} is a high-dimensional target: give it as --target, with --source uniform"
+        )
+    if config.train.model == "hamming":
+        raise ValueError(
+            "model 'hamming' needs a high-dimensional target (--target "
+            f"{', '.join(HIGHDIM_TARGETS)}); got target {config.target!r}"
+        )
+    if config.R is None:
+        raise ValueError("R none (the Hamming circuit's default) needs a high-dimensional target; give --R")
     loaded: dict[str, np.ndarray] = {}
     dims = []
     for role in ("source", "target"):

@@ -1,4 +1,7 @@
-"""Evaluation of a run: metrics of the generated samples and of the exact output law, figures.
+"""Evaluation of a grid run: metrics of the generated samples and of the exact output law, figures.
+
+(High-dimensional runs: :mod:`.highdim_stages`; :func:`ecd2g_fast.experiments.runner.evaluate_stage`
+picks the one a run needs.)
 
 The figures need matplotlib (an optional dependency): without it they are skipped with one line
 on the log, and the metrics are still written.
@@ -30,7 +33,7 @@ from .folder import SAMPLES, RunFolderError
 if TYPE_CHECKING:
     from .runner import Run
 
-__all__ = ["density_projection_info", "evaluate_stage", "exact_feasible", "figures_stage"]
+__all__ = ["density_projection_info", "evaluate_stage", "exact_feasible", "figures_stage", "load_samples"]
 
 Log = Callable[[str], None]
 
@@ -82,6 +85,25 @@ def exact_feasible(config: ExperimentConfig) -> bool:
     """Whether ``tv_exact`` is computed: ``M <= exact_max_states`` and ``2 L M^2 <= 2**28``."""
     m = config.num_categories**config.dim
     return m <= config.exact_max_states and 2 * config.num_layers * m * m <= MAX_DENSE_CURRENT_ENTRIES
+
+
+def load_samples(run: Run) -> np.ndarray:
+    """The run's ``samples.npy`` (checked against the manifest): ``(N, D)`` int64 states in ``[0, K)``.
+
+    Raises:
+        FileNotFoundError: no samples yet.
+        RunFolderError: samples of another run, changed since written, or of the wrong shape,
+            dtype or range.
+    """
+    if not (run.out / SAMPLES).is_file():
+        raise FileNotFoundError(f"no {SAMPLES} in {str(run.out)!r}: run `ecd2g sample` first")
+    samples = np.load(run.folder.check(SAMPLES, run.run_id), allow_pickle=False)
+    expected = f"(N, {run.config.dim}) int64 states in [0, {run.config.num_categories})"
+    if samples.ndim != 2 or samples.shape[1] != run.config.dim or samples.dtype != np.int64:
+        raise RunFolderError(f"{SAMPLES} must hold {expected}, got {samples.dtype} {samples.shape}")
+    if samples.size and (samples.min() < 0 or samples.max() >= run.config.num_categories):
+        raise RunFolderError(f"{SAMPLES} must hold {expected}")
+    return samples
 
 
 def _sample_metrics(run: Run, counts: np.ndarray) -> dict:
@@ -178,14 +200,7 @@ def evaluate_stage(
         The full ``metrics.json`` content.
     """
     if samples is None:
-        if not (run.out / SAMPLES).is_file():
-            raise FileNotFoundError(f"no {SAMPLES} in {str(run.out)!r}: run `ecd2g sample` first")
-        samples = np.load(run.folder.check(SAMPLES, run.run_id), allow_pickle=False)
-        expected = f"(N, {run.config.dim}) int64 states in [0, {run.config.num_categories})"
-        if samples.ndim != 2 or samples.shape[1] != run.config.dim or samples.dtype != np.int64:
-            raise RunFolderError(f"{SAMPLES} must hold {expected}, got {samples.dtype} {samples.shape}")
-        if samples.size and (samples.min() < 0 or samples.max() >= run.config.num_categories):
-            raise RunFolderError(f"{SAMPLES} must hold {expected}")
+        samples = load_samples(run)
     counts = M.histogram(samples, run.config.num_categories)
     values: dict = {}
     exact_pmf = None

@@ -35,8 +35,19 @@ METRICS = "metrics.json"
 MANIFEST = "run.json"
 SAMPLES = "samples.npy"
 SOURCE_SAMPLES = "source_samples.npy"
-#: The figures (all derived from the trained model and its samples).
-FIGURES = ("histograms.png", "exact_output.png", "current_flow.png", "loss.png")
+#: The figures (all derived from the trained model and its samples); the last two: high-dimensional runs.
+FIGURES = (
+    "histograms.png",
+    "exact_output.png",
+    "current_flow.png",
+    "loss.png",
+    "samples.png",
+    "marginals.png",
+)
+#: metrics.json keys written by the training stage (kept when new samples are drawn).
+TRAIN_METRICS = frozenset(
+    {"train_seconds", "train_steps", "final_loss", "num_parameters", "device", "model", "threads"}
+)
 #: Suffix of an unfinished training's files (``config.json.partial``, ``checkpoint.pt.partial``).
 PARTIAL = ".partial"
 

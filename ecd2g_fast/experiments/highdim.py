@@ -23,6 +23,10 @@ draws (or held-out data) of the same size, which is what a perfect sampler would
 
 :func:`memorisation` compares the distances from samples to their nearest training image with
 those from held-out images: a generator that copies its training set sits closer.
+
+:class:`HighDimTarget` is the target of a high-dimensional ``ecd2g`` experiment
+(:data:`HIGHDIM_TARGETS`): its training data, and the reference and floor its samples are judged
+against.
 """
 
 from __future__ import annotations
@@ -30,11 +34,14 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 __all__ = [
+    "HIGHDIM_TARGETS",
     "BernoulliMixture",
     "DigitClassifier",
+    "HighDimTarget",
     "load_digits",
     "memorisation",
     "sample_metrics",
@@ -280,3 +287,156 @@ def nearest_distances(
             distance[rows, start + rows] = math.inf if distance.is_floating_point() else queries.shape[1] + 1
         out[start : start + block.shape[0]] = distance.min(1).values
     return out
+
+
+# ---------------------------------------------------------------------------- experiment targets
+@dataclass(frozen=True)
+class HighDimSpec:
+    """What a high-dimensional target spec fixes.
+
+    Attributes:
+        num_categories: ``K``.
+        dim: ``D`` when the data fix it (the 8 x 8 digits: 64); None: any ``D``.
+        default_dim: ``D`` when none is given.
+        help: one line for the documentation.
+    """
+
+    num_categories: int
+    dim: int | None
+    default_dim: int
+    help: str
+
+
+#: The high-dimensional targets by spec; their runs learn a Hamming log-field from uniform noise.
+HIGHDIM_TARGETS: dict[str, HighDimSpec] = {
+    "bernoulli-mixture": HighDimSpec(
+        2, None, 64, "BernoulliMixture.make(D, 10, seed=0): fresh exact draws every training step"
+    ),
+    "digits": HighDimSpec(17, 64, 64, "scikit-learn's 8 x 8 digits at 17 grey levels (training split)"),
+    "digits-binary": HighDimSpec(2, 64, 64, "the 8 x 8 digits thresholded at grey level 8 (training split)"),
+}
+#: Fraction of the digits held out from training (the reference of the metrics), and the split's seed.
+DIGITS_HELD_OUT, DIGITS_SPLIT_SEED = 0.25, 0
+#: Mixture components and the seed of the mixture of ``bernoulli-mixture``.
+MIXTURE_COMPONENTS, MIXTURE_SEED = 10, 0
+#: Exact draws the samples of a ``bernoulli-mixture`` run are compared with.
+MIXTURE_REFERENCE_SIZE = 20_000
+
+
+class MixtureSampler:
+    """``n -> (n, D)`` int64 fresh exact draws of a :class:`BernoulliMixture` (a training source).
+
+    ``state_dict()`` / ``load_state_dict()`` save and restore its generator, so the trainer's
+    checkpoints resume a run that draws from it exactly.
+    """
+
+    def __init__(self, mixture: BernoulliMixture, seed: int) -> None:
+        self.mixture = mixture
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def __call__(self, n: int) -> torch.Tensor:
+        return self.mixture.sample(n, self.generator)[0]
+
+    def state_dict(self) -> dict:
+        return {"generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.generator.set_state(state["generator"])
+
+
+@dataclass(frozen=True, eq=False)
+class HighDimTarget:
+    """The target of a high-dimensional experiment (:data:`HIGHDIM_TARGETS`).
+
+    Build it with :meth:`make`. A mixture run trains on fresh exact draws and is judged against
+    :data:`MIXTURE_REFERENCE_SIZE` other exact draws; a digits run trains on the training split
+    (``split(states, labels, DIGITS_HELD_OUT, DIGITS_SPLIT_SEED)``) and is judged against the
+    held-out images, with a :class:`DigitClassifier` trained on the training split.
+
+    Attributes:
+        spec: its key in :data:`HIGHDIM_TARGETS`.
+        num_categories: ``K``.
+        dim: ``D``.
+        mixture: the exact distribution (``bernoulli-mixture``), else None.
+        train_states, train_labels: ``(n, D)`` int64 training images and ``(n,)`` int64 labels
+            (digits), else None.
+        held_out_states, held_out_labels: the held-out images and labels (digits), else None.
+    """
+
+    spec: str
+    num_categories: int
+    dim: int
+    mixture: BernoulliMixture | None = None
+    train_states: torch.Tensor | None = None
+    train_labels: torch.Tensor | None = None
+    held_out_states: torch.Tensor | None = None
+    held_out_labels: torch.Tensor | None = None
+
+    @classmethod
+    def make(cls, spec: str, dim: int) -> HighDimTarget:
+        """The target ``spec`` at dimension ``dim`` (checked by the caller against the spec).
+
+        Raises:
+            ValueError: an unknown spec.
+            ImportError: the digits without scikit-learn.
+        """
+        if spec not in HIGHDIM_TARGETS:
+            raise ValueError(f"target must be one of {', '.join(HIGHDIM_TARGETS)}, got {spec!r}")
+        K = HIGHDIM_TARGETS[spec].num_categories
+        if spec == "bernoulli-mixture":
+            return cls(spec, K, dim, mixture=BernoulliMixture.make(dim, MIXTURE_COMPONENTS, MIXTURE_SEED))
+        states, labels = load_digits(binary=spec == "digits-binary")
+        train_states, train_labels, held_states, held_labels = split(
+            states, labels, DIGITS_HELD_OUT, DIGITS_SPLIT_SEED
+        )
+        return cls(spec, K, dim, None, train_states, train_labels, held_states, held_labels)
+
+    @property
+    def name(self) -> str:
+        """Short description, for logs."""
+        if self.mixture is not None:
+            return f"bernoulli-mixture(C={MIXTURE_COMPONENTS}, D={self.dim})"
+        return f"{self.spec}(K={self.num_categories}, {self.train_states.shape[0]} training images)"
+
+    def sampler(self, rng: np.random.Generator, device: torch.device | str = "cpu"):
+        """The training source: a :class:`MixtureSampler` seeded from ``rng``, or the ``(n, D)``
+        int64 training images (the trainer draws from them with replacement). ``device`` is where
+        the trainer puts them; the states are made on the CPU."""
+        if self.mixture is not None:
+            return MixtureSampler(self.mixture, int(rng.integers(0, 2**63 - 1)))
+        return self.train_states
+
+    def reference_and_floor(self, n: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(reference, floor)``: the ``(m, D)`` int64 data the samples are compared with, and
+        ``(n', D)`` int64 states a perfect sampler of the training distribution would give.
+
+        Mixture: :data:`MIXTURE_REFERENCE_SIZE` exact draws, and ``n`` other exact draws. Digits:
+        the held-out images, and ``n' = min(n, number of training images)`` training images drawn
+        without replacement.
+        """
+        if self.mixture is not None:
+            reference = self.mixture.sample(MIXTURE_REFERENCE_SIZE, generator)[0]
+            return reference, self.mixture.sample(n, generator)[0]
+        size = min(n, self.train_states.shape[0])
+        rows = torch.randperm(self.train_states.shape[0], generator=generator)[:size]
+        return self.held_out_states, self.train_states[rows]
+
+    def real_examples(self, n: int, generator: torch.Generator) -> torch.Tensor:
+        """``(min(n, available), D)`` int64 real states for figures (exact draws, or training images)."""
+        if self.mixture is not None:
+            return self.mixture.sample(n, generator)[0]
+        rows = torch.randperm(self.train_states.shape[0], generator=generator)[:n]
+        return self.train_states[rows]
+
+    def data_means(self) -> tuple[torch.Tensor, str]:
+        """``(D,)`` float64 mean state value per coordinate of the training distribution (exact
+        for the mixture, else the training images'), and a label saying which."""
+        if self.mixture is not None:
+            return self.mixture.weights @ self.mixture.theta, "data (exact)"
+        return self.train_states.to(torch.float64).mean(0), "training images"
+
+    def classifier(self) -> DigitClassifier | None:
+        """A :class:`DigitClassifier` trained on the training split (digits), else None."""
+        if self.train_labels is None:
+            return None
+        return DigitClassifier(self.train_states, self.train_labels, self.num_categories)

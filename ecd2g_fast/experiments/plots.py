@@ -4,18 +4,31 @@
   bar charts in 1D, heatmaps in 2D; the exact output law of the learned field is overlaid in 1D.
 * :func:`plot_current_flow`: 1D only (Figure 6): the net current into every vertex ``(l, w)``,
   exact next to learned, and the per-layer edge currents ``I_l(z, w)``.
+* :func:`plot_sample_grid`: high-dimensional runs: generated states drawn as images next to real
+  ones; :func:`plot_marginals`: their per-coordinate means against the data's.
+* :func:`plot_loss`: the training loss.
 
 All functions take numpy arrays, write one PNG and return its path.
 """
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
 import torch
 
-__all__ = ["layer_currents", "plot_current_flow", "plot_histograms", "plot_loss", "vertex_inflow"]
+__all__ = [
+    "image_shape",
+    "layer_currents",
+    "plot_current_flow",
+    "plot_histograms",
+    "plot_loss",
+    "plot_marginals",
+    "plot_sample_grid",
+    "vertex_inflow",
+]
 
 
 def _pyplot():
@@ -203,13 +216,16 @@ def plot_current_flow(
     return path
 
 
-def plot_loss(path: str | Path, losses: np.ndarray, *, title: str | None = None) -> Path:
+def plot_loss(
+    path: str | Path, losses: np.ndarray, *, title: str | None = None, ylabel: str = "normalised MSE"
+) -> Path:
     """The training loss per step (log scale) with a running mean over 1 % of the steps.
 
     Args:
         path: output PNG.
         losses: ``(steps,)`` losses.
         title: figure title.
+        ylabel: what the loss is.
 
     Returns:
         The path written.
@@ -227,7 +243,114 @@ def plot_loss(path: str | Path, losses: np.ndarray, *, title: str | None = None)
     if (losses > 0).all():
         ax.set_yscale("log")
     ax.set_xlabel("step")
-    ax.set_ylabel("normalised MSE")
+    ax.set_ylabel(ylabel)
+    ax.legend(fontsize=8)
+    if title:
+        ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    _save(fig, path, dpi=110)
+    return path
+
+
+def image_shape(dim: int) -> tuple[int, int]:
+    """``(height, width)`` of a ``dim``-pixel image: the most nearly square factorisation,
+    ``height <= width`` (64: 8 x 8, 256: 16 x 16, 8: 2 x 4; a prime: 1 x dim)."""
+    height = max(h for h in range(1, math.isqrt(dim) + 1) if dim % h == 0)
+    return height, dim // height
+
+
+def _tile(states: np.ndarray, columns: int, shape: tuple[int, int]) -> np.ndarray:
+    """``(n, D)`` states as one mosaic of ``columns`` images per row, one blank pixel between them
+    (NaN, drawn as the background)."""
+    h, w = shape
+    rows = max(1, math.ceil(states.shape[0] / columns))
+    mosaic = np.full((rows * (h + 1) - 1, columns * (w + 1) - 1), np.nan)
+    for i, state in enumerate(states):
+        r, c = divmod(i, columns)
+        mosaic[r * (h + 1) : r * (h + 1) + h, c * (w + 1) : c * (w + 1) + w] = state.reshape(h, w)
+    return mosaic
+
+
+def plot_sample_grid(
+    path: str | Path,
+    panels: dict[str, np.ndarray],
+    num_categories: int,
+    *,
+    columns: int = 8,
+    title: str | None = None,
+) -> Path:
+    """Panels of states drawn as images (row-major pixels, :func:`image_shape`), side by side.
+
+    Args:
+        path: output PNG.
+        panels: title -> ``(n, D)`` int64 states in ``[0, K)`` (the first ``columns**2`` are drawn).
+        num_categories: ``K``: level 0 is white, ``K - 1`` black.
+        columns: images per row (and at most as many rows).
+        title: figure title.
+
+    Returns:
+        The path written.
+    """
+    plt = _pyplot()
+    path = Path(path)
+    dims = {np.asarray(states).shape[1] for states in panels.values()}
+    if len(dims) != 1:
+        raise ValueError(f"panels must all hold (n, D) states of one D, got D in {sorted(dims)}")
+    shape = image_shape(dims.pop())
+    mosaics = {
+        name: (_tile(np.asarray(states)[: columns * columns], columns, shape), len(states))
+        for name, states in panels.items()
+    }
+    height, width = max(m.shape[0] for m, _ in mosaics.values()), max(m.shape[1] for m, _ in mosaics.values())
+    n = len(panels)
+    fig, axes = plt.subplots(1, n, figsize=(4.2 * n, 4.2 * height / width + 0.8), squeeze=False)
+    cmap = plt.get_cmap("gray_r").with_extremes(bad="white")
+    for ax, (name, (mosaic, total)) in zip(axes[0], mosaics.items()):
+        ax.imshow(mosaic, cmap=cmap, vmin=0, vmax=num_categories - 1, interpolation="nearest")
+        ax.set_title(f"{name}: {min(total, columns * columns)} of {total}", fontsize=9)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    if title:
+        fig.suptitle(title, fontsize=10)
+    _save(fig, path, dpi=110, bbox_inches="tight")
+    return path
+
+
+def plot_marginals(
+    path: str | Path,
+    data_means: np.ndarray,
+    sample_means: np.ndarray,
+    *,
+    data_label: str = "data",
+    ylabel: str = "generated",
+    title: str | None = None,
+) -> Path:
+    """Per-coordinate means of the generated states against the data's, with the line ``y = x``.
+
+    Args:
+        path: output PNG.
+        data_means, sample_means: ``(D,)`` float64 mean state value of each coordinate (the
+            probability of a 1 for ``K = 2``).
+        data_label: what the data means are of (the x-axis label).
+        ylabel: what the generated means are of.
+        title: figure title.
+
+    Returns:
+        The path written.
+    """
+    plt = _pyplot()
+    path = Path(path)
+    x, y = np.asarray(data_means, dtype=np.float64), np.asarray(sample_means, dtype=np.float64)
+    fig, ax = plt.subplots(figsize=(4.6, 4.4))
+    low, high = float(min(x.min(), y.min())), float(max(x.max(), y.max()))
+    pad = 0.05 * max(high - low, 1e-9)
+    ax.plot([low - pad, high + pad], [low - pad, high + pad], "k-", lw=0.8, label="y = x")
+    ax.scatter(x, y, s=12, alpha=0.8, color="tab:blue", label=f"{x.size} coordinates")
+    ax.set_xlim(low - pad, high + pad)
+    ax.set_ylim(low - pad, high + pad)
+    ax.set_aspect("equal")
+    ax.set_xlabel(f"mean per coordinate: {data_label}")
+    ax.set_ylabel(f"mean per coordinate: {ylabel}")
     ax.legend(fontsize=8)
     if title:
         ax.set_title(title, fontsize=9)

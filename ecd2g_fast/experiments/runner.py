@@ -13,8 +13,18 @@ Output folder (``Run.folder``; :mod:`.folder` for the lock, the atomic writes an
 ``histograms.png``     source / target / generated side by side (paper Figures 5 and 7)
 ``current_flow.png``   1D: exact vs learned current flow (paper Figure 6)
 ``exact_output.png``   2D: target next to the exact output law of the learned field, when computed
+``samples.png``        high-dimensional runs: generated states as images next to real ones
+``marginals.png``      high-dimensional runs: per-coordinate means, generated vs data
 ``loss.png``           the training loss
 =====================  =====================================================================
+
+**Two pipelines.** A run with a grid target (``K**D`` states tabulated: exact pmfs, TV, the exact
+output law) learns a :class:`~ecd2g_fast.circuit.Circuit`'s field; a run with a high-dimensional
+target (:data:`~ecd2g_fast.experiments.highdim.HIGHDIM_TARGETS`) learns a
+:class:`~ecd2g_fast.hamming.HammingCircuit`'s log-field from uniform noise. They share
+:class:`Run` and :func:`train_stage`; :func:`pipeline` is the one place that picks the sample,
+evaluate and figures stages (:mod:`.evaluation` or :mod:`.highdim_stages`), and
+:func:`sample_stage`, :func:`evaluate_stage` and :func:`figures_stage` dispatch through it.
 
 **Training never destroys the previous model.** A training writes ``config.json.partial`` and
 checkpoints to ``checkpoint.pt.partial`` (every ``checkpoint_every`` steps); only when it has
@@ -39,7 +49,7 @@ import dataclasses
 import os
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -52,11 +62,13 @@ from .. import metrics as M
 from ..circuit import Circuit
 from ..distributed import resolve_device
 from ..fields import Field
+from ..hamming import HammingCircuit
 from ..sampling import check_no_dead_ends, sample
 from ..training import Trainer, TrainResult, load_field
+from . import evaluation, highdim_stages
 from .configs import ExperimentConfig, resolve_datasets
 from .datasets import GridDistribution
-from .evaluation import Log, density_projection_info, evaluate_stage, figures_stage, load_plots, stderr_log
+from .evaluation import Log, density_projection_info, load_plots, stderr_log
 from .folder import (
     CHECKPOINT,
     CONFIG,
@@ -64,16 +76,21 @@ from .folder import (
     PARTIAL,
     SAMPLES,
     SOURCE_SAMPLES,
+    TRAIN_METRICS,
     RunFolder,
     RunFolderError,
     atomic_write,
 )
+from .highdim import HighDimTarget
 
 __all__ = [
+    "Pipeline",
     "Run",
     "dead_end_stage",
     "evaluate_stage",
     "figures_stage",
+    "grid_sample_stage",
+    "pipeline",
     "run",
     "sample_stage",
     "train_stage",
@@ -81,10 +98,6 @@ __all__ = [
 
 #: Walkers per call of :func:`ecd2g_fast.sample` (one progress-bar tick each).
 SAMPLE_CHUNK = 2**15
-#: metrics.json keys written by the training stage (kept when new samples are drawn).
-_TRAIN_KEYS = frozenset(
-    {"train_seconds", "train_steps", "final_loss", "num_parameters", "device", "model", "threads"}
-)
 
 
 @dataclass(frozen=True)
@@ -103,6 +116,12 @@ class Seeds:
             _, start, walk, _ = np.random.SeedSequence(config.sample_seed).spawn(4)
         return cls(data, start, walk, floor)
 
+    def walk_generator(self, device: torch.device) -> torch.Generator:
+        """The walk's ``torch.Generator`` on ``device``, seeded from :attr:`walk`."""
+        generator = torch.Generator(device=device)
+        generator.manual_seed(int(self.walk.generate_state(1, dtype=np.uint64)[0] >> np.uint64(1)))
+        return generator
+
 
 @dataclass(frozen=True)
 class Run:
@@ -111,8 +130,10 @@ class Run:
     Attributes:
         config: the configuration, with ``num_categories`` and ``dim`` filled in.
         out: the output folder.
-        circuit: the circuit of ``config``.
-        source, target: the data sets (samplers and pmfs).
+        circuit: the circuit of ``config``: a :class:`~ecd2g_fast.hamming.HammingCircuit` for a
+            high-dimensional target (:attr:`hamming`), else a :class:`~ecd2g_fast.circuit.Circuit`.
+        source, target: the data sets (samplers and pmfs; a high-dimensional target is a
+            :class:`~ecd2g_fast.experiments.highdim.HighDimTarget`, without pmf).
         device: where training and sampling run.
         seeds: the run's seed streams.
     """
@@ -120,9 +141,9 @@ class Run:
     config: ExperimentConfig
     folder: RunFolder
     run_id: str
-    circuit: Circuit
+    circuit: Circuit | HammingCircuit
     source: GridDistribution
-    target: GridDistribution
+    target: GridDistribution | HighDimTarget
     device: torch.device
     seeds: Seeds
 
@@ -142,7 +163,8 @@ class Run:
         if not isinstance(config, ExperimentConfig):
             raise TypeError(f"config must be an ExperimentConfig, got {type(config).__name__}")
         config, source, target = resolve_datasets(config)
-        circuit = Circuit(config.num_categories, config.dim, config.num_layers, config.r, config.R)
+        family = HammingCircuit if isinstance(target, HighDimTarget) else Circuit
+        circuit = family(config.num_categories, config.dim, config.num_layers, config.r, config.R)
         folder = out if isinstance(out, RunFolder) else RunFolder(out)
         run_id = uuid.uuid4().hex[:16] if run_id is None else run_id
         return cls(
@@ -159,6 +181,11 @@ class Run:
     @property
     def out(self) -> Path:
         return self.folder.path
+
+    @property
+    def hamming(self) -> bool:
+        """Whether this is a high-dimensional run (a Hamming circuit; :func:`pipeline`)."""
+        return isinstance(self.circuit, HammingCircuit)
 
     def load_field(self) -> Field:
         """The learned field of the run's checkpoint (checked against the manifest), on the run's device.
@@ -267,13 +294,73 @@ def train_stage(
     plots = load_plots(log)
     if plots is not None:
         plots.plot_loss(
-            folder / "loss.png", losses, title=f"{config.experiment}: {config.train.model} network"
+            folder / "loss.png",
+            losses,
+            title=f"{config.experiment}: {config.train.model} network",
+            ylabel="Bregman log loss" if run.hamming else "normalised MSE",
         )
     log(f"[ecd2g] trained {config.train.steps} steps in {seconds:.1f} s, final loss {tail.mean():.4g}")
     return result
 
 
-# ---------------------------------------------------------------------------- sample
+# ---------------------------------------------------------------------------- the stages after training
+@dataclass(frozen=True)
+class Pipeline:
+    """The stages after training of one kind of run (their signatures: :func:`sample_stage`,
+    :func:`evaluate_stage`, :func:`figures_stage`)."""
+
+    sample_stage: Callable[..., np.ndarray]
+    evaluate_stage: Callable[..., dict]
+    figures_stage: Callable[..., list[Path]]
+
+
+def pipeline(run: Run) -> Pipeline:
+    """The stages that serve ``run``: :mod:`.highdim_stages` for a high-dimensional run, else
+    :func:`grid_sample_stage` with :mod:`.evaluation` (the one place where the two pipelines part;
+    module docstring)."""
+    if run.hamming:
+        return Pipeline(
+            highdim_stages.sample_stage, highdim_stages.evaluate_stage, highdim_stages.figures_stage
+        )
+    return Pipeline(grid_sample_stage, evaluation.evaluate_stage, evaluation.figures_stage)
+
+
+def sample_stage(run: Run, field: Field, *, progress: bool = True, log: Log = stderr_log) -> np.ndarray:
+    """Draw the run's samples (:func:`grid_sample_stage` or
+    :func:`.highdim_stages.sample_stage`, by :func:`pipeline`); writes ``samples.npy``.
+
+    Returns:
+        ``(N, D)`` int64 generated states.
+    """
+    return pipeline(run).sample_stage(run, field, progress=progress, log=log)
+
+
+def evaluate_stage(
+    run: Run,
+    field: Field | None = None,
+    samples: np.ndarray | None = None,
+    *,
+    progress: bool = True,
+    log: Log = stderr_log,
+) -> dict:
+    """Metrics and figures of the run's samples (:func:`.evaluation.evaluate_stage` or
+    :func:`.highdim_stages.evaluate_stage`, by :func:`pipeline`); returns ``metrics.json``'s content."""
+    return pipeline(run).evaluate_stage(run, field, samples, progress=progress, log=log)
+
+
+def figures_stage(
+    run: Run,
+    field: Field | None,
+    samples: np.ndarray,
+    exact_pmf: np.ndarray | None = None,
+    *,
+    log: Log = stderr_log,
+) -> list[Path]:
+    """The run's PNG figures (by :func:`pipeline`); returns their paths (none without matplotlib)."""
+    return pipeline(run).figures_stage(run, field, samples, exact_pmf, log=log)
+
+
+# ---------------------------------------------------------------------------- sample (grid runs)
 def default_num_samples(target_pmf: np.ndarray) -> int:
     """``max(10 x occupied target cells, 10_000)``: the rule for runs without a preset value."""
     return max(10 * M.occupied_cells(target_pmf), 10_000)
@@ -326,8 +413,53 @@ def dead_end_stage(run: Run, field: Field, num_samples: int, *, log: Log = stder
     return {"dead_end_check": "passed", "dead_end_check_seconds": seconds}
 
 
-def sample_stage(run: Run, field: Field, *, progress: bool = True, log: Log = stderr_log) -> np.ndarray:
-    """Draw ``num_samples`` walkers from the source, walk them; write the ``.npy`` files.
+def walk_in_chunks(
+    run: Run,
+    field: Field,
+    x0: np.ndarray,
+    generator: torch.Generator,
+    chunk: int,
+    max_moves: int | None,
+    unfinished: str,
+    progress: bool,
+) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """Walk the ``(n, D)`` start states ``x0`` in calls of ``chunk`` walkers (one progress-bar tick
+    each) with the run's mode and backend.
+
+    Returns:
+        ``(n, D)`` terminal states and ``(n,)`` move counts (-1: still moving, ``unfinished="keep"``)
+        on the CPU, and the wall time in seconds (device work included).
+    """
+    config, device = run.config, run.device
+    chunks, moves = [], []
+    start = time.perf_counter()
+    bar = tqdm(
+        total=len(x0), desc=f"walk ({config.mode})", unit="walker", disable=not progress, dynamic_ncols=True
+    )
+    try:
+        for lo in range(0, len(x0), chunk):
+            start_states = torch.from_numpy(x0[lo : lo + chunk]).to(device)
+            states, steps = sample(
+                field,
+                start_states,
+                config.mode,
+                backend=config.backend,
+                generator=generator,
+                max_moves=max_moves,
+                unfinished=unfinished,
+                return_moves=True,
+            )
+            chunks.append(states.cpu())
+            moves.append(steps.cpu())
+            bar.update(start_states.shape[0])
+    finally:
+        bar.close()
+    _synchronize(device)
+    return torch.cat(chunks), torch.cat(moves), time.perf_counter() - start
+
+
+def grid_sample_stage(run: Run, field: Field, *, progress: bool = True, log: Log = stderr_log) -> np.ndarray:
+    """Draw ``num_samples`` walkers from the source, walk them; write the ``.npy`` files (grid runs).
 
     A learned current field is first checked for dead ends (:func:`dead_end_stage`), so that a
     walker is never stranded midway.
@@ -357,40 +489,19 @@ def sample_stage(run: Run, field: Field, *, progress: bool = True, log: Log = st
         )
     dead_ends = dead_end_stage(run, field, n, log=log)
     x0 = run.source.sample(n, np.random.default_rng(run.seeds.start))
-    generator = torch.Generator(device=device)
-    generator.manual_seed(int(run.seeds.walk.generate_state(1, dtype=np.uint64)[0] >> np.uint64(1)))
+    generator = run.seeds.walk_generator(device)
     selected = backends.select("sample", config.backend, device, subject=field).name
-    chunks, moves = [], []
-    start = time.perf_counter()
-    bar = tqdm(
-        total=n, desc=f"sample ({config.mode})", unit="walker", disable=not progress, dynamic_ncols=True
+    states, moves_all, seconds = walk_in_chunks(
+        run, field, x0, generator, SAMPLE_CHUNK, config.max_moves, "raise", progress
     )
-    try:
-        for lo in range(0, n, SAMPLE_CHUNK):
-            start_states = torch.from_numpy(x0[lo : lo + SAMPLE_CHUNK]).to(device)
-            states, steps = sample(
-                field,
-                start_states,
-                config.mode,
-                backend=config.backend,
-                generator=generator,
-                return_moves=True,
-            )
-            chunks.append(states.cpu())
-            moves.append(steps.cpu())
-            bar.update(start_states.shape[0])
-    finally:
-        bar.close()
-    _synchronize(device)
-    seconds = time.perf_counter() - start
-    samples = torch.cat(chunks).numpy().astype(np.int64)
+    samples = states.numpy().astype(np.int64)
     # the files appear after the walk, with the sampling settings that made them: an interrupted
     # sample stage changes nothing
     for name, array in ((SOURCE_SAMPLES, x0), (SAMPLES, samples)):
         atomic_write(run.folder / name, lambda handle, a=array: np.save(handle, a))
     run.folder.record(run.run_id, [SOURCE_SAMPLES, SAMPLES])
     run.folder.write_config(config, run.run_id)
-    mean_moves = float(torch.cat(moves).double().mean())
+    mean_moves = float(moves_all.double().mean())
     run.write_metrics(  # earlier evaluations describe other samples: only the training keys stay
         {
             "num_samples": n,
@@ -404,7 +515,7 @@ def sample_stage(run: Run, field: Field, *, progress: bool = True, log: Log = st
             **density_projection_info(field),
             **dead_ends,
         },
-        keep=_TRAIN_KEYS,
+        keep=TRAIN_METRICS,
     )
     log(
         f"[ecd2g] sampled {n} walkers ({config.mode}) in {seconds:.2f} s ({n / max(seconds, 1e-9):.0f}/s), "

@@ -9,15 +9,17 @@ holds the per-layer kernels that give them with per-state relative accuracy at a
 
 Noise to data at any dimension: :class:`LogField` (a field given by the log of the smoothed data
 density, walked on state vectors), :class:`DataLogField` (the exact field of a pmf or of samples),
-:class:`HammingNet` (the learned log-field) and its loss and queries (:mod:`.learning`). The
+:class:`ProductMixtureLogField` (the exact field of a mixture of product distributions, any
+``D``), :class:`HammingNet` (the learned log-field), its loss and queries and the layer-mean check
+:func:`layer_mean_ratios` (:mod:`.learning`). The
 mathematics, with the test that checks each result, is in ``docs/hamming.md``.
 """
 
 from . import targets
 from .circuit import HammingCircuit, HammingConfig
 from .extended import ExtendedTensor
-from .learning import BregmanLogLoss, WalkQueries
-from .log_field import DataLogField, LogField
+from .learning import BregmanLogLoss, KernelQueries, WalkQueries, layer_mean_ratios
+from .log_field import DataLogField, LogField, ProductMixtureLogField
 from .model import HammingNet, HammingNetField
 from .tables import KernelTables, distance_histogram
 
@@ -29,9 +31,12 @@ __all__ = [
     "HammingConfig",
     "HammingNet",
     "HammingNetField",
+    "KernelQueries",
     "KernelTables",
     "LogField",
+    "ProductMixtureLogField",
     "WalkQueries",
     "distance_histogram",
+    "layer_mean_ratios",
     "targets",
 ]

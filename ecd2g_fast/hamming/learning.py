@@ -18,6 +18,14 @@ a distance from the occupancy of the exact walk towards a single data point (the
 over ``(l, h)``, which that walk follows exactly), then a data sample and that many changed
 coordinates; ``"uniform"`` queries draw layers and states uniformly (useless at large ``D``: a
 uniform state is at distance about ``D (K-1)/K`` from every sample).
+
+**Layer means.** The layer mean of ``rho_l`` is ``alpha*_{L-l}`` exactly, and a learned field must
+keep it: a per-layer scale error of 0.1 in ``log rho`` already costs about 0.27 in TV at ``D = 12``
+(docs/hamming.md §8). A uniform-state average is useless at large ``D`` (its value comes from
+states it never draws); :func:`layer_mean_ratios` estimates it by importance sampling from the
+data smoothed by the layer's kernel, ``pi_l(z) = rho^data_l(z) / (M alpha*_{L-l})``, a
+distribution one draws exactly (:func:`smoothed_data_states`): ``E_{pi_l}[rho_l / rho^data_l]``
+is the layer mean of ``rho_l`` over ``alpha*_{L-l}``, whatever the data set.
 """
 
 from __future__ import annotations
@@ -27,10 +35,24 @@ import math
 import torch
 
 from .circuit import HammingCircuit
-from .log_field import LogFieldTables
+from .log_field import LogField, LogFieldTables
 from .targets import distance_histograms
 
-__all__ = ["BregmanLogLoss", "WalkQueries", "log_targets", "point_occupancy"]
+__all__ = [
+    "RATIO_EDGES",
+    "BregmanLogLoss",
+    "KernelQueries",
+    "WalkQueries",
+    "layer_mean_ratios",
+    "log_targets",
+    "point_occupancy",
+    "smoothed_data_pairs",
+    "smoothed_data_states",
+]
+
+#: Edges per kernel query in the denoising ratio loss (:class:`KernelQueries`): each costs one more
+#: network row per query.
+RATIO_EDGES = 2
 
 
 def log_targets(
@@ -43,7 +65,8 @@ def log_targets(
 
 
 class BregmanLogLoss:
-    """Sum over the queries of ``e^u - u - 1``, ``u = log t - S`` (module docstring).
+    """Sum over the queries of ``e^u - u - 1``, ``u = log t - S`` (module docstring), plus, for
+    :class:`KernelQueries`, ``ratio_weight`` times the denoising ratio loss of their edges.
 
     The call has the trainer's loss signature (:class:`~ecd2g_fast.training.Trainer`); the source
     batch is not used: the Hamming model learns from uniform noise, whose term of the potentials
@@ -52,29 +75,89 @@ class BregmanLogLoss:
     Args:
         circuit: the Hamming circuit.
         device: where the tables live.
+        ratio_weight: weight of the denoising ratio term (kernel queries only).
     """
 
-    def __init__(self, circuit: HammingCircuit, device: torch.device | str = "cpu") -> None:
+    def __init__(
+        self, circuit: HammingCircuit, device: torch.device | str = "cpu", ratio_weight: float = 1.0
+    ) -> None:
         self.circuit = circuit
         self.tables = LogFieldTables(circuit, device)
+        self.ratio_weight = ratio_weight
 
     def targets(self, layer: torch.Tensor, z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """``(Q,)`` float32 ``log t - log alpha*_{L-l}``: the target of the network's output ``f``."""
+        """``(Q,)`` float64 ``log t - log alpha*_{L-l}``: the target of the network's output ``f``."""
         logt = log_targets(self.tables, layer, z, y, self.circuit.num_categories)
-        return (logt - self.tables.log_norm[layer]).to(torch.float32)
+        return logt - self.tables.log_norm[layer]
+
+    def edge_states(
+        self, layer: torch.Tensor, z: torch.Tensor, slot: torch.Tensor, forward: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The other end of each kernel query's edges: ``(Q, E)`` int64 layers ``l +- 1`` and
+        ``(Q * E, D)`` int64 states (row ``q * E + e``)."""
+        E = slot.shape[1]
+        other = torch.where(forward, layer[:, None] + 1, layer[:, None] - 1)
+        return other, self.circuit.apply_slot(z.repeat_interleave(E, 0), slot.reshape(-1))
+
+    def ratio_terms(
+        self,
+        layer: torch.Tensor,
+        z: torch.Tensor,
+        anchor: torch.Tensor,
+        other: torch.Tensor,
+        w: torch.Tensor,
+        f_here: torch.Tensor,
+        f_there: torch.Tensor,
+    ) -> torch.Tensor:
+        """``(Q,)`` float64 mean over each query's ``E`` edges of ``e^d - tau d + tau (log tau - 1)``.
+
+        ``d = S_{l'}(w) - S_l(z)`` is the model's log-ratio across the edge to ``w`` in layer ``l'``
+        (:meth:`edge_states`; from ``f_here`` ``(Q,)`` and ``f_there`` ``(Q, E)``), and
+        ``tau = Ã_{L-l'}(h(w, anchor)) / Ã_{L-l}(h(z, anchor))`` the anchor's ratio. Given ``z``, the
+        anchor follows the posterior of :func:`smoothed_data_pairs`, so ``E[tau | z]`` is the exact
+        ratio ``rho_{l'}(w) / rho_l(z)`` and the term is minimised there (docs/hamming.md §8).
+        """
+        n, E = other.shape
+        h_here = (z != anchor).sum(1)
+        h_there = (w != anchor.repeat_interleave(E, 0)).sum(1).view(n, E)
+        kernel, norm = self.tables.log_kernel, self.tables.log_norm
+        log_tau = kernel[other, h_there] - kernel[layer, h_here][:, None]
+        d = norm[other] - norm[layer][:, None] + f_there - f_here[:, None]
+        tau = torch.exp(log_tau)
+        return (torch.exp(d) - tau * d + tau * (log_tau - 1)).mean(1)
 
     def __call__(
         self,
         net: torch.nn.Module,
-        queries: tuple[torch.Tensor, torch.Tensor],
+        queries: tuple[torch.Tensor, ...],
         x: torch.Tensor | None,
         y: torch.Tensor,
     ) -> torch.Tensor:
-        """0-d float32 sum over the queries ``(layer (Q,), z (Q, D))`` of the loss of ``net``'s
-        output ``f`` (:class:`~.model.HammingNet`) on the ``(B, D)`` data batch ``y``."""
-        layer, z = queries
-        u = self.targets(layer, z, y) - net(layer, z)
-        return (torch.exp(u) - u - 1).sum()
+        """0-d float64 loss of ``net``'s output ``f`` (:class:`~.model.HammingNet`) on the ``(B, D)``
+        data batch ``y``: over the queries ``(layer (Q,), z (Q, D))`` (:class:`WalkQueries`), or
+        ``(layer, z, anchor, slot, forward[, weight])`` (:class:`KernelQueries`), with one network
+        call for every state the loss reads.
+
+        In float64: before training ``u`` reaches ``log(M / B)`` near the data (174 at ``K = 17``,
+        ``D = 64``), past float32's ``exp`` (88)."""
+        layer, z = queries[:2]
+        if len(queries) == 2:
+            f_here = net(layer, z).to(torch.float64)
+            ratio = None
+        else:
+            anchor, slot, forward = queries[2:5]
+            other, w = self.edge_states(layer, z, slot, forward)
+            f = net(torch.cat([layer, other.reshape(-1)]), torch.cat([z, w])).to(torch.float64)
+            n = layer.shape[0]
+            f_here, f_there = f[:n], f[n:].view(other.shape)
+            ratio = self.ratio_terms(layer, z, anchor, other, w, f_here, f_there)
+            if len(queries) == 6:  # importance weights of mixed distances (KernelQueries)
+                ratio = ratio * queries[5]
+        u = self.targets(layer, z, y) - f_here
+        loss = torch.exp(u) - u - 1
+        if ratio is not None:
+            loss = loss + self.ratio_weight * ratio
+        return loss.sum()
 
 
 def point_occupancy(
@@ -187,6 +270,173 @@ class WalkQueries:
         cell = torch.multinomial(self.probabilities, num_queries, replacement=True, generator=generator)
         layer, distance = cell // (D + 1), cell % (D + 1)
         anchor = data[torch.randint(0, data.shape[0], (num_queries,), generator=generator, device=device)]
-        rank = torch.rand(num_queries, D, generator=generator, device=device).argsort(dim=1).argsort(dim=1)
-        shift = torch.randint(1, K, (num_queries, D), generator=generator, device=device)
-        return layer, torch.where(rank < distance[:, None], (anchor + shift) % K, anchor)
+        return layer, _change_coordinates(anchor, distance, K, generator)
+
+
+def _change_coordinates(
+    anchor: torch.Tensor, distance: torch.Tensor, num_categories: int, generator: torch.Generator
+) -> torch.Tensor:
+    """``(n, D)`` states at Hamming distance ``distance`` ``(n,)`` from ``anchor`` ``(n, D)``:
+    that many coordinates, chosen uniformly, changed to a uniform other value."""
+    n, D = anchor.shape
+    device = anchor.device
+    rank = torch.rand(n, D, generator=generator, device=device).argsort(dim=1).argsort(dim=1)
+    shift = torch.randint(1, num_categories, (n, D), generator=generator, device=device)
+    return torch.where(rank < distance[:, None], (anchor + shift) % num_categories, anchor)
+
+
+def smoothed_data_pairs(
+    tables: LogFieldTables,
+    layer: torch.Tensor,
+    data: torch.Tensor,
+    num_categories: int,
+    generator: torch.Generator,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(z, anchor)``: ``(n, D)`` states drawn from ``pi_l(z) = rho^data_l(z) / (M alpha*_{L-l})``,
+    the data's field at layer ``l`` normalised (module docstring), and the data rows they were drawn
+    around: a uniform row ``y`` of ``data``, a distance ``h`` with probability
+    ``C(D, h) (K-1)^h Ã_{L-l}(h) / (M alpha*_{L-l})``, then ``h`` coordinates of ``y`` changed. The
+    anchor given ``z`` is then distributed as ``q(y) Ã_{L-l}(h(z, y)) / rho_l(z)``: the posterior
+    the denoising ratio loss needs.
+
+    Args:
+        tables: the circuit's :class:`LogFieldTables`.
+        layer: ``(n,)`` int64 layers in ``[0, L]``; ``data``: ``(B, D)`` int64 samples;
+        num_categories: ``K``; generator: on ``data``'s device.
+
+    Returns:
+        Two ``(n, D)`` int64 tensors on ``data``'s device.
+    """
+    K, (B, D) = num_categories, data.shape
+    device = data.device
+    h = torch.arange(D + 1, dtype=torch.float64, device=device)
+    log_count = math.lgamma(D + 1) - torch.lgamma(h + 1) - torch.lgamma(D - h + 1) + h * math.log(K - 1)
+    log_law = log_count + tables.log_kernel.to(device)[layer]  # (n, D+1), normalised by the softmax
+    distance = torch.multinomial(torch.softmax(log_law, dim=1), 1, generator=generator).squeeze(1)
+    anchor = data[torch.randint(0, B, (layer.shape[0],), generator=generator, device=device)]
+    return _change_coordinates(anchor, distance, K, generator), anchor
+
+
+def smoothed_data_states(
+    tables: LogFieldTables,
+    layer: torch.Tensor,
+    data: torch.Tensor,
+    num_categories: int,
+    generator: torch.Generator,
+) -> torch.Tensor:
+    """The states of :func:`smoothed_data_pairs`: ``(n, D)`` draws of ``pi_l``."""
+    return smoothed_data_pairs(tables, layer, data, num_categories, generator)[0]
+
+
+class KernelQueries:
+    """Queries of the denoising ratio loss: ``(layer, z, anchor, slot, forward[, weight])``.
+
+    ``layer`` follows the layer marginal of :class:`WalkQueries` (where the walk spends its moves).
+    With ``walk_fraction = 0``, ``(z, anchor)`` come from :func:`smoothed_data_pairs`: ``z`` follows
+    ``pi_l``. But ``pi_l`` sits far from the data even at layer ``L`` once ``D`` is large (its mean
+    distance to the anchor is 20 at ``D = 64``, 84 at ``D = 256`` and 280 at ``D = 784`` for
+    ``L = 64``), while the walk's last moves are near the data. With ``walk_fraction = a > 0`` the
+    distance is drawn from ``(1 - a) pi_l(h) + a w_l(h)``, ``w_l`` the walk's occupancy at layer
+    ``l`` (:func:`point_occupancy`). Each query then carries the importance weight
+    ``weight = pi_l(h) / ((1 - a) pi_l(h) + a w_l(h)) <= 1 / (1 - a)``. Given ``z``, the weighted
+    ratio term is the posterior one times a factor of ``z`` alone, so its minimiser is still the
+    exact ratio (docs/hamming.md §8).
+
+    ``slot`` ``(n, E)`` are uniform neighbour slots of ``z``, and ``forward`` ``(n, E)`` bool their
+    direction: to layer ``l + 1`` or ``l - 1``, forced to the existing one at layers 0 and ``L``.
+    ``E`` = :data:`RATIO_EDGES`.
+
+    Args:
+        circuit: the Hamming circuit; ``tables``: its :class:`LogFieldTables` (computed if not given).
+        walk_fraction: ``a`` in ``[0, 1)``.
+    """
+
+    def __init__(
+        self, circuit: HammingCircuit, tables: LogFieldTables | None = None, walk_fraction: float = 0.0
+    ) -> None:
+        if not 0 <= walk_fraction < 1:
+            raise ValueError(f"walk_fraction must be in [0, 1), got {walk_fraction}")
+        self.circuit, self.walk_fraction = circuit, walk_fraction
+        self.tables = tables or LogFieldTables(circuit)
+        visits = point_occupancy(circuit, self.tables)
+        self.layer_probabilities = visits.sum(1) / visits.sum()
+        if walk_fraction > 0:
+            K, D = circuit.num_categories, circuit.dim
+            h = torch.arange(D + 1, dtype=torch.float64)
+            log_count = (
+                math.lgamma(D + 1) - torch.lgamma(h + 1) - torch.lgamma(D - h + 1) + h * math.log(K - 1)
+            )
+            kernel_law = torch.softmax(log_count + self.tables.log_kernel.cpu(), dim=1)  # pi_l(h)
+            walk_law = visits / visits.sum(1, keepdim=True).clamp_min(1e-300)
+            self.distance_law = (1 - walk_fraction) * kernel_law + walk_fraction * walk_law
+            self.weights = kernel_law / self.distance_law.clamp_min(1e-300)
+
+    def __call__(
+        self, data: torch.Tensor, num_queries: int, generator: torch.Generator
+    ) -> tuple[torch.Tensor, ...]:
+        """``num_queries`` queries around the ``(B, D)`` samples ``data``, on its device."""
+        c, device = self.circuit, data.device
+        if self.layer_probabilities.device != device:
+            self.layer_probabilities = self.layer_probabilities.to(device)
+            self.tables = LogFieldTables(c, device)
+            if self.walk_fraction > 0:
+                self.distance_law, self.weights = self.distance_law.to(device), self.weights.to(device)
+        n, L = num_queries, c.num_layers
+        layer = torch.multinomial(self.layer_probabilities, n, replacement=True, generator=generator)
+        if self.walk_fraction == 0:
+            z, anchor = smoothed_data_pairs(self.tables, layer, data, c.num_categories, generator)
+        else:
+            distance = torch.multinomial(self.distance_law[layer], 1, generator=generator).squeeze(1)
+            anchor = data[torch.randint(0, data.shape[0], (n,), generator=generator, device=device)]
+            z = _change_coordinates(anchor, distance, c.num_categories, generator)
+        slot = torch.randint(0, c.num_neighbours, (n, RATIO_EDGES), generator=generator, device=device)
+        forward = torch.rand(n, RATIO_EDGES, generator=generator, device=device) < 0.5
+        forward = (forward | (layer == 0)[:, None]) & (layer < L)[:, None]
+        if self.walk_fraction == 0:
+            return layer, z, anchor, slot, forward
+        return layer, z, anchor, slot, forward, self.weights[layer, distance]
+
+
+@torch.no_grad()
+def layer_mean_ratios(
+    field: LogField,
+    data: torch.Tensor,
+    num_states: int = 1024,
+    generator: torch.Generator | int = 0,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per layer, ``log`` of the layer mean of ``field``'s ``rho_l`` over its exact value ``alpha*_{L-l}``.
+
+    Importance sampling from ``pi_l`` of the data set ``data`` (module docstring): ``num_states``
+    draws per layer, weighted by ``rho_l(z) / rho^data_l(z)`` (``rho^data`` exact, by
+    :class:`~.log_field.DataLogField`). Unbiased for the ratio of means (its log is consistent);
+    0 for a field whose layer means are tied to their closed-form values.
+
+    Args:
+        field: a :class:`~.log_field.LogField` (a learned one: :class:`~.model.HammingNetField`).
+        data: ``(B, D)`` int64 samples of the target (e.g. training data); cost ``O(B D)`` per state.
+        num_states: draws per layer.
+        generator: a seed or a generator on ``field.device``.
+
+    Returns:
+        ``(L+1,)`` float64 estimates and ``(L+1,)`` float64 standard errors (delta method), CPU.
+    """
+    from .log_field import DataLogField
+
+    circuit = field.circuit
+    L, device = circuit.num_layers, field.device
+    if isinstance(generator, int):
+        generator = torch.Generator(device=device).manual_seed(generator)
+    data = data.to(device)
+    reference = DataLogField(circuit, data)
+    estimates = torch.empty(L + 1, dtype=torch.float64)
+    errors = torch.empty(L + 1, dtype=torch.float64)
+    for l in range(L + 1):
+        layer = torch.full((num_states,), l, dtype=torch.int64, device=device)
+        z = smoothed_data_states(field.tables, layer, data, circuit.num_categories, generator)
+        log_ratio = (field.log_field(layer, z) - reference.log_field(layer, z)).cpu()
+        top = log_ratio.max()
+        weights = torch.exp(log_ratio - top)
+        mean = weights.mean()
+        estimates[l] = torch.log(mean) + top
+        errors[l] = weights.std() / (mean * math.sqrt(num_states))
+    return estimates, errors

@@ -25,7 +25,10 @@ values stay of order one at any ``D``. Any ``S`` gives currents that derive from
 (``-rho = -e^S`` up to per-layer constants), so the walk has no current cycle.
 
 :class:`LogField` implements this for any ``S``; :class:`DataLogField` computes ``S`` exactly from a
-pmf or from samples (the exact field of a data set, by distance histograms, for any ``D``).
+pmf or from samples (the exact field of a data set, by distance histograms, for any ``D``);
+:class:`ProductMixtureLogField` computes it exactly for a mixture of product distributions (the
+distance to a draw of a product distribution is a sum of independent Bernoulli variables), the
+reference a learned field is measured against at any ``D`` where the data law is such a mixture.
 """
 
 from __future__ import annotations
@@ -42,7 +45,7 @@ from .circuit import HammingCircuit
 from .extended import ExtendedTensor
 from .targets import distance_histograms
 
-__all__ = ["DataLogField", "LogField", "LogFieldTables"]
+__all__ = ["DataLogField", "LogField", "LogFieldTables", "ProductMixtureLogField"]
 
 
 class LogFieldTables:
@@ -268,3 +271,79 @@ class DataLogField(LogField):
         distance = (z[:, None, :] != self.points[None, :, :]).sum(-1)
         terms = self.log_weights + self.tables.log_kernel[layer[:, None], distance]
         return torch.logsumexp(terms, dim=1)
+
+
+class ProductMixtureLogField(LogField):
+    """The exact noise-to-data field of ``q(y) = sum_c w_c prod_d P_c(y_d)``, a mixture of product
+    distributions, at any ``D``.
+
+    For a state ``z`` and component ``c`` the distance ``h(z, y)`` of a draw ``y`` of the component
+    is a sum of independent Bernoulli variables of means ``1 - P_c(y_d = z_d)`` (a Poisson-binomial
+    law, computed by the ``D``-step convolution), so
+    ``rho_l(z) = sum_c w_c sum_h P_c(h(z, y) = h) Ã_{L-l}(h)`` exactly. Cost per evaluated state:
+    ``O(C D^2)``.
+
+    Args:
+        circuit: the Hamming circuit.
+        probabilities: ``(C, D, K)`` float per-component, per-coordinate categorical laws (rows
+            sum to 1).
+        weights: ``(C,)`` non-negative float mixture weights (normalised here).
+        device: where the field computes.
+    """
+
+    def __init__(
+        self,
+        circuit: HammingCircuit,
+        probabilities: torch.Tensor,
+        weights: torch.Tensor,
+        device: torch.device | str = "cpu",
+    ) -> None:
+        super().__init__(circuit, device)
+        K, D = circuit.num_categories, circuit.dim
+        if (
+            not isinstance(probabilities, torch.Tensor)
+            or probabilities.dim() != 3
+            or probabilities.shape[1:]
+            != (
+                D,
+                K,
+            )
+        ):
+            raise ValueError(f"probabilities must be a (C, {D}, {K}) tensor, got {probabilities!r:.80}")
+        C = probabilities.shape[0]
+        if not isinstance(weights, torch.Tensor) or weights.shape != (C,):
+            raise ValueError(f"weights must be a ({C},) tensor, got {weights!r:.80}")
+        probabilities = probabilities.to(torch.float64)
+        weights = weights.to(torch.float64)
+        if bool((probabilities < 0).any()) or not torch.allclose(
+            probabilities.sum(-1), torch.ones((), dtype=torch.float64)
+        ):
+            raise ValueError("probabilities must be non-negative with rows summing to 1")
+        if bool((weights < 0).any()) or float(weights.sum()) <= 0:
+            raise ValueError("weights must be non-negative with a positive sum")
+        self.probabilities = probabilities.to(self.device)
+        self.log_weights = torch.log(weights / weights.sum()).to(self.device)
+
+    def distance_laws(self, z: torch.Tensor) -> torch.Tensor:
+        """``(n, C, D+1)`` float64 ``P_c(h(z, y) = h)`` for ``(n, D)`` int64 states ``z``."""
+        n, D = z.shape
+        C = self.probabilities.shape[0]
+        index = z[:, None, :, None].expand(n, C, D, 1)
+        differ = 1 - self.probabilities[None].expand(n, -1, -1, -1).gather(3, index).squeeze(3)  # (n, C, D)
+        law = torch.zeros(n, C, D + 1, dtype=torch.float64, device=z.device)
+        law[..., 0] = 1
+        for d in range(D):
+            p = differ[..., d : d + 1]
+            law[..., 1 : d + 2] = law[..., 1 : d + 2] * (1 - p) + law[..., : d + 1] * p
+            law[..., :1] *= 1 - p
+        return law
+
+    def log_field(self, layer: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        out = torch.empty(z.shape[0], dtype=torch.float64, device=z.device)
+        rows = max(1, 2**22 // (self.probabilities.shape[0] * (z.shape[1] + 1)))
+        for start in range(0, z.shape[0], rows):
+            stop = start + rows
+            terms = torch.log(self.distance_laws(z[start:stop])) + self.log_weights[:, None]
+            terms = terms + self.tables.log_kernel[layer[start:stop]][:, None, :]
+            out[start:stop] = torch.logsumexp(terms.flatten(1), dim=1)
+        return out

@@ -33,6 +33,31 @@ __all__ = ["HammingNet", "HammingNetField"]
 _MAX_ACTIVATIONS = 2**24
 
 
+#: How :class:`HammingNet` sees the layer: ``"embedding"``, a free vector per layer;
+#: ``"smooth"``, a linear map of Fourier features of two smooth layer coordinates
+#: (:func:`smooth_layer_features`), so neighbouring layers get nearby inputs.
+LAYER_ENCODINGS = ("embedding", "smooth")
+
+#: Frequencies per coordinate of the smooth layer features.
+_LAYER_FREQUENCIES = 8
+
+
+def smooth_layer_features(circuit: HammingCircuit) -> torch.Tensor:
+    """``(L+1, 4 F)`` float32 features of the layers: ``cos`` and ``sin`` of ``pi k u`` for
+    ``k = 1..F`` and two coordinates ``u`` in ``[0, 1]``: the depth ``l / L`` and the kernel's
+    sharpness ``lambda_l / lambda_L``, ``lambda_l = log Ã_{L-l}(0) - log Ã_{L-l}(1)`` (how much a
+    changed coordinate costs at layer ``l``; it grows fastest near layer ``L``)."""
+    from .log_field import LogFieldTables
+
+    L = circuit.num_layers
+    log_kernel = LogFieldTables(circuit).log_kernel
+    sharpness = log_kernel[:, 0] - log_kernel[:, 1]
+    sharpness = (sharpness - sharpness.min()) / (sharpness.max() - sharpness.min()).clamp_min(1e-300)
+    coordinates = torch.stack([torch.arange(L + 1, dtype=torch.float64) / L, sharpness], dim=1)
+    angles = math.pi * coordinates[:, :, None] * torch.arange(1, _LAYER_FREQUENCIES + 1, dtype=torch.float64)
+    return torch.cat([angles.cos(), angles.sin()], dim=1).flatten(1).to(torch.float32)
+
+
 class ResidualBlock(nn.Module):
     """``x + W2 silu(W1 LayerNorm(x))``, width ``width``, hidden ``expansion * width``."""
 
@@ -53,22 +78,35 @@ class HammingNet(nn.Module):
         circuit: the :class:`HammingCircuit`.
         width: embedding and residual width.
         depth: residual blocks.
+        layer_encoding: how the layer enters (:data:`LAYER_ENCODINGS`).
 
     Raises:
         TypeError: ``circuit`` is not a HammingCircuit, or a size is not an int.
-        ValueError: a size below 1.
+        ValueError: a size below 1, an unknown ``layer_encoding``.
     """
 
-    def __init__(self, circuit: HammingCircuit, width: int = 256, depth: int = 3) -> None:
+    def __init__(
+        self, circuit: HammingCircuit, width: int = 256, depth: int = 3, layer_encoding: str = "embedding"
+    ) -> None:
         super().__init__()
         if not isinstance(circuit, HammingCircuit):
             raise TypeError(f"circuit must be an ecd2g_fast.HammingCircuit, got {type(circuit).__name__}")
         self.circuit = circuit
         K, D, L = circuit.num_categories, circuit.dim, circuit.num_layers
         self.width, self.depth = check_int("width", width, 1), check_int("depth", depth, 1)
+        if layer_encoding not in LAYER_ENCODINGS:
+            raise ValueError(
+                f"layer_encoding must be one of {', '.join(map(repr, LAYER_ENCODINGS))}, got {layer_encoding!r}"
+            )
+        self.layer_encoding = layer_encoding
         # sum of D embeddings: entries of size 1/sqrt(D) give inputs of order one
         self.state_embedding = nn.Parameter(torch.randn(D * K, width) / math.sqrt(D))
-        self.layer_embedding = nn.Embedding(L + 1, width)
+        if layer_encoding == "embedding":
+            self.layer_embedding = nn.Embedding(L + 1, width)
+        else:
+            features = smooth_layer_features(circuit)
+            self.register_buffer("layer_features", features, persistent=False)
+            self.layer_input = nn.Linear(features.shape[1], width)
         self.blocks = nn.ModuleList(ResidualBlock(width) for _ in range(depth))
         self.norm = nn.LayerNorm(width)
         self.head = nn.Linear(width, 1)
@@ -78,7 +116,13 @@ class HammingNet(nn.Module):
 
     def config(self) -> dict:
         """The constructor's arguments besides the circuit (checkpoints record them)."""
-        return {"width": self.width, "depth": self.depth}
+        return {"width": self.width, "depth": self.depth, "layer_encoding": self.layer_encoding}
+
+    def embed_layers(self, layer: torch.Tensor) -> torch.Tensor:
+        """``(..., width)`` float32 input part of ``(...)`` int64 layers in ``[0, L]``."""
+        if self.layer_encoding == "embedding":
+            return self.layer_embedding(layer)
+        return self.layer_input(self.layer_features[layer])
 
     def embed_states(self, z: torch.Tensor) -> torch.Tensor:
         """``(n, width)`` float32 ``sum_c E[c, z_c]`` of ``(n, D)`` int64 states."""
@@ -92,7 +136,7 @@ class HammingNet(nn.Module):
 
     def forward(self, layer: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         """``(n,)`` float32 ``f(layer, z)`` from ``(n,)`` int64 layers in ``[0, L]`` and ``(n, D)`` int64 states."""
-        return self.body(self.embed_states(z) + self.layer_embedding(layer))
+        return self.body(self.embed_states(z) + self.embed_layers(layer))
 
     def slot_changes(self, z: torch.Tensor) -> torch.Tensor:
         """``(B, N, width)``: the input change from ``z`` to each of its ``N`` neighbour slots."""
@@ -128,9 +172,9 @@ class HammingNet(nn.Module):
             neighbours = base[:, None, :] + self.slot_changes(zb)
             inputs = torch.cat(
                 [
-                    (base + self.layer_embedding(lb))[:, None, :],
-                    neighbours + self.layer_embedding((lb + 1).clamp_max(L))[:, None, :],
-                    neighbours + self.layer_embedding((lb - 1).clamp_min(0))[:, None, :],
+                    (base + self.embed_layers(lb))[:, None, :],
+                    neighbours + self.embed_layers((lb + 1).clamp_max(L))[:, None, :],
+                    neighbours + self.embed_layers((lb - 1).clamp_min(0))[:, None, :],
                 ],
                 dim=1,
             )

@@ -60,7 +60,7 @@ CIRCUIT_MODELS: dict[type, tuple[str, ...]] = {
     HammingCircuit: ("hamming",),
 }
 #: Query distributions (:class:`~ecd2g_fast.training.data.QuerySampler`).
-QUERIES = ("uniform", "data", "walk")
+QUERIES = ("uniform", "data", "walk", "kernel", "kernel-walk")
 #: Optimisers by name (``foreach`` implementations: one code path on the CPU and CUDA).
 OPTIMIZERS = ("sgd", "adam", "adamw")
 #: Learning-rate schedules (:meth:`TrainConfig.lr_factor`).
@@ -77,7 +77,7 @@ SEED_MAX = 2**63 - 1
 #: checkpoints) are never touched by a recipe.
 RECIPE_SETTINGS = (
     "model", "steps", "batch_size", "num_queries", "queries", "optimizer", "lr", "lr_schedule",
-    "warmup_steps", "momentum", "weight_decay", "ema_decay", "model_kwargs",
+    "warmup_steps", "momentum", "weight_decay", "grad_clip", "ema_decay", "model_kwargs", "ratio_weight",
 )  # fmt: skip
 
 
@@ -108,16 +108,16 @@ class Recipe:
 def _measured(model: str, queries: str, encoding: str = "onehot") -> dict:
     return dict(
         model=model, steps=10_000, batch_size=16_384, num_queries=512, queries=queries, optimizer="adam",
-        lr=3e-3, lr_schedule="cosine", warmup_steps=0, momentum=0.9, weight_decay=0.0, ema_decay=0.999,
-        model_kwargs={"encoding": encoding},
+        lr=3e-3, lr_schedule="cosine", warmup_steps=0, momentum=0.9, weight_decay=0.0, grad_clip=None,
+        ema_decay=0.999, model_kwargs={"encoding": encoding}, ratio_weight=1.0,
     )  # fmt: skip
 
 
 def _paper(model: str) -> dict:
     return dict(
         model=model, steps=5000, batch_size=256, num_queries=None, queries="uniform", optimizer="sgd",
-        lr=0.01, lr_schedule="constant", warmup_steps=0, momentum=0.9, weight_decay=0.0, ema_decay=None,
-        model_kwargs={"encoding": "scaled"},
+        lr=0.01, lr_schedule="constant", warmup_steps=0, momentum=0.9, weight_decay=0.0, grad_clip=None, ema_decay=None,
+        model_kwargs={"encoding": "scaled"}, ratio_weight=1.0,
     )  # fmt: skip
 
 
@@ -125,12 +125,15 @@ def _paper(model: str) -> dict:
 #: numbers are in ``benchmarks/results/sweep/SUMMARY.md``). ``"paper"``: the paper's Algorithm 1
 #: and budget with its current network (scaled coordinates, SGD 0.01, 5000 steps of batch 256,
 #: uniform queries, the last iterate).
-#: The Hamming log-field's recipe (docs/hamming.md §8): Adam 2e-3 cosine, 1024 data samples and
-#: 1024 walk-occupancy queries per step, EMA. Not swept yet: the first working setting, at
-#: D = 12 (exact output law TV 0.063 after 3000 steps on a 6-component mixture).
+#: The Hamming log-field's recipe (docs/hamming.md §8), chosen by the D = 64 measurements of
+#: ``benchmarks/results/highdim_learning.md`` (against the exact field): Adam 2e-3 cosine after 300
+#: warm-up steps, gradient norm clipped (without warm-up and clipping the network collapses to a
+#: constant), smooth layer features (no dead ends), kernel queries with the denoising ratio term
+#: weighted 4, 1024 data samples and 1024 queries per step, EMA.
 _HAMMING = dict(
-    model="hamming", steps=10_000, batch_size=1024, num_queries=1024, queries="walk", optimizer="adam", lr=2e-3,
-    lr_schedule="cosine", warmup_steps=0, momentum=0.9, weight_decay=0.0, ema_decay=0.999, model_kwargs={},
+    model="hamming", steps=10_000, batch_size=1024, num_queries=1024, queries="kernel", optimizer="adam", lr=2e-3,
+    lr_schedule="cosine", warmup_steps=300, momentum=0.9, weight_decay=0.0, grad_clip=1.0, ema_decay=0.999,
+    model_kwargs={"layer_encoding": "smooth"}, ratio_weight=4.0,
 )  # fmt: skip
 
 RECIPES: dict[str, Recipe] = {
@@ -188,8 +191,11 @@ class TrainConfig(Settings):
         batch_size: source and target samples per step, from which the Monte-Carlo targets are
             counted (>= 2). *resume*
         num_queries: queries per step; None: ``batch_size``. *resume*
-        queries: ``"uniform"`` (the paper's), ``"data"`` (docs/theory.md §5) or ``"walk"``
-            (Hamming model only: where the exact walk to a data point goes, docs/hamming.md §8). *resume*
+        queries: ``"uniform"`` (the paper's), ``"data"`` (docs/theory.md §5), or for the Hamming
+            model ``"walk"`` (where the exact walk to a data point goes), ``"kernel"`` (data
+            smoothed by the layer's kernel, with edges for the denoising ratio term) or
+            ``"kernel-walk"`` (the same with half of the distances drawn where the walk goes,
+            importance-weighted; docs/hamming.md §8). *resume*
         optimizer: ``"sgd"`` (the paper's; with ``momentum``), ``"adam"`` or ``"adamw"`` (torch's
             default betas). *resume*
         lr: the peak learning rate. *resume*
@@ -199,6 +205,8 @@ class TrainConfig(Settings):
         warmup_steps: steps of linear warm-up (0: none). *resume*
         momentum: SGD's momentum (unused by Adam/AdamW). *resume*
         weight_decay: L2 penalty (SGD, Adam) or decoupled decay (AdamW). *resume*
+        grad_clip: largest global norm of the gradient (of the mean loss); larger gradients are
+            scaled down to it. None: no clipping. *resume*
         ema_decay: decay of the exponential moving average of the weights; None: the last
             iterate (the paper's). *resume*
         model_kwargs: extra constructor arguments of the model (``hidden``, ``encoding``, ...;
@@ -206,6 +214,8 @@ class TrainConfig(Settings):
             ``encoding`` not given is :data:`DEFAULT_ENCODING` (``"onehot"``, not the models' own
             default, the paper's ``"scaled"``).
             *resume* (compared after defaults are filled in)
+        ratio_weight: weight of the denoising ratio term of the Hamming model's loss (with
+            ``"kernel"`` queries; docs/hamming.md §8). *resume*
         seed: model initialisation and the trainer's generator (data and queries). *resume*
         amp: bf16 autocast of the networks' hidden layers; None: on for CUDA, never on the CPU.
         targets_backend: backend of the target pass (``"auto"``, ``"reference"``, ``"torch"``,
@@ -232,6 +242,10 @@ class TrainConfig(Settings):
     warmup_steps: int = setting(0, "steps of linear learning-rate warm-up", check=integer(0))
     momentum: float = setting(0.9, "SGD momentum", check=real(0.0, inclusive=True, high=1.0))
     weight_decay: float = setting(0.0, "SGD weight decay", check=real(0.0, inclusive=True, high=FLOAT32_MAX))
+    grad_clip: float | None = setting(
+        None, "largest global gradient norm (clipped beyond); none: no clipping",
+        check=optional(real(0.0, inclusive=False, high=FLOAT32_MAX)),
+    )  # fmt: skip
     ema_decay: float | None = setting(
         0.999, "decay of the weights' moving average; none: the last iterate",
         check=optional(real(0.0, inclusive=True, high=1.0)),
@@ -240,6 +254,10 @@ class TrainConfig(Settings):
         help='model constructor arguments as JSON, e.g. \'{"hidden": [64, 64]}\'; an encoding not given '
         "is onehot",
         check=mapping, default_factory=lambda: {"encoding": DEFAULT_ENCODING},
+    )  # fmt: skip
+    ratio_weight: float = setting(
+        1.0, "weight of the Hamming model's denoising ratio loss (kernel queries)",
+        check=real(0.0, inclusive=True, high=FLOAT32_MAX),
     )  # fmt: skip
     seed: int = setting(0, "seed of the initialisation, data draws and queries", check=integer(0, SEED_MAX))
     amp: bool | None = setting(

@@ -102,8 +102,11 @@ class QuerySampler:
     """Draws a step's queries (module docstring).
 
     Args:
-        kind: ``"uniform"``, ``"data"`` or ``"walk"`` (``"hamming"`` only: where the exact walk
-            towards a target sample goes, :class:`~ecd2g_fast.hamming.WalkQueries`).
+        kind: ``"uniform"``, ``"data"``, ``"walk"`` or ``"kernel"`` (``"hamming"`` only: where the
+            exact walk towards a target sample goes, :class:`~ecd2g_fast.hamming.WalkQueries`; or
+            target samples smoothed by the layer's kernel, with edges for the denoising ratio
+            loss, :class:`~ecd2g_fast.hamming.learning.KernelQueries`; ``"kernel-walk"``: the same
+            with half of the distances where the walk goes).
         model: ``"current"`` (edge queries ``(l, z, w)``), ``"potential"`` or ``"hamming"``
             (vertex queries ``(l, z)``).
         circuit: the circuit.
@@ -115,12 +118,17 @@ class QuerySampler:
     ) -> None:
         self.kind, self.model, self.circuit, self.sources = kind, model, circuit, sources
         self.num_layers = circuit.num_layers if model == "current" else circuit.num_layers + 1
-        if kind == "walk":
+        if kind in ("walk", "kernel", "kernel-walk"):
             if model != "hamming":
-                raise ValueError(f"queries 'walk' are for the hamming model, not {model!r}")
-            from ..hamming import WalkQueries
+                raise ValueError(f"queries {kind!r} are for the hamming model, not {model!r}")
+            from ..hamming import learning
 
-            self.walk = WalkQueries(circuit)
+            if kind == "walk":
+                self.walk = learning.WalkQueries(circuit)
+            else:
+                self.walk = learning.KernelQueries(
+                    circuit, walk_fraction=0.5 if kind == "kernel-walk" else 0.0
+                )
 
     def _mixture(self, n: int, gen: torch.Generator, device: torch.device) -> torch.Tensor:
         c = self.circuit
@@ -134,7 +142,7 @@ class QuerySampler:
 
     def draw(self, n: int, gen: torch.Generator, device: torch.device) -> tuple[torch.Tensor, ...]:
         """``n`` queries: ``(layer (n,), z (n, D))``, plus ``w (n, D)`` for the current model."""
-        if self.kind == "walk":  # around target (data) samples
+        if self.kind in ("walk", "kernel", "kernel-walk"):  # around target (data) samples
             return self.walk(self.sources[1].draw(n, gen), n, gen)
         layer = torch.randint(self.num_layers, (n,), generator=gen, device=device)
         if self.kind == "uniform":

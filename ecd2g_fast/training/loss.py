@@ -61,16 +61,22 @@ class TargetRegressionLoss:
 
 
 def make_loss(
-    circuit, model: str, targets_backend: str = "auto", amp: bool = False, device: torch.device | str = "cpu"
+    circuit,
+    model: str,
+    targets_backend: str = "auto",
+    amp: bool = False,
+    device: torch.device | str = "cpu",
+    ratio_weight: float = 1.0,
 ):
-    """The loss of ``model``: ``(net, queries, x, y) -> 0-d float32 sum over the queries``.
+    """The loss of ``model``: ``(net, queries, x, y) -> 0-d sum over the queries``.
 
     :class:`TargetRegressionLoss` for the complete circuit's models; for ``"hamming"`` the
-    scale-free log-field loss :class:`~ecd2g_fast.hamming.BregmanLogLoss` (its targets come from
-    distance histograms; ``targets_backend`` and ``amp`` do not apply; its tables live on ``device``).
+    scale-free log-field loss :class:`~ecd2g_fast.hamming.BregmanLogLoss` with its denoising ratio
+    term weighted by ``ratio_weight`` (its targets come from distance histograms;
+    ``targets_backend`` and ``amp`` do not apply; its tables live on ``device``).
     """
     if model == "hamming":
         from ..hamming import BregmanLogLoss
 
-        return BregmanLogLoss(circuit, device)
+        return BregmanLogLoss(circuit, device, ratio_weight)
     return TargetRegressionLoss(circuit, model, targets_backend, amp)

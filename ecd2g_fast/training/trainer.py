@@ -134,7 +134,9 @@ class Trainer:
         )
         self.queries = QuerySampler(config.queries, config.model, circuit, self.sources)
         self.use_amp = dev.type == "cuda" and config.amp is not False
-        self.loss = make_loss(circuit, config.model, config.targets_backend, self.use_amp, dev)
+        self.loss = make_loss(
+            circuit, config.model, config.targets_backend, self.use_amp, dev, config.ratio_weight
+        )
         self.net = config.build_model(circuit).to(dev)
         self.ema_net = None
         if config.ema_decay is not None:
@@ -187,6 +189,8 @@ class Trainer:
         lr = cfg.lr * cfg.lr_factor(self.step_count)  # a Python number: no host-device traffic
         for group in self.optimizer.param_groups:
             group["lr"] = lr
+        if cfg.grad_clip is not None:  # no host sync: the norm stays on the device
+            torch.nn.utils.clip_grad_norm_(self.net.parameters(), cfg.grad_clip)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         if self.ema_net is not None:
