@@ -993,6 +993,7 @@ INVALID_SETTING_VALUES = {
         st.floats(min_value=1.0),
         st.just(math.nan),
     ),
+    "ratio_weight": st.one_of(NOT_REAL, st.floats(max_value=-1e-300), st.sampled_from([math.nan, math.inf])),
     "model_kwargs": st.one_of(
         ANY_VALUE.filter(lambda v: not isinstance(v, dict)),
         st.dictionaries(st.integers(), st.integers(), min_size=1, max_size=2),

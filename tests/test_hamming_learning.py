@@ -286,3 +286,37 @@ def test_denoising_ratio_targets_average_to_the_exact_ratios(walk_fraction):
     # the term itself: zero when the model's ratio equals tau, positive otherwise
     terms = loss.ratio_terms(layer[:4], z[:4], anchor[:4], other[:4], w[: 4 * E], f_here[:4], f_there[:4])
     assert bool((terms >= -1e-12).all())
+
+
+def test_training_at_seventeen_levels_stays_finite():
+    """At K = 17, D = 64 the first targets are ~170 nats above the untrained output: the loss is
+    float64 and e^u is continued linearly beyond U_MAX, so the float32 gradients stay finite."""
+    from ecd2g_fast.hamming.learning import U_MAX
+
+    c = HammingCircuit(17, 64, 8)
+    g = torch.Generator().manual_seed(0)
+    data = torch.randint(0, 17, (64, 64), generator=g)
+    loss = BregmanLogLoss(c)
+    net = HammingNet(c, width=16, depth=1)
+    layer = torch.full((8,), 8)
+    u = loss.targets(layer, data[:8], data)
+    assert float(u.max()) > 2 * U_MAX  # the regime of the test
+    value = loss(net, (layer, data[:8]), None, data)
+    value.backward()
+    assert bool(torch.isfinite(value))
+    assert all(bool(torch.isfinite(p.grad).all()) for p in net.parameters() if p.grad is not None)
+    # below U_MAX the loss is e^u - u - 1 exactly
+    small = torch.tensor([-3.0, 0.0, 5.0], dtype=torch.float64)
+    capped = small.clamp_max(U_MAX)
+    assert torch.equal(torch.exp(capped) * (1 + small - capped) - small - 1, torch.exp(small) - small - 1)
+    result = E.train(
+        c,
+        lambda n: torch.randint(0, 17, (n, 64)),
+        data,
+        steps=3,
+        batch_size=64,
+        num_queries=16,
+        model_kwargs={"width": 16, "depth": 1},
+        progress=False,
+    )
+    assert bool(torch.isfinite(result.losses).all())

@@ -50,6 +50,10 @@ __all__ = [
     "smoothed_data_states",
 ]
 
+#: Where the scalar loss's ``e^u`` is continued linearly (its gradient capped at ``e^U_MAX``,
+#: finite in float32).
+U_MAX = 40.0
+
 #: Edges per kernel query in the denoising ratio loss (:class:`KernelQueries`): each costs one more
 #: network row per query.
 RATIO_EDGES = 2
@@ -124,7 +128,8 @@ class BregmanLogLoss:
         log_tau = kernel[other, h_there] - kernel[layer, h_here][:, None]
         d = norm[other] - norm[layer][:, None] + f_there - f_here[:, None]
         tau = torch.exp(log_tau)
-        return (torch.exp(d) - tau * d + tau * (log_tau - 1)).mean(1)
+        capped = d.clamp_max(U_MAX)  # e^d continued linearly, as the scalar term's e^u
+        return (torch.exp(capped) * (1 + d - capped) - tau * d + tau * (log_tau - 1)).mean(1)
 
     def __call__(
         self,
@@ -139,7 +144,10 @@ class BregmanLogLoss:
         call for every state the loss reads.
 
         In float64: before training ``u`` reaches ``log(M / B)`` near the data (174 at ``K = 17``,
-        ``D = 64``), past float32's ``exp`` (88)."""
+        ``D = 64``), past float32's ``exp`` (88); and ``e^u`` is continued linearly beyond
+        :data:`U_MAX`, so the gradient the float32 network receives stays finite. That changes
+        the minimiser only where the network is more than ``U_MAX`` nats below a target, which
+        happens before it has reached the targets' scale."""
         layer, z = queries[:2]
         if len(queries) == 2:
             f_here = net(layer, z).to(torch.float64)
@@ -154,7 +162,10 @@ class BregmanLogLoss:
             if len(queries) == 6:  # importance weights of mixed distances (KernelQueries)
                 ratio = ratio * queries[5]
         u = self.targets(layer, z, y) - f_here
-        loss = torch.exp(u) - u - 1
+        # e^u continued linearly beyond U_MAX: the gradient 1 - e^u stays finite in float32 while
+        # the untrained network is still far below the targets (u = 174 at K = 17, D = 64)
+        capped = u.clamp_max(U_MAX)
+        loss = torch.exp(capped) * (1 + u - capped) - u - 1
         if ratio is not None:
             loss = loss + self.ratio_weight * ratio
         return loss.sum()
