@@ -61,6 +61,7 @@ import functools
 import json
 import math
 import sys
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -172,45 +173,71 @@ def _scores(counts: np.ndarray, q: np.ndarray, law: np.ndarray | None) -> dict:
 # ---------------------------------------------------------------------------- DFM
 def train_dfm(args, source_kind, batch_size, lr, source, target, device, rngs):
     """Train one DFM network; returns ``(net, path, seconds, final_loss)``."""
-    from flow_matching.loss import MixturePathGeneralizedKL
     from flow_matching.path import MixtureDiscreteProbPath
     from flow_matching.path.scheduler import PolynomialConvexScheduler
-    from tqdm.auto import tqdm
 
     K = args.num_categories
     V = K + 1 if source_kind == "mask" else K
     torch.manual_seed(args.seed)
     net = DFMNet(V, 2, args.dfm_embed, args.dfm_hidden, args.dfm_time_features).to(device)
     path = MixtureDiscreteProbPath(scheduler=PolynomialConvexScheduler(n=2.0))
-    loss_fn = MixturePathGeneralizedKL(path=path)
-    optimizer = torch.optim.Adam(net.parameters(), lr=lr)
-    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=args.steps)
-    draw_x0, draw_x1 = source.sampler(rngs[0], device), target.sampler(rngs[1], device)
-    losses: list[float] = []
-
-    def run() -> None:
-        steps = tqdm(
-            range(args.steps),
-            desc=f"train dfm ({source_kind}, batch {batch_size}, lr {lr:g})",
-            disable=not args.progress,
-            dynamic_ncols=True,
-        )
-        for _ in steps:
-            x_1 = draw_x1(batch_size)
-            # independent coupling; the mask source is a point mass
-            x_0 = draw_x0(batch_size) if source_kind == "moons" else torch.full_like(x_1, K)
-            t = torch.rand(x_1.shape[0], device=device) * (1 - EPSILON)
-            sample = path.sample(t=t, x_0=x_0, x_1=x_1)
-            loss = loss_fn(logits=net(sample.x_t, sample.t), x_1=x_1, x_t=sample.x_t, t=sample.t)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            schedule.step()
-            losses.append(loss.detach())
-
-    _, seconds = harness.timed(run, device)
+    draw_x1 = target.sampler(rngs[1], device)
+    if source_kind == "moons":  # independent coupling
+        draw_x0 = source.sampler(rngs[0], device)
+    else:  # the mask source is a point mass
+        draw_x0 = lambda n: torch.full((n, 2), K, dtype=torch.int64, device=device)  # noqa: E731
+    description = f"train dfm ({source_kind}, batch {batch_size}, lr {lr:g})"
+    run = functools.partial(
+        fit_dfm, net, path, draw_x0, draw_x1, args.steps, batch_size, lr, device, args.progress, description
+    )
+    losses, seconds = harness.timed(run, device)
     tail = torch.stack(losses[-max(1, len(losses) // 10) :]).mean()
     return net.eval(), path, seconds, float(tail)
+
+
+def fit_dfm(
+    net: nn.Module,
+    path,
+    draw_x0: Callable[[int], torch.Tensor],
+    draw_x1: Callable[[int], torch.Tensor],
+    steps: int,
+    batch_size: int,
+    lr: float,
+    device: torch.device,
+    progress: bool = False,
+    description: str = "train dfm",
+) -> list[torch.Tensor]:
+    """Train ``net`` in place: the DFM loop of both comparisons, for any ``D``.
+
+    Args:
+        net: the posterior network, on ``device``.
+        path: the ``MixtureDiscreteProbPath``.
+        draw_x0, draw_x1: ``n -> (n, D)`` int64 source and data states (any device).
+        steps, batch_size, lr: Adam with a cosine schedule to 0 over ``steps``; ``batch_size`` pairs.
+
+    Returns:
+        The ``steps`` per-step losses (0-dim tensors).
+    """
+    from flow_matching.loss import MixturePathGeneralizedKL
+    from tqdm.auto import tqdm
+
+    loss_fn = MixturePathGeneralizedKL(path=path)
+    optimizer = torch.optim.Adam(net.parameters(), lr=lr)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)
+    losses: list[torch.Tensor] = []
+    net.train()
+    for _ in tqdm(range(steps), desc=description, disable=not progress, dynamic_ncols=True):
+        x_1 = draw_x1(batch_size).to(device)
+        x_0 = draw_x0(batch_size).to(device)  # independent coupling
+        t = torch.rand(batch_size, device=device) * (1 - EPSILON)
+        sample = path.sample(t=t, x_0=x_0, x_1=x_1)
+        loss = loss_fn(logits=net(sample.x_t, sample.t), x_1=x_1, x_t=sample.x_t, t=sample.t)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+        losses.append(loss.detach())
+    return losses
 
 
 @torch.no_grad()

@@ -101,7 +101,7 @@ from ecd2g_fast.hamming.model import ResidualBlock
 from ecd2g_fast.training import NonFiniteLossError
 
 from . import harness
-from .dfm_comparison import EPSILON, sample_dfm
+from .dfm_comparison import fit_dfm, sample_dfm
 
 TASKS = ("bernoulli-mixture", "digits")
 DFM_SOURCES = ("mask", "uniform")
@@ -389,51 +389,6 @@ def ecd2g_unit(args, key: str, task: Task, lr: float | None, ctx: dict) -> list[
 
 
 # ---------------------------------------------------------------------------- DFM
-def train_dfm(
-    net: DFMHammingNet,
-    path,
-    draw_x0: Callable[[int], torch.Tensor],
-    draw_x1: Callable[[int], torch.Tensor],
-    steps: int,
-    batch_size: int,
-    lr: float,
-    device: torch.device,
-    progress: bool = False,
-    description: str = "train dfm",
-) -> list[torch.Tensor]:
-    """Train ``net`` in place (:mod:`benchmarks.dfm_comparison`'s loop for any ``D``).
-
-    Args:
-        net: the posterior network, on ``device``.
-        path: the ``MixtureDiscreteProbPath``.
-        draw_x0, draw_x1: ``n -> (n, D)`` int64 source and data states (any device).
-        steps, batch_size, lr: Adam with a cosine schedule to 0 over ``steps``; ``batch_size`` pairs.
-
-    Returns:
-        The ``steps`` per-step losses (0-dim tensors).
-    """
-    from flow_matching.loss import MixturePathGeneralizedKL
-    from tqdm.auto import tqdm
-
-    loss_fn = MixturePathGeneralizedKL(path=path)
-    optimizer = torch.optim.Adam(net.parameters(), lr=lr)
-    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)
-    losses: list[torch.Tensor] = []
-    net.train()
-    for _ in tqdm(range(steps), desc=description, disable=not progress, dynamic_ncols=True):
-        x_1 = draw_x1(batch_size).to(device)
-        x_0 = draw_x0(batch_size).to(device)  # independent coupling
-        t = torch.rand(batch_size, device=device) * (1 - EPSILON)
-        sample = path.sample(t=t, x_0=x_0, x_1=x_1)
-        loss = loss_fn(logits=net(sample.x_t, sample.t), x_1=x_1, x_t=sample.x_t, t=sample.t)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        schedule.step()
-        losses.append(loss.detach())
-    return losses
-
-
 def dfm_unit(args, key: str, task: Task, source_kind: str, lr: float, ctx: dict) -> list[dict]:
     """Train one DFM network on ``task`` and sample it at every ``--nfe``; one row per NFE."""
     from flow_matching.path import MixtureDiscreteProbPath
@@ -455,7 +410,7 @@ def dfm_unit(args, key: str, task: Task, source_kind: str, lr: float, ctx: dict)
             return torch.randint(0, K, (n, D), generator=source_generator)
 
     run = functools.partial(
-        train_dfm,
+        fit_dfm,
         net,
         path,
         draw_x0,

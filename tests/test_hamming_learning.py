@@ -320,3 +320,16 @@ def test_training_at_seventeen_levels_stays_finite():
         progress=False,
     )
     assert bool(torch.isfinite(result.losses).all())
+
+
+def test_bad_layer_encoding_and_walk_fraction_are_named():
+    from ecd2g_fast.hamming.learning import KernelQueries
+
+    c = HammingCircuit(2, 4, 3)
+    with pytest.raises(ValueError, match="layer_encoding"):
+        HammingNet(c, layer_encoding="sinusoid")
+    with pytest.raises(ValueError, match="walk_fraction"):
+        KernelQueries(c, walk_fraction=1.0)
+    smooth = HammingNet(c, width=8, depth=1, layer_encoding="smooth")
+    assert smooth.config()["layer_encoding"] == "smooth"
+    assert smooth(torch.arange(4), torch.zeros(4, 4, dtype=torch.int64)).shape == (4,)

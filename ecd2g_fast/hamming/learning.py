@@ -220,9 +220,7 @@ def point_occupancy(
     total[L] += sink
     total = torch.where(total > 0, total, 1.0)
     mass = torch.zeros(L + 1, D + 1, dtype=torch.float64)
-    k = torch.arange(D + 1, dtype=torch.float64)
-    log_binomial = math.lgamma(D + 1) - torch.lgamma(k + 1) - torch.lgamma(D - k + 1)
-    mass[0] = torch.softmax(log_binomial + k * math.log(K - 1), dim=0)
+    mass[0] = torch.softmax(log_sphere_sizes(D, K), dim=0)
     visits = torch.zeros_like(mass)
     for _ in range(100 * (L + D) + 1000):
         visits += mass
@@ -296,6 +294,27 @@ def _change_coordinates(
     return torch.where(rank < distance[:, None], (anchor + shift) % num_categories, anchor)
 
 
+def log_sphere_sizes(dim: int, num_categories: int) -> torch.Tensor:
+    """``(D+1,)`` float64 ``log(C(D, h) (K-1)^h)``: the log number of states at distance ``h`` from one."""
+    h = torch.arange(dim + 1, dtype=torch.float64)
+    return (
+        math.lgamma(dim + 1)
+        - torch.lgamma(h + 1)
+        - torch.lgamma(dim - h + 1)
+        + h * math.log(num_categories - 1)
+    )
+
+
+def smoothed_distance_laws(tables: LogFieldTables, num_categories: int) -> torch.Tensor:
+    """``(L+1, D+1)`` float64 on the tables' device: row ``l`` is the law of the distance from a
+    draw of ``pi_l`` to the data sample it was drawn around,
+    ``C(D, h) (K-1)^h Ã_{L-l}(h) / (M alpha*_{L-l})`` (module docstring)."""
+    kernel = tables.log_kernel
+    return torch.softmax(
+        log_sphere_sizes(kernel.shape[1] - 1, num_categories).to(kernel.device) + kernel, dim=1
+    )
+
+
 def smoothed_data_pairs(
     tables: LogFieldTables,
     layer: torch.Tensor,
@@ -318,12 +337,10 @@ def smoothed_data_pairs(
     Returns:
         Two ``(n, D)`` int64 tensors on ``data``'s device.
     """
-    K, (B, D) = num_categories, data.shape
+    K, B = num_categories, data.shape[0]
     device = data.device
-    h = torch.arange(D + 1, dtype=torch.float64, device=device)
-    log_count = math.lgamma(D + 1) - torch.lgamma(h + 1) - torch.lgamma(D - h + 1) + h * math.log(K - 1)
-    log_law = log_count + tables.log_kernel.to(device)[layer]  # (n, D+1), normalised by the softmax
-    distance = torch.multinomial(torch.softmax(log_law, dim=1), 1, generator=generator).squeeze(1)
+    law = smoothed_distance_laws(tables, K).to(device)[layer]
+    distance = torch.multinomial(law, 1, generator=generator).squeeze(1)
     anchor = data[torch.randint(0, B, (layer.shape[0],), generator=generator, device=device)]
     return _change_coordinates(anchor, distance, K, generator), anchor
 
@@ -372,12 +389,7 @@ class KernelQueries:
         visits = point_occupancy(circuit, self.tables)
         self.layer_probabilities = visits.sum(1) / visits.sum()
         if walk_fraction > 0:
-            K, D = circuit.num_categories, circuit.dim
-            h = torch.arange(D + 1, dtype=torch.float64)
-            log_count = (
-                math.lgamma(D + 1) - torch.lgamma(h + 1) - torch.lgamma(D - h + 1) + h * math.log(K - 1)
-            )
-            kernel_law = torch.softmax(log_count + self.tables.log_kernel.cpu(), dim=1)  # pi_l(h)
+            kernel_law = smoothed_distance_laws(self.tables, circuit.num_categories).cpu()
             walk_law = visits / visits.sum(1, keepdim=True).clamp_min(1e-300)
             self.distance_law = (1 - walk_fraction) * kernel_law + walk_fraction * walk_law
             self.weights = kernel_law / self.distance_law.clamp_min(1e-300)
