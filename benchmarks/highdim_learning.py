@@ -11,7 +11,11 @@ against it, not only through its samples:
   ``S_learned - S_exact`` over 512 states drawn from the data smoothed by the layer's kernel
   (:func:`~ecd2g_fast.hamming.learning.smoothed_data_states`, where the walk goes), and the
   standard deviation of the error of the layer step ``S_{l+1}(z) - S_l(z)`` at the same states
-  (what the stay edge reads);
+  (what the stay edge reads); and where the walk goes, at states whose distance to a data sample
+  follows the exact walk's occupancy (:func:`~ecd2g_fast.hamming.learning.point_occupancy`), the
+  standard deviation of ``S - S_exact`` (``walk_sd``) and of the error of the log-ratio across a
+  forward edge that corrects one coordinate towards that sample (``correction_sd``: the edges that
+  carry the walk's last moves);
 * ``layer_mean_log_ratio``: :func:`~ecd2g_fast.hamming.learning.layer_mean_ratios` (0 when the
   layer means keep their closed-form values);
 * the walk: ``--walkers`` bidirectional walks from uniform noise (at most ``--max-moves`` moves;
@@ -42,7 +46,12 @@ import torch
 
 import ecd2g_fast as E
 from ecd2g_fast.experiments.highdim import BernoulliMixture, sample_metrics
-from ecd2g_fast.hamming.learning import layer_mean_ratios, smoothed_data_states
+from ecd2g_fast.hamming.learning import (
+    change_coordinates,
+    layer_mean_ratios,
+    point_occupancy,
+    smoothed_data_states,
+)
 from ecd2g_fast.hamming.log_field import ProductMixtureLogField
 
 from . import harness
@@ -63,8 +72,14 @@ def exact_field(mixture: BernoulliMixture, circuit: E.HammingCircuit) -> Product
 
 @torch.no_grad()
 def field_errors(field, exact, data: torch.Tensor, generator: torch.Generator) -> list[dict]:
-    """Per probed layer: mean and sd of ``S - S_exact`` and sd of the layer-step error (module docstring)."""
-    L = exact.circuit.num_layers
+    """Per probed layer: mean and sd of ``S - S_exact`` and sd of the layer-step error at draws of
+    the kernel-smoothed data; and where the walk goes (module docstring): sd of ``S - S_exact`` and
+    of the error of the log-ratio across a forward edge that corrects one coordinate towards the
+    data sample the state was drawn around."""
+    circuit = exact.circuit
+    L = circuit.num_layers
+    visits = point_occupancy(circuit, exact.tables)
+    walk_law = visits / visits.sum(1, keepdim=True)
     rows = []
     for l in sorted({*range(0, L + 1, 8), L - 3, L - 2, L - 1, L}):
         layer = torch.full((PROBE_STATES,), l)
@@ -74,6 +89,19 @@ def field_errors(field, exact, data: torch.Tensor, generator: torch.Generator) -
         if l < L:
             ahead = field.log_field(layer + 1, z) - exact.log_field(layer + 1, z)
             row["step_sd"] = float((ahead - error).std())
+        # where the walk goes: the distance from the walk's occupancy at layer l, at least 1
+        distance = torch.multinomial(walk_law[l, 1:], PROBE_STATES, replacement=True, generator=generator) + 1
+        anchor = data[torch.randint(0, data.shape[0], (PROBE_STATES,), generator=generator)]
+        z = change_coordinates(anchor, distance, 2, generator)
+        error = field.log_field(layer, z) - exact.log_field(layer, z)
+        row["walk_sd"] = float(error.std())
+        if l < L:
+            # flip the first coordinate where z and its anchor differ
+            first = (z != anchor).long().argmax(1)
+            w = z.clone()
+            w[torch.arange(PROBE_STATES), first] = anchor[torch.arange(PROBE_STATES), first]
+            ahead = field.log_field(layer + 1, w) - exact.log_field(layer + 1, w)
+            row["correction_sd"] = float((ahead - error).std())
         rows.append(row)
     return rows
 
@@ -147,15 +175,23 @@ def summary() -> str:
     headers = [
         "tag", "settings", "train s", "loglik gap (floor)", "coverage TV (floor)", "marginal TV (floor)",
         "corr. err. (floor)", "bridges / walker", "finished", "step err. sd l=L-1", "layer-mean max |log|",
+        "walk: S err. sd l=L", "walk: correction err. sd l=L-1",
     ]  # fmt: skip
     table = []
     for r in rows:
         s, f = r["metrics"]["samples"], r["metrics"]["floor"]
-        steps = {e["layer"]: e.get("step_sd") for e in r.get("field_error", [])}
+        probes = {e["layer"]: e for e in r.get("field_error", [])}
+        last, before = probes.get(r["layers"], {}), probes.get(r["layers"] - 1, {})
         settings = "exact field" if r["field"] != "learned" else (
             f"{r['config']['steps']} steps; "
             + (", ".join(f"{k}={json.dumps(v)}" for k, v in r["overrides"].items()) or "the recipe")
         )  # fmt: skip
+        if (
+            r["field"] == "learned"
+            and r["config"].get("query_kwargs")
+            and "query_kwargs" not in r["overrides"]
+        ):
+            settings += f" (query_kwargs={json.dumps(r['config']['query_kwargs'])})"
         table.append(
             [
                 r["tag"],
@@ -167,8 +203,10 @@ def summary() -> str:
                 f"{s['correlation_error']:.3f} ({f['correlation_error']:.3f})",
                 f"{r['bridged_dead_ends'] / r['walkers']:.2f}",
                 f"{r['finished']}/{r['walkers']}",
-                harness.format_number(steps.get(r["layers"] - 1)),
+                harness.format_number(before.get("step_sd")),
                 harness.format_number(r.get("layer_mean_log_ratio", {}).get("max_abs")),
+                harness.format_number(last.get("walk_sd")),
+                harness.format_number(before.get("correction_sd")),
             ]
         )
     meta = rows[-1]["meta"] if rows else {}
@@ -180,7 +218,10 @@ def summary() -> str:
         f"{meta.get('cpu', {}).get('torch_threads', '?')} torch thread), torch "
         f"{meta.get('versions', {}).get('torch', '?')}. 300 walkers per row; the floor is as many exact "
         "draws. Settings not listed are the Hamming recipe's (`TrainConfig.recipe('default', "
-        "model='hamming')`) at the row's commit.\n\n" + harness.markdown_table(headers, table) + "\n"
+        "model='hamming')`) at the row's commit. The `walk:` columns (rows measured since they were "
+        "added) are the field's errors where the walk goes: the sd of `S - S_exact` at layer L and of "
+        "the error of the log-ratio across a forward edge correcting one coordinate, at layer L-1 "
+        "(module docstring).\n\n" + harness.markdown_table(headers, table) + "\n"
     )
     SUMMARY.write_text(text)
     return text

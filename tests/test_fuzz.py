@@ -998,6 +998,10 @@ INVALID_SETTING_VALUES = {
         ANY_VALUE.filter(lambda v: not isinstance(v, dict)),
         st.dictionaries(st.integers(), st.integers(), min_size=1, max_size=2),
     ),
+    "query_kwargs": st.one_of(
+        ANY_VALUE.filter(lambda v: not isinstance(v, dict)),
+        st.dictionaries(st.integers(), st.integers(), min_size=1, max_size=2),
+    ),
     "seed": st.one_of(NOT_INT, st.integers(-(2**70), -1), st.integers(2**63, 2**70)),
     "amp": ANY_VALUE.filter(lambda v: v is not None and not isinstance(v, bool)),
     "targets_backend": not_one_of(CHOICES["targets_backend"]),

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import ecd2g_fast as E
-from ecd2g_fast.hamming import HammingCircuit
+from ecd2g_fast.hamming import HammingCircuit, HammingMixer
 from ecd2g_fast.hamming.learning import BregmanLogLoss, WalkQueries, log_targets, point_occupancy
 from ecd2g_fast.hamming.log_field import DataLogField
 from ecd2g_fast.hamming.model import HammingNet
@@ -42,10 +42,19 @@ def test_outlet_values_are_the_networks_values_at_the_neighbours(K, D, L):
         torch.testing.assert_close(behind.reshape(-1), net(down, heads), rtol=0, atol=1e-5)
 
 
-def test_network_field_one_call_moves_match_the_flat_contract():
-    """outlet_currents (one body evaluation per move) gives the flat methods' currents."""
+@pytest.mark.parametrize("network", ["HammingNet", "HammingMixer"])
+def test_network_field_one_call_moves_match_the_flat_contract(network):
+    """outlet_currents (one outlet_values call per move) gives the flat methods' currents, for
+    both log-field networks."""
     c = HammingCircuit(2, 4, 3)
-    field = random_net(c).field()
+    if network == "HammingNet":
+        net = random_net(c)
+    else:
+        torch.manual_seed(0)
+        net = HammingMixer(c, width=16, token_hidden=8, channel_hidden=32, depth=2)
+        with torch.no_grad():
+            net.head.weight.normal_(0, 0.5)
+    field = net.eval().field()
     field.bridge_dead_ends = False  # the flat methods give the field as it is
     states = torch.arange(c.num_states)
     N, L = c.num_neighbours, c.num_layers
@@ -239,25 +248,30 @@ def test_layer_mean_ratios_are_zero_for_exact_fields_and_see_a_scale_error():
     assert float(shifted[3] - estimates[3]) == pytest.approx(0.2, abs=1e-6)
 
 
-@pytest.mark.parametrize("walk_fraction", [0.0, 0.5])
-def test_denoising_ratio_targets_average_to_the_exact_ratios(walk_fraction):
+@pytest.mark.parametrize(
+    "walk_fraction, correction_fraction, K", [(0.0, 0.0, 2), (0.5, 0.0, 2), (0.0, 0.5, 2), (0.5, 0.5, 3)]
+)
+def test_denoising_ratio_targets_average_to_the_exact_ratios(walk_fraction, correction_fraction, K):
     """Given z, the anchor of a kernel query follows the posterior (or, with walk-occupancy
-    distances mixed in, carries the importance weight that restores it), so the weighted mean of
-    the anchor's ratio tau over the queries of one (layer, z, edge) cell is the exact ratio
-    rho_l'(w) / rho_l(z): the ratio term's gradient e^d - tau vanishes on average at the exact field."""
+    distances mixed in or slots drawn among the corrections towards the anchor, carries the
+    importance weight that restores it), so the mean of the weighted residual e^d - tau over the
+    queries of one (layer, z, edge) cell vanishes at the exact ratio rho_l'(w) / rho_l(z): the
+    ratio term's gradient is zero on average at the exact field."""
     from ecd2g_fast.hamming.learning import KernelQueries
 
-    c = HammingCircuit(2, 4, 3)
+    c = HammingCircuit(K, 4, 3)
     g = torch.Generator().manual_seed(0)
-    data = torch.randint(0, 2, (5, 4), generator=g)
+    data = torch.randint(0, K, (5, 4), generator=g)
     exact = DataLogField(c, data)
     loss = BregmanLogLoss(c)
-    queries = KernelQueries(c, walk_fraction=walk_fraction)(data, 400_000, g)
+    sampler = KernelQueries(c, walk_fraction=walk_fraction, correction_fraction=correction_fraction)
+    queries = sampler(data, 400_000 if K == 2 else 1_200_000, g)
     layer, z, anchor, slot, forward = queries[:5]
-    weight = queries[5] if walk_fraction > 0 else torch.ones(layer.shape, dtype=torch.float64)
-    assert len(queries) == (6 if walk_fraction > 0 else 5)
+    E = slot.shape[1]
+    weighted = walk_fraction > 0 or correction_fraction > 0
+    assert len(queries) == (6 if weighted else 5)
+    weight = queries[5] if weighted else torch.ones(layer.shape[0], E, dtype=torch.float64)
     other, w = loss.edge_states(layer, z, slot, forward)
-    E = other.shape[1]
     f_here = exact.log_field(layer, z) - exact.tables.log_norm[layer]
     f_there = (exact.log_field(other.reshape(-1), w) - exact.tables.log_norm[other.reshape(-1)]).view(-1, E)
     d = exact.tables.log_norm[other] - exact.tables.log_norm[layer][:, None] + f_there - f_here[:, None]
@@ -266,7 +280,7 @@ def test_denoising_ratio_targets_average_to_the_exact_ratios(walk_fraction):
     tau = torch.exp(exact.tables.log_kernel[other, h_there] - exact.tables.log_kernel[layer, h_here][:, None])
     cell = ((layer[:, None] * c.num_states + c.flatten(z)[:, None]) * c.num_neighbours + slot) * 2 + forward
     cell = cell.reshape(-1)
-    weights = weight[:, None].expand(-1, E).reshape(-1)
+    weights = weight.reshape(-1)
 
     def scores(model_d):
         """Per cell: weighted mean of e^d - tau over its standard error."""
@@ -286,6 +300,13 @@ def test_denoising_ratio_targets_average_to_the_exact_ratios(walk_fraction):
     # the term itself: zero when the model's ratio equals tau, positive otherwise
     terms = loss.ratio_terms(layer[:4], z[:4], anchor[:4], other[:4], w[: 4 * E], f_here[:4], f_there[:4])
     assert bool((terms >= -1e-12).all())
+    if correction_fraction > 0:
+        # about b of the edges of queries away from their anchor are corrections: h drops by one
+        h = (z != anchor).sum(1)
+        h_there = (w != anchor.repeat_interleave(E, 0)).sum(1).view(-1, E)
+        away = h > 0
+        corrected = (h_there == h[:, None] - 1)[away].double().mean()
+        assert float(corrected) > correction_fraction
 
 
 def test_training_at_seventeen_levels_stays_finite():
@@ -333,3 +354,36 @@ def test_bad_layer_encoding_and_walk_fraction_are_named():
     smooth = HammingNet(c, width=8, depth=1, layer_encoding="smooth")
     assert smooth.config()["layer_encoding"] == "smooth"
     assert smooth(torch.arange(4), torch.zeros(4, 4, dtype=torch.int64)).shape == (4,)
+
+
+def test_query_kwargs_reach_the_kernel_queries_and_bad_ones_are_named():
+    """``TrainConfig.query_kwargs`` sets the kernel queries' options (here 3 edges, half of them
+    corrections, so the edges carry importance weights); unknown options, options for other
+    queries and bad values raise errors naming them."""
+    from ecd2g_fast.training.data import DataSource, QuerySampler
+
+    c = HammingCircuit(2, 6, 4)
+    g = torch.Generator().manual_seed(0)
+    data = torch.randint(0, 2, (50, 6), generator=g)
+    sources = tuple(DataSource(name, data, c, torch.device("cpu")) for name in ("source", "target"))
+    sampler = QuerySampler("kernel", "hamming", c, sources, {"edges": 3, "correction_fraction": 0.5})
+    layer, z, anchor, slot, forward, weight = sampler.draw(200, g, torch.device("cpu"))
+    assert slot.shape == forward.shape == weight.shape == (200, 3) and weight.dtype == torch.float64
+    assert sampler.walk.walk_fraction == 0.0
+    walk = QuerySampler("kernel-walk", "hamming", c, sources, {"edges": 1})
+    assert walk.walk.walk_fraction == 0.5 and walk.draw(10, g, torch.device("cpu"))[3].shape == (10, 1)
+    with pytest.raises(ValueError, match="query_kwargs: unknown option 'edge'"):
+        QuerySampler("kernel", "hamming", c, sources, {"edge": 3})
+    with pytest.raises(ValueError, match="query_kwargs are options of kernel queries"):
+        QuerySampler("walk", "hamming", c, sources, {"edges": 3})
+    with pytest.raises(ValueError, match="edges must be >= 1"):
+        QuerySampler("kernel", "hamming", c, sources, {"edges": 0})
+    with pytest.raises(TypeError, match="correction_fraction must be a float"):
+        QuerySampler("kernel", "hamming", c, sources, {"correction_fraction": "half"})
+    with pytest.raises(ValueError, match="correction_fraction must be in"):
+        QuerySampler("kernel", "hamming", c, sources, {"correction_fraction": 1.0})
+    # the trainer passes them on
+    config = E.TrainConfig.recipe("default", model="hamming", steps=1, batch_size=16, num_queries=4)
+    assert config.query_kwargs == {"correction_fraction": 0.5}
+    trainer = E.training.Trainer(c, data, data, config.replace(query_kwargs={"edges": 5}), progress=False)
+    assert trainer.queries.walk.edges == 5

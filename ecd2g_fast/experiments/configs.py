@@ -28,8 +28,8 @@ target                 distribution                                             
 =====================  ====================================================================  ===  =======
 
 A run with one of them learns a Hamming log-field (``HammingCircuit(K, D, L, r, R)``, ``--model
-hamming``, docs/hamming.md) from uniform noise: ``--source uniform``, and another ``--source`` or
-``--model`` is an error. ``--R none`` (the presets' value) is the Hamming circuit's default
+hamming`` or ``hamming-mixer``, docs/hamming.md) from uniform noise: ``--source uniform``, and
+another ``--source`` or ``--model`` is an error. ``--R none`` (the presets' value) is the Hamming circuit's default
 ``R = r D (K - 1)``. The mixture trains on fresh exact draws every step; the digits on the training
 split (``split(states, labels, 0.25, seed=0)``), the rest being held out for the metrics
 (:mod:`ecd2g_fast.experiments.highdim_stages`).
@@ -82,10 +82,11 @@ import numpy as np
 
 from .. import backends
 from .._validation import MAX_ENUMERABLE_STATES
+from ..hamming import HammingCircuit
 from ..sampling import MODES
 from ..settings import Settings, choice, integer, optional, real, setting, text
 from ..training import TrainConfig
-from ..training.config import RECIPES, SEED_MAX
+from ..training.config import CIRCUIT_MODELS, RECIPES, SEED_MAX
 from .datasets import (
     Checkerboard,
     DiscretisedGaussian1D,
@@ -422,10 +423,10 @@ def _resolve_highdim(config: ExperimentConfig) -> tuple[ExperimentConfig, Unifor
             f"source must be 'uniform' for the high-dimensional target {target}: its Hamming model "
             f"learns from uniform noise (--source uniform), got {config.source!r}"
         )
-    if config.train.model != "hamming":
+    if config.train.model not in CIRCUIT_MODELS[HammingCircuit]:
         raise ValueError(
-            f"model must be 'hamming' for the high-dimensional target {target} (--model hamming), "
-            f"got {config.train.model!r}"
+            f"model must be 'hamming' or 'hamming-mixer' for the high-dimensional target {target} "
+            f"(--model hamming), got {config.train.model!r}"
         )
     K = spec.num_categories
     if config.num_categories is not None and config.num_categories != K:
@@ -451,8 +452,8 @@ def resolve_datasets(
     Raises:
         ValueError: specs that disagree on ``D``, a missing ``K`` with no file to infer it from,
             unknown specs; for a high-dimensional target, a source other than ``uniform``, a model
-            other than ``hamming``, or a ``K``/``D`` its data do not have; for a grid target, the
-            ``hamming`` model or ``R`` None. (The message names the option.)
+            other than ``hamming`` or ``hamming-mixer``, or a ``K``/``D`` its data do not have; for
+            a grid target, those models or ``R`` None. (The message names the option.)
     """
     if is_highdim(config):
         return _resolve_highdim(config)
@@ -460,9 +461,9 @@ def resolve_datasets(
         raise ValueError(
             f"source {config.source!r} is a high-dimensional target: give it as --target, with --source uniform"
         )
-    if config.train.model == "hamming":
+    if config.train.model in CIRCUIT_MODELS[HammingCircuit]:
         raise ValueError(
-            "model 'hamming' needs a high-dimensional target (--target "
+            f"model {config.train.model!r} needs a high-dimensional target (--target "
             f"{', '.join(HIGHDIM_TARGETS)}); got target {config.target!r}"
         )
     if config.R is None:

@@ -10,9 +10,9 @@ holds the per-layer kernels that give them with per-state relative accuracy at a
 Noise to data at any dimension: :class:`LogField` (a field given by the log of the smoothed data
 density, walked on state vectors), :class:`DataLogField` (the exact field of a pmf or of samples),
 :class:`ProductMixtureLogField` (the exact field of a mixture of product distributions, any
-``D``), :class:`HammingNet` (the learned log-field), its loss and queries and the layer-mean check
-:func:`layer_mean_ratios` (:mod:`.learning`). The
-mathematics, with the test that checks each result, is in ``docs/hamming.md``.
+``D``), :class:`HammingNet` (the learned log-field; :class:`HammingMixer`, an MLP-mixer body for
+large ``D``), its loss and queries and the layer-mean check :func:`layer_mean_ratios`
+(:mod:`.learning`). The mathematics, with the test that checks each result, is in ``docs/hamming.md``.
 """
 
 from . import targets
@@ -20,6 +20,7 @@ from .circuit import HammingCircuit, HammingConfig
 from .extended import ExtendedTensor
 from .learning import BregmanLogLoss, KernelQueries, WalkQueries, layer_mean_ratios
 from .log_field import DataLogField, LogField, ProductMixtureLogField
+from .mixer import HammingMixer
 from .model import HammingNet, HammingNetField
 from .tables import KernelTables, distance_histogram
 
@@ -29,6 +30,7 @@ __all__ = [
     "ExtendedTensor",
     "HammingCircuit",
     "HammingConfig",
+    "HammingMixer",
     "HammingNet",
     "HammingNetField",
     "KernelQueries",

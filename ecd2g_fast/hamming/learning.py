@@ -34,15 +34,18 @@ import math
 
 import torch
 
+from .._validation import check_int
 from .circuit import HammingCircuit
 from .log_field import LogField, LogFieldTables
 from .targets import distance_histograms
 
 __all__ = [
+    "KERNEL_QUERY_OPTIONS",
     "RATIO_EDGES",
     "BregmanLogLoss",
     "KernelQueries",
     "WalkQueries",
+    "change_coordinates",
     "layer_mean_ratios",
     "log_targets",
     "point_occupancy",
@@ -54,9 +57,12 @@ __all__ = [
 #: finite in float32).
 U_MAX = 40.0
 
-#: Edges per kernel query in the denoising ratio loss (:class:`KernelQueries`): each costs one more
-#: network row per query.
+#: Edges per kernel query in the denoising ratio loss by default (:class:`KernelQueries`): each
+#: costs one more network row per query.
 RATIO_EDGES = 2
+
+#: The options of :class:`KernelQueries` a training configuration may set (``query_kwargs``).
+KERNEL_QUERY_OPTIONS = ("walk_fraction", "correction_fraction", "edges")
 
 
 def log_targets(
@@ -112,8 +118,10 @@ class BregmanLogLoss:
         w: torch.Tensor,
         f_here: torch.Tensor,
         f_there: torch.Tensor,
+        weight: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """``(Q,)`` float64 mean over each query's ``E`` edges of ``e^d - tau d + tau (log tau - 1)``.
+        """``(Q,)`` float64 mean over each query's ``E`` edges of ``e^d - tau d + tau (log tau - 1)``,
+        each edge's term times its importance ``weight`` ``(Q, E)`` (:class:`KernelQueries`) if given.
 
         ``d = S_{l'}(w) - S_l(z)`` is the model's log-ratio across the edge to ``w`` in layer ``l'``
         (:meth:`edge_states`; from ``f_here`` ``(Q,)`` and ``f_there`` ``(Q, E)``), and
@@ -129,7 +137,8 @@ class BregmanLogLoss:
         d = norm[other] - norm[layer][:, None] + f_there - f_here[:, None]
         tau = torch.exp(log_tau)
         capped = d.clamp_max(U_MAX)  # e^d continued linearly, as the scalar term's e^u
-        return (torch.exp(capped) * (1 + d - capped) - tau * d + tau * (log_tau - 1)).mean(1)
+        terms = torch.exp(capped) * (1 + d - capped) - tau * d + tau * (log_tau - 1)
+        return (terms if weight is None else terms * weight).mean(1)
 
     def __call__(
         self,
@@ -158,9 +167,8 @@ class BregmanLogLoss:
             f = net(torch.cat([layer, other.reshape(-1)]), torch.cat([z, w])).to(torch.float64)
             n = layer.shape[0]
             f_here, f_there = f[:n], f[n:].view(other.shape)
-            ratio = self.ratio_terms(layer, z, anchor, other, w, f_here, f_there)
-            if len(queries) == 6:  # importance weights of mixed distances (KernelQueries)
-                ratio = ratio * queries[5]
+            weight = queries[5] if len(queries) == 6 else None
+            ratio = self.ratio_terms(layer, z, anchor, other, w, f_here, f_there, weight)
         u = self.targets(layer, z, y) - f_here
         # e^u continued linearly beyond U_MAX: the gradient 1 - e^u stays finite in float32 while
         # the untrained network is still far below the targets (u = 174 at K = 17, D = 64)
@@ -279,10 +287,10 @@ class WalkQueries:
         cell = torch.multinomial(self.probabilities, num_queries, replacement=True, generator=generator)
         layer, distance = cell // (D + 1), cell % (D + 1)
         anchor = data[torch.randint(0, data.shape[0], (num_queries,), generator=generator, device=device)]
-        return layer, _change_coordinates(anchor, distance, K, generator)
+        return layer, change_coordinates(anchor, distance, K, generator)
 
 
-def _change_coordinates(
+def change_coordinates(
     anchor: torch.Tensor, distance: torch.Tensor, num_categories: int, generator: torch.Generator
 ) -> torch.Tensor:
     """``(n, D)`` states at Hamming distance ``distance`` ``(n,)`` from ``anchor`` ``(n, D)``:
@@ -342,7 +350,7 @@ def smoothed_data_pairs(
     law = smoothed_distance_laws(tables, K).to(device)[layer]
     distance = torch.multinomial(law, 1, generator=generator).squeeze(1)
     anchor = data[torch.randint(0, B, (layer.shape[0],), generator=generator, device=device)]
-    return _change_coordinates(anchor, distance, K, generator), anchor
+    return change_coordinates(anchor, distance, K, generator), anchor
 
 
 def smoothed_data_states(
@@ -365,26 +373,47 @@ class KernelQueries:
     distance to the anchor is 20 at ``D = 64``, 84 at ``D = 256`` and 280 at ``D = 784`` for
     ``L = 64``), while the walk's last moves are near the data. With ``walk_fraction = a > 0`` the
     distance is drawn from ``(1 - a) pi_l(h) + a w_l(h)``, ``w_l`` the walk's occupancy at layer
-    ``l`` (:func:`point_occupancy`). Each query then carries the importance weight
-    ``weight = pi_l(h) / ((1 - a) pi_l(h) + a w_l(h)) <= 1 / (1 - a)``. Given ``z``, the weighted
-    ratio term is the posterior one times a factor of ``z`` alone, so its minimiser is still the
-    exact ratio (docs/hamming.md §8).
+    ``l`` (:func:`point_occupancy`), and the query's edges carry the importance weight
+    ``pi_l(h) / ((1 - a) pi_l(h) + a w_l(h)) <= 1 / (1 - a)``. Given ``z``, the weighted ratio term
+    is the posterior one times a factor of ``z`` alone, so its minimiser is still the exact ratio
+    (docs/hamming.md §8).
 
-    ``slot`` ``(n, E)`` are uniform neighbour slots of ``z``, and ``forward`` ``(n, E)`` bool their
-    direction: to layer ``l + 1`` or ``l - 1``, forced to the existing one at layers 0 and ``L``.
-    ``E`` = :data:`RATIO_EDGES`.
+    ``slot`` ``(n, E)`` are neighbour slots of ``z`` and ``forward`` ``(n, E)`` bool their
+    direction: to layer ``l + 1`` or ``l - 1``, forced to the existing one at layers 0 and ``L``;
+    ``E`` is ``edges``. A slot is uniform over the ``N`` slots, or, with probability
+    ``correction_fraction = b``, one of the ``h`` corrections of ``z`` towards its anchor (a
+    coordinate where they differ, set to the anchor's value; uniform if ``h = 0``). Those are the
+    edges with the large ratios that carry the walk's last moves, and a uniform slot finds one with
+    probability ``h / N`` only. The edge then carries the importance weight
+    ``(1/N) / ((1 - b)/N + b [slot corrects] / h) <= 1 / (1 - b)``: the expected loss, and so its
+    minimiser, is that of uniform slots (the slot's law given ``(z, anchor)`` is undone edge by
+    edge).
 
     Args:
         circuit: the Hamming circuit; ``tables``: its :class:`LogFieldTables` (computed if not given).
         walk_fraction: ``a`` in ``[0, 1)``.
+        correction_fraction: ``b`` in ``[0, 1)``.
+        edges: ``E >= 1``, edges per query (:data:`RATIO_EDGES` by default).
+
+    The ``weight`` ``(n, E)`` float64 is returned when ``a > 0`` or ``b > 0``.
     """
 
     def __init__(
-        self, circuit: HammingCircuit, tables: LogFieldTables | None = None, walk_fraction: float = 0.0
+        self,
+        circuit: HammingCircuit,
+        tables: LogFieldTables | None = None,
+        walk_fraction: float = 0.0,
+        correction_fraction: float = 0.0,
+        edges: int = RATIO_EDGES,
     ) -> None:
-        if not 0 <= walk_fraction < 1:
-            raise ValueError(f"walk_fraction must be in [0, 1), got {walk_fraction}")
+        self.edges = check_int("edges", edges, 1)
+        for name, value in (("walk_fraction", walk_fraction), ("correction_fraction", correction_fraction)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise TypeError(f"{name} must be a float, got {type(value).__name__}")
+            if not 0 <= value < 1:
+                raise ValueError(f"{name} must be in [0, 1), got {value}")
         self.circuit, self.walk_fraction = circuit, walk_fraction
+        self.correction_fraction = correction_fraction
         self.tables = tables or LogFieldTables(circuit)
         visits = point_occupancy(circuit, self.tables)
         self.layer_probabilities = visits.sum(1) / visits.sum()
@@ -404,20 +433,52 @@ class KernelQueries:
             self.tables = LogFieldTables(c, device)
             if self.walk_fraction > 0:
                 self.distance_law, self.weights = self.distance_law.to(device), self.weights.to(device)
-        n, L = num_queries, c.num_layers
+        n, L, E = num_queries, c.num_layers, self.edges
         layer = torch.multinomial(self.layer_probabilities, n, replacement=True, generator=generator)
         if self.walk_fraction == 0:
             z, anchor = smoothed_data_pairs(self.tables, layer, data, c.num_categories, generator)
         else:
             distance = torch.multinomial(self.distance_law[layer], 1, generator=generator).squeeze(1)
             anchor = data[torch.randint(0, data.shape[0], (n,), generator=generator, device=device)]
-            z = _change_coordinates(anchor, distance, c.num_categories, generator)
-        slot = torch.randint(0, c.num_neighbours, (n, RATIO_EDGES), generator=generator, device=device)
-        forward = torch.rand(n, RATIO_EDGES, generator=generator, device=device) < 0.5
+            z = change_coordinates(anchor, distance, c.num_categories, generator)
+        slot = torch.randint(0, c.num_neighbours, (n, E), generator=generator, device=device)
+        forward = torch.rand(n, E, generator=generator, device=device) < 0.5
         forward = (forward | (layer == 0)[:, None]) & (layer < L)[:, None]
-        if self.walk_fraction == 0:
+        if self.walk_fraction == 0 and self.correction_fraction == 0:
             return layer, z, anchor, slot, forward
-        return layer, z, anchor, slot, forward, self.weights[layer, distance]
+        weight = torch.ones(n, E, dtype=torch.float64, device=device)
+        if self.walk_fraction > 0:
+            weight = weight * self.weights[layer, distance][:, None]
+        if self.correction_fraction > 0:
+            slot, edge_weight = self._with_corrections(z, anchor, slot, generator)
+            weight = weight * edge_weight
+        return layer, z, anchor, slot, forward, weight
+
+    def _with_corrections(
+        self, z: torch.Tensor, anchor: torch.Tensor, slot: torch.Tensor, generator: torch.Generator
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``slot`` ``(n, E)`` with each entry replaced, with probability ``b``, by a correction of
+        ``z`` towards ``anchor``, and the ``(n, E)`` float64 importance weights (class docstring)."""
+        (n, E), K, N, b = (
+            slot.shape,
+            self.circuit.num_categories,
+            self.circuit.num_neighbours,
+            self.correction_fraction,
+        )
+        device = z.device
+        differs = z != anchor
+        h = differs.sum(1, keepdim=True)
+        # a uniform differing coordinate per edge: the largest of uniform keys over the differing ones
+        keys = torch.rand(n, E, z.shape[1], generator=generator, device=device) * differs[:, None, :]
+        coordinate = keys.argmax(2)
+        old, new = z.gather(1, coordinate), anchor.gather(1, coordinate)
+        correction = 1 + coordinate * (K - 1) + new - (new > old).long()
+        chosen = (torch.rand(n, E, generator=generator, device=device) < b) & (h > 0)
+        slot = torch.where(chosen, correction, slot)
+        corrects = self.circuit.apply_slot(z.repeat_interleave(E, 0), slot.reshape(-1))
+        corrects = ((corrects != anchor.repeat_interleave(E, 0)).sum(1).view(n, E) < h) & (h > 0)
+        density = (1 - b) / N + b * corrects / h.clamp_min(1)
+        return slot, torch.where(h > 0, (1 / N) / density, 1.0).to(torch.float64)
 
 
 @torch.no_grad()

@@ -71,7 +71,47 @@ class ResidualBlock(nn.Module):
         return x + self.outer(nn.functional.silu(self.inner(self.norm(x))))
 
 
-class HammingNet(nn.Module):
+def check_layer_encoding(layer_encoding: object) -> str:
+    """``layer_encoding`` if it is one of :data:`LAYER_ENCODINGS`; else ValueError naming it."""
+    if layer_encoding not in LAYER_ENCODINGS:
+        raise ValueError(
+            f"layer_encoding must be one of {', '.join(map(repr, LAYER_ENCODINGS))}, got {layer_encoding!r}"
+        )
+    return layer_encoding
+
+
+def output_head(width: int) -> tuple[nn.LayerNorm, nn.Linear]:
+    """The final LayerNorm and the linear head ``width -> 1``, zero-initialised: the untrained
+    network outputs ``f = 0``, the uniform field of the layer mean."""
+    head = nn.Linear(width, 1)
+    nn.init.zeros_(head.weight)
+    nn.init.zeros_(head.bias)
+    return nn.LayerNorm(width), head
+
+
+class LayerEncoding:
+    """The layer input of a Hamming log-field network (a mixin of an ``nn.Module``): with
+    ``"embedding"`` a free vector per layer (``layer_embedding``), with ``"smooth"`` a linear map
+    (``layer_input``) of :func:`smooth_layer_features` (the buffer ``layer_features``)."""
+
+    def init_layer_encoding(self, circuit: HammingCircuit, width: int, layer_encoding: str) -> None:
+        """Check ``layer_encoding`` (:func:`check_layer_encoding`) and register the layer input."""
+        self.layer_encoding = check_layer_encoding(layer_encoding)
+        if layer_encoding == "embedding":
+            self.layer_embedding = nn.Embedding(circuit.num_layers + 1, width)
+        else:
+            features = smooth_layer_features(circuit)
+            self.register_buffer("layer_features", features, persistent=False)
+            self.layer_input = nn.Linear(features.shape[1], width)
+
+    def embed_layers(self, layer: torch.Tensor) -> torch.Tensor:
+        """``(..., width)`` float32 input part of ``(...)`` int64 layers in ``[0, L]``."""
+        if self.layer_encoding == "embedding":
+            return self.layer_embedding(layer)
+        return self.layer_input(self.layer_features[layer])
+
+
+class HammingNet(LayerEncoding, nn.Module):
     """``f(l, z)``, the learned part of the log-field of a noise-to-data Hamming circuit.
 
     Args:
@@ -92,37 +132,21 @@ class HammingNet(nn.Module):
         if not isinstance(circuit, HammingCircuit):
             raise TypeError(f"circuit must be an ecd2g_fast.HammingCircuit, got {type(circuit).__name__}")
         self.circuit = circuit
-        K, D, L = circuit.num_categories, circuit.dim, circuit.num_layers
+        K, D = circuit.num_categories, circuit.dim
         self.width, self.depth = check_int("width", width, 1), check_int("depth", depth, 1)
-        if layer_encoding not in LAYER_ENCODINGS:
-            raise ValueError(
-                f"layer_encoding must be one of {', '.join(map(repr, LAYER_ENCODINGS))}, got {layer_encoding!r}"
-            )
-        self.layer_encoding = layer_encoding
+        check_layer_encoding(layer_encoding)
         # sum of D embeddings: entries of size 1/sqrt(D) give inputs of order one
         self.state_embedding = nn.Parameter(torch.randn(D * K, width) / math.sqrt(D))
-        if layer_encoding == "embedding":
-            self.layer_embedding = nn.Embedding(L + 1, width)
-        else:
-            features = smooth_layer_features(circuit)
-            self.register_buffer("layer_features", features, persistent=False)
-            self.layer_input = nn.Linear(features.shape[1], width)
+        # registered after the state embedding, as always: the seeded initialisation and the
+        # parameters' order (which checkpointed optimiser states follow) stay as they were
+        self.init_layer_encoding(circuit, width, layer_encoding)
         self.blocks = nn.ModuleList(ResidualBlock(width) for _ in range(depth))
-        self.norm = nn.LayerNorm(width)
-        self.head = nn.Linear(width, 1)
-        nn.init.zeros_(self.head.weight)
-        nn.init.zeros_(self.head.bias)
+        self.norm, self.head = output_head(width)
         self.register_buffer("offsets", torch.arange(D) * K, persistent=False)
 
     def config(self) -> dict:
         """The constructor's arguments besides the circuit (checkpoints record them)."""
         return {"width": self.width, "depth": self.depth, "layer_encoding": self.layer_encoding}
-
-    def embed_layers(self, layer: torch.Tensor) -> torch.Tensor:
-        """``(..., width)`` float32 input part of ``(...)`` int64 layers in ``[0, L]``."""
-        if self.layer_encoding == "embedding":
-            return self.layer_embedding(layer)
-        return self.layer_input(self.layer_features[layer])
 
     def embed_states(self, z: torch.Tensor) -> torch.Tensor:
         """``(n, width)`` float32 ``sum_c E[c, z_c]`` of ``(n, D)`` int64 states."""
@@ -193,16 +217,19 @@ class HammingNet(nn.Module):
 
 
 class HammingNetField(LogField):
-    """:class:`HammingNet` as a :class:`~.log_field.LogField`: ``S_l(z) = log alpha*_{L-l} + f(l, z)``.
+    """A Hamming log-field network as a :class:`~.log_field.LogField`:
+    ``S_l(z) = log alpha*_{L-l} + f(l, z)``.
 
-    Evaluated in float32 and used in float64; one body evaluation per move covers every walker and
-    its neighbours (:meth:`HammingNet.outlet_values`). A vertex without positive outflow (a local
-    minimum of the learned potential) is bridged by its forward stay edge and counted
-    (:attr:`~.log_field.LogField.bridge_dead_ends`, :attr:`~.log_field.LogField.bridged`). A bridge
-    goes uphill, so a walker can return over the edge it was bridged across and cycle: the field
-    is not :attr:`~ecd2g_fast.fields.Field.acyclic`, and walks are capped at ``100 L + 1000`` moves
-    by default, as for learned current fields. The network is evaluated as it is: put it in
-    ``eval()`` mode and load the weights (an EMA, say) before sampling.
+    The network is a :class:`HammingNet` or a :class:`~.mixer.HammingMixer`; any module with their
+    ``circuit``, ``net(layer, z)`` and ``outlet_values(layer, z)`` will do. Evaluated in float32 and
+    used in float64; one ``outlet_values`` call per move gives every walker and its neighbours. A
+    vertex without positive outflow (a local minimum of the learned potential) is bridged by its
+    forward stay edge and counted (:attr:`~.log_field.LogField.bridge_dead_ends`,
+    :attr:`~.log_field.LogField.bridged`). A bridge goes uphill, so a walker can return over the
+    edge it was bridged across and cycle: the field is not :attr:`~ecd2g_fast.fields.Field.acyclic`,
+    and walks are capped at ``100 L + 1000`` moves by default, as for learned current fields. The
+    network is evaluated as it is: put it in ``eval()`` mode and load the weights (an EMA, say)
+    before sampling.
     """
 
     bytes_per_pair = 1024
@@ -210,7 +237,7 @@ class HammingNetField(LogField):
     # a bridge goes against the learned potential, so walks may cycle: capped like current fields
     acyclic = False
 
-    def __init__(self, net: HammingNet) -> None:
+    def __init__(self, net: nn.Module) -> None:
         device = next(net.parameters()).device
         super().__init__(net.circuit, device)
         self.net = net

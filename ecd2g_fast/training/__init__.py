@@ -20,7 +20,7 @@ import torch
 from ..circuit import Circuit
 from ..hamming import HammingCircuit
 from .checkpoint import load_checkpoint, load_field, load_model
-from .config import MODELS, QUERIES, TrainConfig
+from .config import CIRCUIT_MODELS, MODELS, QUERIES, TrainConfig
 from .data import Source
 from .loss import TargetRegressionLoss
 from .trainer import CHECK_EVERY, NonFiniteLossError, Trainer, TrainResult
@@ -63,8 +63,9 @@ def train(
         source, target: ``(N, D)`` int64 samples of ``p`` and ``q`` (drawn with replacement each
             step), or callables ``n -> (n, D)`` int64.
         config: the settings (:class:`TrainConfig`); None: the defaults (on a
-            :class:`~ecd2g_fast.hamming.HammingCircuit` without a ``model`` override: the
-            default recipe of the ``"hamming"`` model, which learns from uniform noise to data).
+            :class:`~ecd2g_fast.hamming.HammingCircuit`: the default recipe of the ``model``
+            override, or of the ``"hamming"`` model without one; they learn from uniform noise to
+            data).
         device: training device; None: CUDA when available, else the CPU.
         checkpoint_path: where to write checkpoints (atomically); None for none.
         resume: continue from ``checkpoint_path`` if it exists (bit-identical to an
@@ -82,9 +83,10 @@ def train(
         NonFiniteLossError: the loss became nan/inf (:meth:`Trainer.run`).
     """
     if config is None:
-        # a Hamming circuit learns the noise-to-data log-field by default
-        hamming = isinstance(circuit, HammingCircuit) and "model" not in overrides
-        config = TrainConfig.recipe("default", model="hamming") if hamming else TrainConfig()
+        # a Hamming circuit learns the noise-to-data log-field by default, with its model's recipe
+        model = overrides.get("model", "hamming")
+        hamming = isinstance(circuit, HammingCircuit) and model in CIRCUIT_MODELS[HammingCircuit]
+        config = TrainConfig.recipe("default", model=model) if hamming else TrainConfig()
     if not isinstance(config, TrainConfig):
         raise TypeError(f"config must be a TrainConfig or None, got {type(config).__name__}")
     if overrides:

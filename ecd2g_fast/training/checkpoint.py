@@ -5,7 +5,7 @@ A checkpoint is a ``torch.save`` dict, read back with ``weights_only=True``:
 =================  ==========================================================================
 ``format``         :data:`FORMAT`
 ``circuit``        the circuit's constructor arguments (``CircuitConfig``; ``HammingConfig`` for
-                   the ``"hamming"`` model)
+                   the Hamming circuit's models)
 ``config``         the :class:`~ecd2g_fast.training.TrainConfig`, as JSON
 ``model_config``   the network's constructor arguments with defaults filled in
 ``world_size``     processes that trained it; ``amp``: whether bf16 autocast was on
@@ -41,7 +41,7 @@ from ..circuit import Circuit
 from ..distributed import resolve_device
 from ..fields import Field
 from ..hamming import HammingCircuit
-from .config import MODELS, TrainConfig
+from .config import CIRCUIT_MODELS, MODELS, TrainConfig
 
 if TYPE_CHECKING:
     from .trainer import Trainer
@@ -208,7 +208,8 @@ def load_model(path: str | os.PathLike, device: str | torch.device | None = None
     _check_sizes(ckpt, weights, path)
     try:
         model = ckpt["config"]["model"]
-        circuit = (HammingCircuit if model == "hamming" else Circuit)(**ckpt["circuit"])
+        hamming = model in CIRCUIT_MODELS[HammingCircuit]
+        circuit = (HammingCircuit if hamming else Circuit)(**ckpt["circuit"])
         cls = MODELS[model]
     except (KeyError, TypeError, ValueError) as err:
         raise ValueError(f"{os.fspath(path)!r} holds an invalid model configuration: {err}") from err

@@ -37,7 +37,7 @@ from torch import nn
 
 from .. import backends
 from ..circuit import Circuit
-from ..hamming import HammingCircuit, HammingNet
+from ..hamming import HammingCircuit, HammingMixer, HammingNet
 from ..models import CurrentNet, PotentialNet
 from ..settings import Settings, choice, flag, integer, mapping, optional, real, setting
 
@@ -52,12 +52,18 @@ __all__ = [
     "TrainConfig",
 ]
 
-#: The learned models by name: the paper's current network and the potential network.
-MODELS: dict[str, type[nn.Module]] = {"current": CurrentNet, "potential": PotentialNet, "hamming": HammingNet}
-#: The models of each circuit family: the complete circuit's two, the Hamming circuit's log-field.
+#: The learned models by name: the paper's current network and the potential network; the Hamming
+#: circuit's log-field networks.
+MODELS: dict[str, type[nn.Module]] = {
+    "current": CurrentNet,
+    "potential": PotentialNet,
+    "hamming": HammingNet,
+    "hamming-mixer": HammingMixer,
+}
+#: The models of each circuit family: the complete circuit's two, the Hamming circuit's log-fields.
 CIRCUIT_MODELS: dict[type, tuple[str, ...]] = {
     Circuit: ("current", "potential"),
-    HammingCircuit: ("hamming",),
+    HammingCircuit: ("hamming", "hamming-mixer"),
 }
 #: Query distributions (:class:`~ecd2g_fast.training.data.QuerySampler`).
 QUERIES = ("uniform", "data", "walk", "kernel", "kernel-walk")
@@ -78,6 +84,7 @@ SEED_MAX = 2**63 - 1
 RECIPE_SETTINGS = (
     "model", "steps", "batch_size", "num_queries", "queries", "optimizer", "lr", "lr_schedule",
     "warmup_steps", "momentum", "weight_decay", "grad_clip", "ema_decay", "model_kwargs", "ratio_weight",
+    "query_kwargs",
 )  # fmt: skip
 
 
@@ -109,7 +116,7 @@ def _measured(model: str, queries: str, encoding: str = "onehot") -> dict:
     return dict(
         model=model, steps=10_000, batch_size=16_384, num_queries=512, queries=queries, optimizer="adam",
         lr=3e-3, lr_schedule="cosine", warmup_steps=0, momentum=0.9, weight_decay=0.0, grad_clip=None,
-        ema_decay=0.999, model_kwargs={"encoding": encoding}, ratio_weight=1.0,
+        ema_decay=0.999, model_kwargs={"encoding": encoding}, ratio_weight=1.0, query_kwargs={},
     )  # fmt: skip
 
 
@@ -117,7 +124,7 @@ def _paper(model: str) -> dict:
     return dict(
         model=model, steps=5000, batch_size=256, num_queries=None, queries="uniform", optimizer="sgd",
         lr=0.01, lr_schedule="constant", warmup_steps=0, momentum=0.9, weight_decay=0.0, grad_clip=None, ema_decay=None,
-        model_kwargs={"encoding": "scaled"}, ratio_weight=1.0,
+        model_kwargs={"encoding": "scaled"}, ratio_weight=1.0, query_kwargs={},
     )  # fmt: skip
 
 
@@ -129,11 +136,12 @@ def _paper(model: str) -> dict:
 #: ``benchmarks/results/highdim_learning.md`` (against the exact field): Adam 2e-3 cosine after 300
 #: warm-up steps, gradient norm clipped (without warm-up and clipping the network collapses to a
 #: constant), smooth layer features (no dead ends), kernel queries with the denoising ratio term
-#: weighted 4, 1024 data samples and 1024 queries per step, EMA.
+#: weighted 4, half of its edges drawn among the corrections towards the data
+#: (``correction_fraction``), 1024 data samples and 1024 queries per step, EMA.
 _HAMMING = dict(
     model="hamming", steps=10_000, batch_size=1024, num_queries=1024, queries="kernel", optimizer="adam", lr=2e-3,
     lr_schedule="cosine", warmup_steps=300, momentum=0.9, weight_decay=0.0, grad_clip=1.0, ema_decay=0.999,
-    model_kwargs={"layer_encoding": "smooth"}, ratio_weight=4.0,
+    model_kwargs={"layer_encoding": "smooth"}, ratio_weight=4.0, query_kwargs={"correction_fraction": 0.5},
 )  # fmt: skip
 
 RECIPES: dict[str, Recipe] = {
@@ -144,6 +152,12 @@ RECIPES: dict[str, Recipe] = {
             "current": _measured("current", "uniform"),
             "potential": _measured("potential", "uniform"),
             "hamming": _HAMMING,
+            # the same recipe for the mixer body (not tuned for it)
+            "hamming-mixer": {
+                **_HAMMING,
+                "model": "hamming-mixer",
+                "model_kwargs": {"layer_encoding": "smooth"},
+            },
         },
     ),
     "paper": Recipe(
@@ -185,8 +199,9 @@ class TrainConfig(Settings):
     Attributes:
         model: ``"current"`` (the paper's network) or ``"potential"`` on a :class:`Circuit`;
             ``"hamming"`` (:class:`~ecd2g_fast.hamming.HammingNet`, noise to data: the source must
-            be uniform noise) on a :class:`~ecd2g_fast.hamming.HammingCircuit` (:data:`MODELS`,
-            :data:`CIRCUIT_MODELS`). *resume*
+            be uniform noise) or ``"hamming-mixer"`` (:class:`~ecd2g_fast.hamming.HammingMixer`, the
+            same with an MLP-mixer body for large ``D``) on a
+            :class:`~ecd2g_fast.hamming.HammingCircuit` (:data:`MODELS`, :data:`CIRCUIT_MODELS`). *resume*
         steps: optimiser steps in total (a resumed run continues up to this many).
         batch_size: source and target samples per step, from which the Monte-Carlo targets are
             counted (>= 2). *resume*
@@ -216,6 +231,9 @@ class TrainConfig(Settings):
             *resume* (compared after defaults are filled in)
         ratio_weight: weight of the denoising ratio term of the Hamming model's loss (with
             ``"kernel"`` queries; docs/hamming.md §8). *resume*
+        query_kwargs: options of the kernel queries (``walk_fraction``, ``correction_fraction``,
+            ``edges``: :class:`~ecd2g_fast.hamming.learning.KernelQueries`); an unknown option, or
+            options with other queries, is an error when the trainer starts. *resume*
         seed: model initialisation and the trainer's generator (data and queries). *resume*
         amp: bf16 autocast of the networks' hidden layers; None: on for CUDA, never on the CPU.
         targets_backend: backend of the target pass (``"auto"``, ``"reference"``, ``"torch"``,
@@ -225,7 +243,8 @@ class TrainConfig(Settings):
 
     model: str = setting(
         "current",
-        "the learned model: current (the paper's) or potential on a Circuit, hamming on a HammingCircuit",
+        "the learned model: current (the paper's) or potential on a Circuit, hamming or hamming-mixer on a "
+        "HammingCircuit",
         check=choice(MODELS),
     )
     steps: int = setting(10_000, "optimiser steps", check=integer(1), resume=False)
@@ -258,6 +277,10 @@ class TrainConfig(Settings):
     ratio_weight: float = setting(
         1.0, "weight of the Hamming model's denoising ratio loss (kernel queries)",
         check=real(0.0, inclusive=True, high=FLOAT32_MAX),
+    )  # fmt: skip
+    query_kwargs: dict = setting(
+        help='options of the Hamming model\'s kernel queries as JSON, e.g. \'{"correction_fraction": 0.5}\'',
+        check=mapping, default_factory=dict,
     )  # fmt: skip
     seed: int = setting(0, "seed of the initialisation, data draws and queries", check=integer(0, SEED_MAX))
     amp: bool | None = setting(
@@ -340,7 +363,7 @@ class TrainConfig(Settings):
         check_model_for_circuit(self.model, circuit)
         kwargs = (
             self.model_kwargs
-            if self.model == "hamming"
+            if self.model in CIRCUIT_MODELS[HammingCircuit]
             else {"encoding": DEFAULT_ENCODING, **self.model_kwargs}
         )
         with torch.random.fork_rng(devices=[]):

@@ -20,6 +20,8 @@ import torch
 
 from .._validation import check_states
 from ..circuit import Circuit
+from ..hamming import HammingCircuit
+from .config import CIRCUIT_MODELS
 
 __all__ = ["DataSource", "QuerySampler", "Source"]
 
@@ -102,33 +104,59 @@ class QuerySampler:
     """Draws a step's queries (module docstring).
 
     Args:
-        kind: ``"uniform"``, ``"data"``, ``"walk"`` or ``"kernel"`` (``"hamming"`` only: where the
+        kind: ``"uniform"``, ``"data"``, ``"walk"`` or ``"kernel"`` (Hamming models only: where the
             exact walk towards a target sample goes, :class:`~ecd2g_fast.hamming.WalkQueries`; or
             target samples smoothed by the layer's kernel, with edges for the denoising ratio
             loss, :class:`~ecd2g_fast.hamming.learning.KernelQueries`; ``"kernel-walk"``: the same
             with half of the distances where the walk goes).
-        model: ``"current"`` (edge queries ``(l, z, w)``), ``"potential"`` or ``"hamming"``
-            (vertex queries ``(l, z)``).
+        model: ``"current"`` (edge queries ``(l, z, w)``), ``"potential"``, ``"hamming"`` or
+            ``"hamming-mixer"`` (vertex queries ``(l, z)``).
         circuit: the circuit.
         sources: the source and target :class:`DataSource` (anchors of ``"data"`` queries).
+        query_kwargs: options of kernel queries
+            (:data:`~ecd2g_fast.hamming.learning.KERNEL_QUERY_OPTIONS`); ``"kernel-walk"`` sets
+            ``walk_fraction=0.5`` unless they set it.
+
+    Raises:
+        ValueError: kernel or walk queries for a model of the complete circuit; ``query_kwargs``
+            with an unknown option, or given to other queries than kernel queries.
     """
 
     def __init__(
-        self, kind: str, model: str, circuit: Circuit, sources: tuple[DataSource, DataSource]
+        self,
+        kind: str,
+        model: str,
+        circuit: Circuit,
+        sources: tuple[DataSource, DataSource],
+        query_kwargs: dict | None = None,
     ) -> None:
+        query_kwargs = query_kwargs or {}
         self.kind, self.model, self.circuit, self.sources = kind, model, circuit, sources
         self.num_layers = circuit.num_layers if model == "current" else circuit.num_layers + 1
         if kind in ("walk", "kernel", "kernel-walk"):
-            if model != "hamming":
-                raise ValueError(f"queries {kind!r} are for the hamming model, not {model!r}")
+            hamming = CIRCUIT_MODELS[HammingCircuit]
+            if model not in hamming:
+                raise ValueError(
+                    f"queries {kind!r} are for the hamming models ({', '.join(hamming)}), not {model!r}"
+                )
             from ..hamming import learning
 
             if kind == "walk":
                 self.walk = learning.WalkQueries(circuit)
             else:
+                options = learning.KERNEL_QUERY_OPTIONS
+                unknown = sorted(set(query_kwargs) - set(options))
+                if unknown:
+                    raise ValueError(
+                        f"query_kwargs: unknown option {unknown[0]!r}; kernel queries take "
+                        f"{', '.join(map(repr, options))}"
+                    )
+                walk_fraction = 0.5 if kind == "kernel-walk" else 0.0
                 self.walk = learning.KernelQueries(
-                    circuit, walk_fraction=0.5 if kind == "kernel-walk" else 0.0
+                    circuit, **{"walk_fraction": walk_fraction, **query_kwargs}
                 )
+        if query_kwargs and kind not in ("kernel", "kernel-walk"):
+            raise ValueError(f"query_kwargs are options of kernel queries, not of {kind!r} queries")
 
     def _mixture(self, n: int, gen: torch.Generator, device: torch.device) -> torch.Tensor:
         c = self.circuit

@@ -8,7 +8,9 @@ import torch
 from torch import nn
 
 from ..circuit import Circuit
+from ..hamming import HammingCircuit
 from ..targets import current_targets, potential_targets
+from .config import CIRCUIT_MODELS
 
 __all__ = ["TargetRegressionLoss", "make_loss"]
 
@@ -70,12 +72,12 @@ def make_loss(
 ):
     """The loss of ``model``: ``(net, queries, x, y) -> 0-d sum over the queries``.
 
-    :class:`TargetRegressionLoss` for the complete circuit's models; for ``"hamming"`` the
+    :class:`TargetRegressionLoss` for the complete circuit's models; for the Hamming circuit's the
     scale-free log-field loss :class:`~ecd2g_fast.hamming.BregmanLogLoss` with its denoising ratio
     term weighted by ``ratio_weight`` (its targets come from distance histograms;
     ``targets_backend`` and ``amp`` do not apply; its tables live on ``device``).
     """
-    if model == "hamming":
+    if model in CIRCUIT_MODELS[HammingCircuit]:
         from ..hamming import BregmanLogLoss
 
         return BregmanLogLoss(circuit, device, ratio_weight)

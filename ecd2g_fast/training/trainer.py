@@ -132,7 +132,7 @@ class Trainer:
             DataSource("source", source, circuit, dev),
             DataSource("target", target, circuit, dev),
         )
-        self.queries = QuerySampler(config.queries, config.model, circuit, self.sources)
+        self.queries = QuerySampler(config.queries, config.model, circuit, self.sources, config.query_kwargs)
         self.use_amp = dev.type == "cuda" and config.amp is not False
         self.loss = make_loss(
             circuit, config.model, config.targets_backend, self.use_amp, dev, config.ratio_weight
