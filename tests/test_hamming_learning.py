@@ -384,6 +384,6 @@ def test_query_kwargs_reach_the_kernel_queries_and_bad_ones_are_named():
         QuerySampler("kernel", "hamming", c, sources, {"correction_fraction": 1.0})
     # the trainer passes them on
     config = E.TrainConfig.recipe("default", model="hamming", steps=1, batch_size=16, num_queries=4)
-    assert config.query_kwargs == {"correction_fraction": 0.5}
+    assert config.query_kwargs == {}
     trainer = E.training.Trainer(c, data, data, config.replace(query_kwargs={"edges": 5}), progress=False)
     assert trainer.queries.walk.edges == 5
