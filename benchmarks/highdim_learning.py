@@ -15,20 +15,32 @@ against it, not only through its samples:
   follows the exact walk's occupancy (:func:`~ecd2g_fast.hamming.learning.point_occupancy`), the
   standard deviation of ``S - S_exact`` (``walk_sd``) and of the error of the log-ratio across a
   forward edge that corrects one coordinate towards that sample (``correction_sd``: the edges that
-  carry the walk's last moves);
+  carry the walk's last moves); and at uniform noise states, the sd of ``S - S_exact``
+  (``noise_sd``) and of the layer-step error (``noise_step_sd``: the stay edges a walker that never
+  approaches the data keeps taking);
+* ``field_slope``: the slope of ``S`` on ``S_exact`` at layers L-1 and L where the walk goes (1:
+  neither flatter nor sharper than the exact field);
 * ``layer_mean_log_ratio``: :func:`~ecd2g_fast.hamming.learning.layer_mean_ratios` (0 when the
   layer means keep their closed-form values);
 * the walk: ``--walkers`` bidirectional walks from uniform noise (at most ``--max-moves`` moves;
   walkers still moving then are counted, not scored), bridged dead ends, mean moves, and
   :func:`~ecd2g_fast.experiments.highdim.sample_metrics` against 20,000 exact draws, next to the
-  floor of as many exact draws as finished walkers.
+  floor of as many exact draws as finished walkers; ``gap_anatomy`` (:func:`gap_anatomy`: the
+  gap's quantiles over the samples, the share of samples in the data's 1 % tail, noise bits); with
+  ``--repeat-walk`` the same for a second walk of the same field with other seeds (the walk's own
+  spread). ``--checkpoint FILE`` keeps the trained network, and a finished one is reused.
+* ``--splice LAYER``: the same for two more walks, of the learned field below ``LAYER`` with the
+  exact one from there on (:class:`SplicedField`), and the other way round: which layers' errors
+  the samples suffer from; with ``--flatten SLOPE`` also of the exact field flattened to that
+  slope from ``LAYER`` on (:class:`FlattenedField`: what the flatness alone costs).
 
 ``--exact`` walks the exact field instead of training (the oracle row: what a perfect field scores
 with this walk). Training settings: the Hamming model's default recipe, ``--steps``, and
 ``--set NAME=JSON`` overrides of :class:`~ecd2g_fast.training.TrainConfig` settings.
 
     python -m benchmarks.highdim_learning TAG [--steps 3000] [--set queries='"walk"' ...]
-        [--layers 64] [--walkers 300] [--max-moves 1000] [--exact] [--threads 1]
+        [--layers 64] [--walkers 300] [--max-moves 1000] [--exact] [--checkpoint FILE]
+        [--repeat-walk] [--splice LAYER [--flatten SLOPE]] [--threads 1]
     python -m benchmarks.highdim_learning --summary
 
 Each run appends one JSON line to ``benchmarks/results/highdim_learning.jsonl`` (settings,
@@ -40,6 +52,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 
 import torch
@@ -52,7 +65,7 @@ from ecd2g_fast.hamming.learning import (
     point_occupancy,
     smoothed_data_states,
 )
-from ecd2g_fast.hamming.log_field import ProductMixtureLogField
+from ecd2g_fast.hamming.log_field import LogField, ProductMixtureLogField
 
 from . import harness
 
@@ -102,8 +115,109 @@ def field_errors(field, exact, data: torch.Tensor, generator: torch.Generator) -
             w[torch.arange(PROBE_STATES), first] = anchor[torch.arange(PROBE_STATES), first]
             ahead = field.log_field(layer + 1, w) - exact.log_field(layer + 1, w)
             row["correction_sd"] = float((ahead - error).std())
+        # far from the data (uniform noise, where the walk starts): where a walker that never
+        # approaches the data goes, by stay edges whose ratio the field gets wrong
+        z = torch.randint(0, 2, (PROBE_STATES, circuit.dim), generator=generator)
+        error = field.log_field(layer, z) - exact.log_field(layer, z)
+        row["noise_sd"] = float(error.std())
+        if l < L:
+            ahead = field.log_field(layer + 1, z) - exact.log_field(layer + 1, z)
+            row["noise_step_sd"] = float((ahead - error).std())
         rows.append(row)
     return rows
+
+
+def gap_anatomy(states: torch.Tensor, reference: torch.Tensor, mixture: BernoulliMixture) -> dict:
+    """Where a log-likelihood gap comes from, for ``(n, D)`` ``states`` against exact draws ``reference``.
+
+    ``quantiles``: the per-sample gap (the reference's mean log-likelihood minus the sample's) at
+    the 10/50/90 % quantiles (a few outliers and a shift of every sample read differently);
+    ``standard_error``: that of the mean gap over the samples (a heavy tail makes it large);
+    ``tail``: the fraction of samples less likely than the reference's 1 % quantile (0.01 for exact
+    draws); ``flips``: the mean number of coordinates that differ from the most likely value of the
+    sample's most probable component (noise bits: each costs ``log((1 - f) / f)``, 1.1 to 2.9 nats
+    at flip probabilities ``f`` in [0.05, 0.25]).
+    """
+    reference_ll = mixture.log_likelihood(reference)
+    ll = mixture.log_likelihood(states)
+    gap = reference_ll.mean() - ll
+    modes = (mixture.theta > 0.5).long()[mixture.components(states)]
+    return {
+        "quantiles": {f"{q:.1f}": float(gap.quantile(q)) for q in (0.1, 0.5, 0.9)},
+        "standard_error": float(gap.std() / gap.numel() ** 0.5),
+        "tail": float((ll < reference_ll.quantile(0.01)).double().mean()),
+        "flips": float((states != modes).sum(1).double().mean()),
+    }
+
+
+@torch.no_grad()
+def field_slopes(field, exact, data: torch.Tensor, generator: torch.Generator) -> dict:
+    """The least-squares slope of ``S_learned`` on ``S_exact`` at layers L-1 and L, at states where the
+    walk goes (:func:`field_errors`): 1 for a field that is neither flatter (slope < 1: a sampler
+    noisier than the data) nor sharper than the exact one."""
+    circuit = exact.circuit
+    L = circuit.num_layers
+    walk_law = point_occupancy(circuit, exact.tables)
+    walk_law = walk_law / walk_law.sum(1, keepdim=True)
+    out = {}
+    for l in (L - 1, L):
+        layer = torch.full((4 * PROBE_STATES,), l)
+        distance = (
+            torch.multinomial(walk_law[l, 1:], layer.numel(), replacement=True, generator=generator) + 1
+        )
+        anchor = data[torch.randint(0, data.shape[0], (layer.numel(),), generator=generator)]
+        z = change_coordinates(anchor, distance, 2, generator)
+        truth = exact.log_field(layer, z).double()
+        learned = field.log_field(layer, z).double()
+        truth, learned = truth - truth.mean(), learned - learned.mean()
+        out[str(l)] = float((truth * learned).sum() / truth.pow(2).sum())
+    return out
+
+
+class SplicedField(LogField):
+    """``below`` at the layers under ``layer`` and ``above`` from ``layer`` on (two log-fields of
+    one circuit): which layers' errors a walk suffers from. Not exact, so dead ends are bridged."""
+
+    bridge_dead_ends = True
+    acyclic = False
+
+    def __init__(self, below: LogField, above: LogField, layer: int) -> None:
+        super().__init__(below.circuit, below.device)
+        self.below, self.above, self.layer = below, above, layer
+
+    def log_field(self, layer: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        return torch.where(layer < self.layer, self.below.log_field(layer, z), self.above.log_field(layer, z))
+
+
+class FlattenedField(LogField):
+    """The exact field with ``S_l`` pulled towards its mean where the walk goes, from layer
+    ``layer`` on: ``m_l + slope (S_l - m_l)`` (a field with the learned fields' :func:`field_slopes`
+    and no other error). ``m_l`` is averaged over :data:`PROBE_STATES` states drawn as in
+    :func:`field_errors`, around ``data``."""
+
+    bridge_dead_ends = True
+    acyclic = False
+
+    def __init__(
+        self, exact: LogField, slope: float, layer: int, data: torch.Tensor, generator: torch.Generator
+    ) -> None:
+        super().__init__(exact.circuit, exact.device)
+        self.exact, self.slope, self.layer = exact, slope, layer
+        L = exact.circuit.num_layers
+        walk_law = point_occupancy(exact.circuit, exact.tables)
+        walk_law = walk_law / walk_law.sum(1, keepdim=True)
+        self.means = torch.zeros(L + 1, dtype=torch.float64)
+        for l in range(layer, L + 1):
+            distance = (
+                torch.multinomial(walk_law[l, 1:], PROBE_STATES, replacement=True, generator=generator) + 1
+            )
+            anchor = data[torch.randint(0, data.shape[0], (PROBE_STATES,), generator=generator)]
+            z = change_coordinates(anchor, distance, 2, generator)
+            self.means[l] = exact.log_field(torch.full((PROBE_STATES,), l), z).mean()
+
+    def log_field(self, layer: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        s, m = self.exact.log_field(layer, z), self.means.to(z.device)[layer]
+        return torch.where(layer >= self.layer, m + self.slope * (s - m), s)
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -118,26 +232,30 @@ def run(args: argparse.Namespace) -> dict:
         data_rng = torch.Generator().manual_seed(1)
         overrides = {name: json.loads(value) for name, value in (item.split("=", 1) for item in args.set)}
         config = E.TrainConfig.recipe("default", model="hamming", steps=args.steps, **overrides)
+        reused = args.checkpoint is not None and os.path.exists(args.checkpoint)
         start = time.perf_counter()
         result = E.training.Trainer(
             circuit,
             lambda n: torch.randint(0, 2, (n, DIM)),
             lambda n: mixture.sample(n, data_rng)[0],
             config,
+            checkpoint_path=args.checkpoint,
             progress=not args.quiet,
-        ).run()
+        ).run(resume=args.checkpoint is not None)
         field = result.field
         row.update(
             field="learned",
             config=config.to_json(),
             overrides=overrides,
             parameters=sum(p.numel() for p in result.model.parameters()),
-            train_seconds=time.perf_counter() - start,
+            train_seconds=None if reused else time.perf_counter() - start,
+            reused_checkpoint=reused,
             final_loss=float(result.losses[-200:].mean()),
         )
         probe_rng = torch.Generator().manual_seed(7)
         probe_data = mixture.sample(2000, probe_rng)[0]
         row["field_error"] = field_errors(field, exact, probe_data, probe_rng)
+        row["field_slope"] = field_slopes(field, exact, probe_data, probe_rng)
         estimates, errors = layer_mean_ratios(field, probe_data, PROBE_STATES, generator=3)
         row["layer_mean_log_ratio"] = {
             "max_abs": float(estimates.abs().max()),
@@ -165,7 +283,39 @@ def run(args: argparse.Namespace) -> dict:
         bridged_dead_ends=int(getattr(field, "bridged", 0)) - bridged,
         mean_moves=float(moves[finished].double().mean()) if bool(finished.any()) else None,
         metrics=sample_metrics(out[finished], reference, floor, 2, mixture),
+        gap_anatomy={
+            "samples": gap_anatomy(out[finished], reference, mixture),
+            "floor": gap_anatomy(floor, reference, mixture),
+        },
     )
+
+    def walk_again(other_field: LogField) -> dict:
+        """The sample metrics and gap anatomy of ``args.walkers`` other walks of ``other_field``."""
+        x0 = torch.randint(0, 2, (args.walkers, DIM), generator=torch.Generator().manual_seed(15))
+        with torch.no_grad():
+            states, moves = E.sample(
+                other_field, x0, generator=13, max_moves=args.max_moves, unfinished="keep", return_moves=True
+            )
+        states = states[moves >= 0]
+        return {
+            **sample_metrics(states, reference, floor[: states.shape[0]], 2, mixture)["samples"],
+            "finished": int(states.shape[0]),
+            "gap_anatomy": gap_anatomy(states, reference, mixture),
+        }
+
+    if args.repeat_walk:  # the walk's own spread: the same field, other walkers and draws
+        row["repeat_walk"] = walk_again(field)
+    if args.splice is not None:
+        row["splice"] = {
+            "layer": args.splice,
+            "learned_below": walk_again(SplicedField(field, exact, args.splice)),
+            "learned_above": walk_again(SplicedField(exact, field, args.splice)),
+        }
+        if args.flatten is not None:
+            flat = FlattenedField(
+                exact, args.flatten, args.splice, probe_data, torch.Generator().manual_seed(8)
+            )
+            row["splice"]["flattened_exact"] = {"slope": args.flatten, **walk_again(flat)}
     return row
 
 
@@ -175,13 +325,15 @@ def summary() -> str:
     headers = [
         "tag", "settings", "train s", "loglik gap (floor)", "coverage TV (floor)", "marginal TV (floor)",
         "corr. err. (floor)", "bridges / walker", "finished", "step err. sd l=L-1", "layer-mean max |log|",
-        "walk: S err. sd l=L", "walk: correction err. sd l=L-1",
+        "walk: S err. sd l=L", "walk: correction err. sd l=L-1", "noise: step err. sd, max l>=48",
+        "slope l=L", "tail share (floor)", "gap of a 2nd walk",
     ]  # fmt: skip
     table = []
     for r in rows:
         s, f = r["metrics"]["samples"], r["metrics"]["floor"]
         probes = {e["layer"]: e for e in r.get("field_error", [])}
         last, before = probes.get(r["layers"], {}), probes.get(r["layers"] - 1, {})
+        anatomy = r.get("gap_anatomy")
         settings = "exact field" if r["field"] != "learned" else (
             f"{r['config']['steps']} steps; "
             + (", ".join(f"{k}={json.dumps(v)}" for k, v in r["overrides"].items()) or "the recipe")
@@ -207,6 +359,19 @@ def summary() -> str:
                 harness.format_number(r.get("layer_mean_log_ratio", {}).get("max_abs")),
                 harness.format_number(last.get("walk_sd")),
                 harness.format_number(before.get("correction_sd")),
+                harness.format_number(
+                    max(
+                        (
+                            e["noise_step_sd"]
+                            for e in probes.values()
+                            if e["layer"] >= 48 and "noise_step_sd" in e
+                        ),
+                        default=None,
+                    )
+                ),
+                harness.format_number(r.get("field_slope", {}).get(str(r["layers"]))),
+                f"{anatomy['samples']['tail']:.3f} ({anatomy['floor']['tail']:.3f})" if anatomy else "-",
+                f"{r['repeat_walk']['loglik_gap']:.2f}" if "repeat_walk" in r else "-",
             ]
         )
     meta = rows[-1]["meta"] if rows else {}
@@ -220,8 +385,13 @@ def summary() -> str:
         "draws. Settings not listed are the Hamming recipe's (`TrainConfig.recipe('default', "
         "model='hamming')`) at the row's commit. The `walk:` columns (rows measured since they were "
         "added) are the field's errors where the walk goes: the sd of `S - S_exact` at layer L and of "
-        "the error of the log-ratio across a forward edge correcting one coordinate, at layer L-1 "
-        "(module docstring).\n\n" + harness.markdown_table(headers, table) + "\n"
+        "the error of the log-ratio across a forward edge correcting one coordinate, at layer L-1; the "
+        "`noise:` column the largest error of the layer step at uniform noise states in layers 48 and up; "
+        "`slope` that of `S` on `S_exact` at layer L where the walk goes; the `tail share` the fraction "
+        "of samples less likely than the data's 1 % quantile; the last column the gap of a second walk "
+        "of the same field with other seeds (module docstring).\n\n"
+        + harness.markdown_table(headers, table)
+        + "\n"
     )
     SUMMARY.write_text(text)
     return text
@@ -236,6 +406,19 @@ def main(argv: list[str] | None = None) -> dict | str:
     parser.add_argument("--walkers", type=int, default=300)
     parser.add_argument("--max-moves", type=int, default=1000)
     parser.add_argument("--exact", action="store_true", help="walk the exact field (no training)")
+    parser.add_argument(
+        "--checkpoint", help="train with this checkpoint file; resume from it (a finished run is reused)"
+    )
+    parser.add_argument("--repeat-walk", action="store_true", help="walk a second time with other seeds")
+    parser.add_argument(
+        "--splice", type=int, metavar="LAYER", help="also walk the field spliced with the exact one at LAYER"
+    )
+    parser.add_argument(
+        "--flatten",
+        type=float,
+        metavar="SLOPE",
+        help="with --splice: also walk the exact field flattened from LAYER",
+    )
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--summary", action="store_true", help="write highdim_learning.md and stop")
     parser.add_argument("--quiet", action="store_true")
@@ -244,6 +427,10 @@ def main(argv: list[str] | None = None) -> dict | str:
         return summary()
     if args.tag is None:
         parser.error("give a TAG (or --summary)")
+    if args.flatten is not None and args.splice is None:
+        parser.error("--flatten needs --splice LAYER")
+    if args.splice is not None and (args.exact or not 0 < args.splice <= args.layers):
+        parser.error(f"--splice needs a learned field and a LAYER in 1..{args.layers}")
     torch.set_num_threads(args.threads)
     meta = harness.run_metadata("cpu", argv)
     row = {**run(args), "meta": meta}

@@ -16,18 +16,18 @@ from ecd2g_fast.hamming.model import HammingNet
 from .testing import assert_samples_follow, total_variation
 
 
-def random_net(circuit: HammingCircuit, seed: int = 0) -> HammingNet:
+def random_net(circuit: HammingCircuit, seed: int = 0, output_scale: str = "none") -> HammingNet:
     torch.manual_seed(seed)
-    net = HammingNet(circuit, width=32, depth=2)
+    net = HammingNet(circuit, width=32, depth=2, output_scale=output_scale)
     with torch.no_grad():  # a non-trivial output (the head starts at zero)
         net.head.weight.normal_(0, 0.5)
     return net.eval()
 
 
-@pytest.mark.parametrize("K,D,L", [(2, 5, 3), (3, 4, 2)])
-def test_outlet_values_are_the_networks_values_at_the_neighbours(K, D, L):
+@pytest.mark.parametrize("K,D,L,output_scale", [(2, 5, 3, "none"), (3, 4, 2, "none"), (2, 5, 4, "sharpness")])
+def test_outlet_values_are_the_networks_values_at_the_neighbours(K, D, L, output_scale):
     c = HammingCircuit(K, D, L)
-    net = random_net(c)
+    net = random_net(c, output_scale=output_scale)
     g = torch.Generator().manual_seed(0)
     z = torch.randint(0, K, (17, D), generator=g)
     layer = torch.randint(0, L + 1, (17,), generator=g)
@@ -249,14 +249,17 @@ def test_layer_mean_ratios_are_zero_for_exact_fields_and_see_a_scale_error():
 
 
 @pytest.mark.parametrize(
-    "walk_fraction, correction_fraction, K", [(0.0, 0.0, 2), (0.5, 0.0, 2), (0.0, 0.5, 2), (0.5, 0.5, 3)]
-)
-def test_denoising_ratio_targets_average_to_the_exact_ratios(walk_fraction, correction_fraction, K):
+    "walk_fraction, correction_fraction, stay_fraction, K",
+    [(0.0, 0.0, 0.0, 2), (0.5, 0.0, 0.0, 2), (0.0, 0.5, 0.0, 2), (0.0, 0.0, 0.4, 2), (0.5, 0.5, 0.0, 3), (0.0, 0.4, 0.3, 3)],
+)  # fmt: skip
+def test_denoising_ratio_targets_average_to_the_exact_ratios(
+    walk_fraction, correction_fraction, stay_fraction, K
+):
     """Given z, the anchor of a kernel query follows the posterior (or, with walk-occupancy
-    distances mixed in or slots drawn among the corrections towards the anchor, carries the
-    importance weight that restores it), so the mean of the weighted residual e^d - tau over the
-    queries of one (layer, z, edge) cell vanishes at the exact ratio rho_l'(w) / rho_l(z): the
-    ratio term's gradient is zero on average at the exact field."""
+    distances mixed in or slots drawn among the corrections towards the anchor or the stay slot,
+    carries the importance weight that restores it), so the mean of the weighted residual e^d - tau
+    over the queries of one (layer, z, edge) cell vanishes at the exact ratio rho_l'(w) / rho_l(z):
+    the ratio term's gradient is zero on average at the exact field."""
     from ecd2g_fast.hamming.learning import KernelQueries
 
     c = HammingCircuit(K, 4, 3)
@@ -264,11 +267,13 @@ def test_denoising_ratio_targets_average_to_the_exact_ratios(walk_fraction, corr
     data = torch.randint(0, K, (5, 4), generator=g)
     exact = DataLogField(c, data)
     loss = BregmanLogLoss(c)
-    sampler = KernelQueries(c, walk_fraction=walk_fraction, correction_fraction=correction_fraction)
+    sampler = KernelQueries(
+        c, walk_fraction=walk_fraction, correction_fraction=correction_fraction, stay_fraction=stay_fraction
+    )
     queries = sampler(data, 400_000 if K == 2 else 1_200_000, g)
     layer, z, anchor, slot, forward = queries[:5]
     E = slot.shape[1]
-    weighted = walk_fraction > 0 or correction_fraction > 0
+    weighted = walk_fraction > 0 or correction_fraction > 0 or stay_fraction > 0
     assert len(queries) == (6 if weighted else 5)
     weight = queries[5] if weighted else torch.ones(layer.shape[0], E, dtype=torch.float64)
     other, w = loss.edge_states(layer, z, slot, forward)
@@ -307,6 +312,12 @@ def test_denoising_ratio_targets_average_to_the_exact_ratios(walk_fraction, corr
         away = h > 0
         corrected = (h_there == h[:, None] - 1)[away].double().mean()
         assert float(corrected) > correction_fraction
+    if stay_fraction > 0:
+        # about s of the edges (plus the uniform share 1/N) are stay edges
+        stays = float((slot == 0).double().mean())
+        assert stays == pytest.approx(
+            stay_fraction + (1 - stay_fraction - correction_fraction) / c.num_neighbours, abs=0.01
+        )
 
 
 def test_training_at_seventeen_levels_stays_finite():
@@ -341,6 +352,27 @@ def test_training_at_seventeen_levels_stays_finite():
         progress=False,
     )
     assert bool(torch.isfinite(result.losses).all())
+
+
+def test_the_sharpness_output_scale_multiplies_each_layer_by_its_kernel_cost():
+    """``output_scale="sharpness"``: the same network's output times ``lambda_l / lambda_L``, a gain
+    that grows with the layer to 1 at ``L``; recorded in the config; a bad value is named."""
+    from ecd2g_fast.hamming.model import layer_sharpness
+
+    c = HammingCircuit(2, 6, 5)
+    plain, scaled = random_net(c), random_net(c, output_scale="sharpness")
+    assert scaled.config()["output_scale"] == "sharpness" and plain.config()["output_scale"] == "none"
+    gain = layer_sharpness(c) / layer_sharpness(c)[-1]
+    assert float(gain[-1]) == 1.0 and bool((gain.diff() > 0).all()) and float(gain[0]) < 0.2
+    g = torch.Generator().manual_seed(1)
+    z = torch.randint(0, 2, (12, 6), generator=g)
+    layer = torch.arange(6).repeat(2)
+    with torch.no_grad():
+        torch.testing.assert_close(
+            scaled(layer, z), plain(layer, z) * gain[layer].float(), rtol=1e-6, atol=1e-7
+        )
+    with pytest.raises(ValueError, match="output_scale must be one of 'none', 'sharpness'"):
+        HammingNet(c, output_scale="noise")
 
 
 def test_bad_layer_encoding_and_walk_fraction_are_named():
@@ -382,6 +414,8 @@ def test_query_kwargs_reach_the_kernel_queries_and_bad_ones_are_named():
         QuerySampler("kernel", "hamming", c, sources, {"correction_fraction": "half"})
     with pytest.raises(ValueError, match="correction_fraction must be in"):
         QuerySampler("kernel", "hamming", c, sources, {"correction_fraction": 1.0})
+    with pytest.raises(ValueError, match="correction_fraction \\+ stay_fraction must be below 1"):
+        QuerySampler("kernel", "hamming", c, sources, {"correction_fraction": 0.5, "stay_fraction": 0.5})
     # the trainer passes them on
     config = E.TrainConfig.recipe("default", model="hamming", steps=1, batch_size=16, num_queries=4)
     assert config.query_kwargs == {}

@@ -83,7 +83,7 @@ def test_initial_output_is_zero_and_config_rebuilds_the_network():
         assert torch.equal(net(layer, z), torch.zeros(20))
         here, ahead, behind = net.outlet_values(layer, z)
     assert not (here.any() or ahead.any() or behind.any())
-    assert net.config() == {**TINY, "layer_encoding": "smooth"}
+    assert net.config() == {**TINY, "layer_encoding": "smooth", "output_scale": "none"}
     again = HammingMixer(c, **net.config())
     assert again.config() == net.config()
     assert sum(p.numel() for p in again.parameters()) == mixer_parameters(3, 5, 4, **TINY)
@@ -100,6 +100,7 @@ def test_initial_output_is_zero_and_config_rebuilds_the_network():
         ({"depth": "2"}, TypeError, "depth"),
         ({"depth": 0}, ValueError, "depth"),
         ({"layer_encoding": "sinusoid"}, ValueError, "layer_encoding"),
+        ({"output_scale": "noise"}, ValueError, "output_scale"),
     ],
 )
 def test_bad_arguments_are_named(kwargs, error, name):
@@ -141,7 +142,11 @@ def test_training_with_the_recipe_lowers_the_loss():
     )  # fmt: skip
     result = E.train(c, x, y, config, progress=False, device="cpu")
     assert isinstance(result.model, HammingMixer) and isinstance(result.field, HammingNetField)
-    assert result.config.queries == "kernel" and result.model.config() == {**TINY, "layer_encoding": "smooth"}
+    assert result.config.queries == "kernel" and result.model.config() == {
+        **TINY,
+        "layer_encoding": "smooth",
+        "output_scale": "none",
+    }
     g = torch.Generator().manual_seed(7)
     queries = KernelQueries(c)(y, 2000, g)
     loss = BregmanLogLoss(c, ratio_weight=config.ratio_weight)

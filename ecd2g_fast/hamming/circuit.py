@@ -405,3 +405,10 @@ class HammingCircuit(CircuitBase):
         from .targets import log_potential_scale
 
         return log_potential_scale(self, layer)
+
+
+def check_hamming_circuit(circuit: object) -> HammingCircuit:
+    """``circuit`` itself, or TypeError if it is not a :class:`HammingCircuit`."""
+    if not isinstance(circuit, HammingCircuit):
+        raise TypeError(f"circuit must be an ecd2g_fast.HammingCircuit, got {type(circuit).__name__}")
+    return circuit

@@ -62,7 +62,7 @@ U_MAX = 40.0
 RATIO_EDGES = 2
 
 #: The options of :class:`KernelQueries` a training configuration may set (``query_kwargs``).
-KERNEL_QUERY_OPTIONS = ("walk_fraction", "correction_fraction", "edges")
+KERNEL_QUERY_OPTIONS = ("walk_fraction", "correction_fraction", "stay_fraction", "edges")
 
 
 def log_targets(
@@ -380,22 +380,25 @@ class KernelQueries:
 
     ``slot`` ``(n, E)`` are neighbour slots of ``z`` and ``forward`` ``(n, E)`` bool their
     direction: to layer ``l + 1`` or ``l - 1``, forced to the existing one at layers 0 and ``L``;
-    ``E`` is ``edges``. A slot is uniform over the ``N`` slots, or, with probability
+    ``E`` is ``edges``. A slot is uniform over the ``N`` slots; or, with probability
     ``correction_fraction = b``, one of the ``h`` corrections of ``z`` towards its anchor (a
-    coordinate where they differ, set to the anchor's value; uniform if ``h = 0``). Those are the
-    edges with the large ratios that carry the walk's last moves, and a uniform slot finds one with
-    probability ``h / N`` only. The edge then carries the importance weight
-    ``(1/N) / ((1 - b)/N + b [slot corrects] / h) <= 1 / (1 - b)``: the expected loss, and so its
-    minimiser, is that of uniform slots (the slot's law given ``(z, anchor)`` is undone edge by
-    edge).
+    coordinate where they differ, set to the anchor's value; uniform if ``h = 0``): the edges with
+    the large ratios that carry the walk's last moves, which a uniform slot finds with probability
+    ``h / N`` only; or, with probability ``stay_fraction = s``, the stay slot 0 (the edge to the
+    same state one layer on: the one a walker that never approaches the data keeps taking, found
+    with probability ``1 / N`` otherwise). The edge then carries the importance weight
+    ``(1/N) / ((1 - b' - s)/N + b' [slot corrects] / h + s [slot = 0]) <= 1 / (1 - b - s)``
+    (``b' = b [h > 0]``): the expected loss, and so its minimiser, is that of uniform slots (the
+    slot's law given ``(z, anchor)`` is undone edge by edge).
 
     Args:
         circuit: the Hamming circuit; ``tables``: its :class:`LogFieldTables` (computed if not given).
         walk_fraction: ``a`` in ``[0, 1)``.
         correction_fraction: ``b`` in ``[0, 1)``.
+        stay_fraction: ``s`` in ``[0, 1)``, with ``b + s < 1``.
         edges: ``E >= 1``, edges per query (:data:`RATIO_EDGES` by default).
 
-    The ``weight`` ``(n, E)`` float64 is returned when ``a > 0`` or ``b > 0``.
+    The ``weight`` ``(n, E)`` float64 is returned when ``a``, ``b`` or ``s`` is positive.
     """
 
     def __init__(
@@ -404,16 +407,27 @@ class KernelQueries:
         tables: LogFieldTables | None = None,
         walk_fraction: float = 0.0,
         correction_fraction: float = 0.0,
+        stay_fraction: float = 0.0,
         edges: int = RATIO_EDGES,
     ) -> None:
         self.edges = check_int("edges", edges, 1)
-        for name, value in (("walk_fraction", walk_fraction), ("correction_fraction", correction_fraction)):
+        fractions = {
+            "walk_fraction": walk_fraction,
+            "correction_fraction": correction_fraction,
+            "stay_fraction": stay_fraction,
+        }
+        for name, value in fractions.items():
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise TypeError(f"{name} must be a float, got {type(value).__name__}")
             if not 0 <= value < 1:
                 raise ValueError(f"{name} must be in [0, 1), got {value}")
+        if correction_fraction + stay_fraction >= 1:
+            raise ValueError(
+                "correction_fraction + stay_fraction must be below 1 (some slots stay uniform), got "
+                f"{correction_fraction} + {stay_fraction}"
+            )
         self.circuit, self.walk_fraction = circuit, walk_fraction
-        self.correction_fraction = correction_fraction
+        self.correction_fraction, self.stay_fraction = correction_fraction, stay_fraction
         self.tables = tables or LogFieldTables(circuit)
         visits = point_occupancy(circuit, self.tables)
         self.layer_probabilities = visits.sum(1) / visits.sum()
@@ -444,26 +458,28 @@ class KernelQueries:
         slot = torch.randint(0, c.num_neighbours, (n, E), generator=generator, device=device)
         forward = torch.rand(n, E, generator=generator, device=device) < 0.5
         forward = (forward | (layer == 0)[:, None]) & (layer < L)[:, None]
-        if self.walk_fraction == 0 and self.correction_fraction == 0:
+        if self.walk_fraction == 0 and self.correction_fraction == 0 and self.stay_fraction == 0:
             return layer, z, anchor, slot, forward
         weight = torch.ones(n, E, dtype=torch.float64, device=device)
         if self.walk_fraction > 0:
             weight = weight * self.weights[layer, distance][:, None]
-        if self.correction_fraction > 0:
-            slot, edge_weight = self._with_corrections(z, anchor, slot, generator)
+        if self.correction_fraction > 0 or self.stay_fraction > 0:
+            slot, edge_weight = self._mixed_slots(z, anchor, slot, generator)
             weight = weight * edge_weight
         return layer, z, anchor, slot, forward, weight
 
-    def _with_corrections(
+    def _mixed_slots(
         self, z: torch.Tensor, anchor: torch.Tensor, slot: torch.Tensor, generator: torch.Generator
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """``slot`` ``(n, E)`` with each entry replaced, with probability ``b``, by a correction of
-        ``z`` towards ``anchor``, and the ``(n, E)`` float64 importance weights (class docstring)."""
-        (n, E), K, N, b = (
+        """``slot`` ``(n, E)`` with each entry replaced, with probability ``s``, by the stay slot and,
+        with probability ``b``, by a correction of ``z`` towards ``anchor``; and the ``(n, E)``
+        float64 importance weights (class docstring)."""
+        (n, E), K, N, b, s = (
             slot.shape,
             self.circuit.num_categories,
             self.circuit.num_neighbours,
             self.correction_fraction,
+            self.stay_fraction,
         )
         device = z.device
         differs = z != anchor
@@ -473,12 +489,14 @@ class KernelQueries:
         coordinate = keys.argmax(2)
         old, new = z.gather(1, coordinate), anchor.gather(1, coordinate)
         correction = 1 + coordinate * (K - 1) + new - (new > old).long()
-        chosen = (torch.rand(n, E, generator=generator, device=device) < b) & (h > 0)
-        slot = torch.where(chosen, correction, slot)
+        kind = torch.rand(n, E, generator=generator, device=device)
+        slot = torch.where((kind >= s) & (kind < s + b) & (h > 0), correction, slot)
+        slot = torch.where(kind < s, 0, slot)
         corrects = self.circuit.apply_slot(z.repeat_interleave(E, 0), slot.reshape(-1))
         corrects = ((corrects != anchor.repeat_interleave(E, 0)).sum(1).view(n, E) < h) & (h > 0)
-        density = (1 - b) / N + b * corrects / h.clamp_min(1)
-        return slot, torch.where(h > 0, (1 / N) / density, 1.0).to(torch.float64)
+        b = b * (h > 0)  # without a difference the corrections' share stays uniform
+        density = (1 - b - s) / N + b * corrects / h.clamp_min(1) + s * (slot == 0)
+        return slot, ((1 / N) / density).to(torch.float64)
 
 
 @torch.no_grad()

@@ -41,7 +41,7 @@ import torch
 
 from ..fields import Field
 from . import extended as ext
-from .circuit import HammingCircuit
+from .circuit import HammingCircuit, check_hamming_circuit
 from .extended import ExtendedTensor
 from .targets import distance_histograms
 
@@ -106,9 +106,7 @@ class LogField(Field):
     def __init__(
         self, circuit: HammingCircuit, device: torch.device | str = "cpu", slots_per_call: int = 2**16
     ) -> None:
-        if not isinstance(circuit, HammingCircuit):
-            raise TypeError(f"circuit must be an ecd2g_fast.HammingCircuit, got {type(circuit).__name__}")
-        super().__init__(circuit)
+        super().__init__(check_hamming_circuit(circuit))
         self._device = torch.device(device)
         self.tables = LogFieldTables(circuit, self._device)
         self.slots_per_call = slots_per_call

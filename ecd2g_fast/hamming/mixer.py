@@ -37,7 +37,7 @@ import torch
 from torch import nn
 
 from .._validation import check_int
-from .circuit import HammingCircuit
+from .circuit import HammingCircuit, check_hamming_circuit
 from .model import HammingNetField, LayerEncoding, check_layer_encoding, output_head
 
 __all__ = ["HammingMixer", "MixerBlock"]
@@ -84,10 +84,11 @@ class HammingMixer(LayerEncoding, nn.Module):
         channel_hidden: hidden size of the channel-mixing MLPs.
         depth: mixer blocks.
         layer_encoding: how the layer enters (:data:`~.model.LAYER_ENCODINGS`).
+        output_scale: the output's gain per layer (:data:`~.model.OUTPUT_SCALES`).
 
     Raises:
         TypeError: ``circuit`` is not a HammingCircuit, or a size is not an int.
-        ValueError: a size below 1, an unknown ``layer_encoding``.
+        ValueError: a size below 1, an unknown ``layer_encoding`` or ``output_scale``.
     """
 
     def __init__(
@@ -98,11 +99,10 @@ class HammingMixer(LayerEncoding, nn.Module):
         channel_hidden: int = 512,
         depth: int = 4,
         layer_encoding: str = "smooth",
+        output_scale: str = "none",
     ) -> None:
         super().__init__()
-        if not isinstance(circuit, HammingCircuit):
-            raise TypeError(f"circuit must be an ecd2g_fast.HammingCircuit, got {type(circuit).__name__}")
-        self.circuit = circuit
+        self.circuit = check_hamming_circuit(circuit)
         K, D = circuit.num_categories, circuit.dim
         self.width = check_int("width", width, 1)
         self.token_hidden = check_int("token_hidden", token_hidden, 1)
@@ -111,7 +111,7 @@ class HammingMixer(LayerEncoding, nn.Module):
         check_layer_encoding(layer_encoding)
         # one embedding per token (no sum over coordinates, unlike HammingNet): entries of order one
         self.state_embedding = nn.Parameter(torch.randn(D * K, width))
-        self.init_layer_encoding(circuit, width, layer_encoding)
+        self.init_layer_encoding(circuit, width, layer_encoding, output_scale)
         self.blocks = nn.ModuleList(MixerBlock(D, width, token_hidden, channel_hidden) for _ in range(depth))
         self.norm, self.head = output_head(width)
         self.register_buffer("offsets", torch.arange(D) * K, persistent=False)
@@ -124,6 +124,7 @@ class HammingMixer(LayerEncoding, nn.Module):
             "channel_hidden": self.channel_hidden,
             "depth": self.depth,
             "layer_encoding": self.layer_encoding,
+            "output_scale": self.output_scale,
         }
 
     def forward(self, layer: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
@@ -136,7 +137,7 @@ class HammingMixer(LayerEncoding, nn.Module):
         x = self.state_embedding[z + self.offsets] + self.embed_layers(layer)[:, None, :]
         for block in self.blocks:
             x = block(x)
-        return self.head(self.norm(x).mean(1)).squeeze(-1)
+        return self.head(self.norm(x).mean(1)).squeeze(-1) * self.layer_gain[layer]
 
     def rows_per_block(self) -> int:
         """Rows (states) per body evaluation in :meth:`outlet_values` (:data:`_MAX_ACTIVATIONS`)."""

@@ -22,9 +22,9 @@ import math
 import torch
 from torch import nn
 
-from .._validation import check_int
-from .circuit import HammingCircuit
-from .log_field import LogField
+from .._validation import check_choice, check_int
+from .circuit import HammingCircuit, check_hamming_circuit
+from .log_field import LogField, LogFieldTables
 
 __all__ = ["HammingNet", "HammingNetField"]
 
@@ -41,17 +41,28 @@ LAYER_ENCODINGS = ("embedding", "smooth")
 #: Frequencies per coordinate of the smooth layer features.
 _LAYER_FREQUENCIES = 8
 
+#: How a Hamming network's output is scaled per layer: ``"none"``; ``"sharpness"``, times
+#: ``lambda_l / lambda_L`` (:func:`layer_sharpness`). The exact log-field varies on the scale of
+#: ``lambda_l``, which grows 200-fold from layer 0 to ``L`` at ``D = 64``: with the gain the body
+#: works on one output scale at every layer instead of learning that growth (as a diffusion
+#: model's output is scaled by its noise level).
+OUTPUT_SCALES = ("none", "sharpness")
+
+
+def layer_sharpness(circuit: HammingCircuit) -> torch.Tensor:
+    """``(L+1,)`` float64 ``lambda_l = log Ã_{L-l}(0) - log Ã_{L-l}(1)``: how much one changed
+    coordinate costs at layer ``l`` (increasing in ``l``, fastest near layer ``L``)."""
+    log_kernel = LogFieldTables(circuit).log_kernel
+    return log_kernel[:, 0] - log_kernel[:, 1]
+
 
 def smooth_layer_features(circuit: HammingCircuit) -> torch.Tensor:
     """``(L+1, 4 F)`` float32 features of the layers: ``cos`` and ``sin`` of ``pi k u`` for
     ``k = 1..F`` and two coordinates ``u`` in ``[0, 1]``: the depth ``l / L`` and the kernel's
     sharpness ``lambda_l / lambda_L``, ``lambda_l = log Ã_{L-l}(0) - log Ã_{L-l}(1)`` (how much a
     changed coordinate costs at layer ``l``; it grows fastest near layer ``L``)."""
-    from .log_field import LogFieldTables
-
     L = circuit.num_layers
-    log_kernel = LogFieldTables(circuit).log_kernel
-    sharpness = log_kernel[:, 0] - log_kernel[:, 1]
+    sharpness = layer_sharpness(circuit)
     sharpness = (sharpness - sharpness.min()) / (sharpness.max() - sharpness.min()).clamp_min(1e-300)
     coordinates = torch.stack([torch.arange(L + 1, dtype=torch.float64) / L, sharpness], dim=1)
     angles = math.pi * coordinates[:, :, None] * torch.arange(1, _LAYER_FREQUENCIES + 1, dtype=torch.float64)
@@ -73,11 +84,7 @@ class ResidualBlock(nn.Module):
 
 def check_layer_encoding(layer_encoding: object) -> str:
     """``layer_encoding`` if it is one of :data:`LAYER_ENCODINGS`; else ValueError naming it."""
-    if layer_encoding not in LAYER_ENCODINGS:
-        raise ValueError(
-            f"layer_encoding must be one of {', '.join(map(repr, LAYER_ENCODINGS))}, got {layer_encoding!r}"
-        )
-    return layer_encoding
+    return check_choice("layer_encoding", layer_encoding, LAYER_ENCODINGS)
 
 
 def output_head(width: int) -> tuple[nn.LayerNorm, nn.Linear]:
@@ -90,13 +97,24 @@ def output_head(width: int) -> tuple[nn.LayerNorm, nn.Linear]:
 
 
 class LayerEncoding:
-    """The layer input of a Hamming log-field network (a mixin of an ``nn.Module``): with
-    ``"embedding"`` a free vector per layer (``layer_embedding``), with ``"smooth"`` a linear map
-    (``layer_input``) of :func:`smooth_layer_features` (the buffer ``layer_features``)."""
+    """The layer input and output gain of a Hamming log-field network (a mixin of an
+    ``nn.Module``): with ``"embedding"`` a free vector per layer (``layer_embedding``), with
+    ``"smooth"`` a linear map (``layer_input``) of :func:`smooth_layer_features` (the buffer
+    ``layer_features``); the body's output is multiplied by the buffer ``layer_gain``
+    (:data:`OUTPUT_SCALES`)."""
 
-    def init_layer_encoding(self, circuit: HammingCircuit, width: int, layer_encoding: str) -> None:
-        """Check ``layer_encoding`` (:func:`check_layer_encoding`) and register the layer input."""
+    def init_layer_encoding(
+        self, circuit: HammingCircuit, width: int, layer_encoding: str, output_scale: str = "none"
+    ) -> None:
+        """Check ``layer_encoding`` (:func:`check_layer_encoding`) and ``output_scale``, and register
+        the layer input and the output gain."""
         self.layer_encoding = check_layer_encoding(layer_encoding)
+        self.output_scale = check_choice("output_scale", output_scale, OUTPUT_SCALES)
+        gain = torch.ones(circuit.num_layers + 1)
+        if output_scale == "sharpness":
+            sharpness = layer_sharpness(circuit)
+            gain = (sharpness / sharpness[-1]).to(torch.float32)
+        self.register_buffer("layer_gain", gain, persistent=False)
         if layer_encoding == "embedding":
             self.layer_embedding = nn.Embedding(circuit.num_layers + 1, width)
         else:
@@ -119,19 +137,23 @@ class HammingNet(LayerEncoding, nn.Module):
         width: embedding and residual width.
         depth: residual blocks.
         layer_encoding: how the layer enters (:data:`LAYER_ENCODINGS`).
+        output_scale: the output's gain per layer (:data:`OUTPUT_SCALES`).
 
     Raises:
         TypeError: ``circuit`` is not a HammingCircuit, or a size is not an int.
-        ValueError: a size below 1, an unknown ``layer_encoding``.
+        ValueError: a size below 1, an unknown ``layer_encoding`` or ``output_scale``.
     """
 
     def __init__(
-        self, circuit: HammingCircuit, width: int = 256, depth: int = 3, layer_encoding: str = "embedding"
+        self,
+        circuit: HammingCircuit,
+        width: int = 256,
+        depth: int = 3,
+        layer_encoding: str = "embedding",
+        output_scale: str = "none",
     ) -> None:
         super().__init__()
-        if not isinstance(circuit, HammingCircuit):
-            raise TypeError(f"circuit must be an ecd2g_fast.HammingCircuit, got {type(circuit).__name__}")
-        self.circuit = circuit
+        self.circuit = check_hamming_circuit(circuit)
         K, D = circuit.num_categories, circuit.dim
         self.width, self.depth = check_int("width", width, 1), check_int("depth", depth, 1)
         check_layer_encoding(layer_encoding)
@@ -139,14 +161,19 @@ class HammingNet(LayerEncoding, nn.Module):
         self.state_embedding = nn.Parameter(torch.randn(D * K, width) / math.sqrt(D))
         # registered after the state embedding, as always: the seeded initialisation and the
         # parameters' order (which checkpointed optimiser states follow) stay as they were
-        self.init_layer_encoding(circuit, width, layer_encoding)
+        self.init_layer_encoding(circuit, width, layer_encoding, output_scale)
         self.blocks = nn.ModuleList(ResidualBlock(width) for _ in range(depth))
         self.norm, self.head = output_head(width)
         self.register_buffer("offsets", torch.arange(D) * K, persistent=False)
 
     def config(self) -> dict:
         """The constructor's arguments besides the circuit (checkpoints record them)."""
-        return {"width": self.width, "depth": self.depth, "layer_encoding": self.layer_encoding}
+        return {
+            "width": self.width,
+            "depth": self.depth,
+            "layer_encoding": self.layer_encoding,
+            "output_scale": self.output_scale,
+        }
 
     def embed_states(self, z: torch.Tensor) -> torch.Tensor:
         """``(n, width)`` float32 ``sum_c E[c, z_c]`` of ``(n, D)`` int64 states."""
@@ -160,7 +187,7 @@ class HammingNet(LayerEncoding, nn.Module):
 
     def forward(self, layer: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         """``(n,)`` float32 ``f(layer, z)`` from ``(n,)`` int64 layers in ``[0, L]`` and ``(n, D)`` int64 states."""
-        return self.body(self.embed_states(z) + self.embed_layers(layer))
+        return self.body(self.embed_states(z) + self.embed_layers(layer)) * self.layer_gain[layer]
 
     def slot_changes(self, z: torch.Tensor) -> torch.Tensor:
         """``(B, N, width)``: the input change from ``z`` to each of its ``N`` neighbour slots."""
@@ -203,11 +230,11 @@ class HammingNet(LayerEncoding, nn.Module):
                 dim=1,
             )
             out = self.body(inputs)
-            n = zb.shape[0]
+            n, gain = zb.shape[0], self.layer_gain
             here[b0 : b0 + n], ahead[b0 : b0 + n], behind[b0 : b0 + n] = (
-                out[:, 0],
-                out[:, 1 : N + 1],
-                out[:, N + 1 :],
+                out[:, 0] * gain[lb],
+                out[:, 1 : N + 1] * gain[(lb + 1).clamp_max(L)][:, None],
+                out[:, N + 1 :] * gain[(lb - 1).clamp_min(0)][:, None],
             )
         return here, ahead, behind
 

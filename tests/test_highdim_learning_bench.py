@@ -1,0 +1,78 @@
+"""The measurements of benchmarks/highdim_learning.py on the exact field, where their values are
+known: no field error, slope 1, a gap anatomy that matches exact draws; and a flattened field
+and noisy samples are caught."""
+
+from __future__ import annotations
+
+import torch
+
+import ecd2g_fast as E
+from benchmarks import highdim_learning as bench
+from ecd2g_fast.experiments.highdim import BernoulliMixture
+from ecd2g_fast.hamming.log_field import ProductMixtureLogField
+
+
+def _mixture_and_field(layers: int = 8) -> tuple[BernoulliMixture, ProductMixtureLogField]:
+    mixture = BernoulliMixture.make(bench.DIM, 10, seed=0)
+    return mixture, bench.exact_field(mixture, E.HammingCircuit(2, bench.DIM, layers))
+
+
+def test_the_exact_field_has_no_error_and_slope_one_and_a_flattened_one_is_seen():
+    mixture, exact = _mixture_and_field()
+    g = torch.Generator().manual_seed(0)
+    data = mixture.sample(200, g)[0]
+    rows = bench.field_errors(exact, exact, data, g)
+    assert {row["layer"] for row in rows} == {0, 5, 6, 7, 8}  # every 8th and the last four
+    for row in rows:
+        assert row["sd"] == row["walk_sd"] == row["noise_sd"] == 0.0
+        if row["layer"] < 8:
+            assert row["step_sd"] == row["correction_sd"] == row["noise_step_sd"] == 0.0
+    slopes = bench.field_slopes(exact, exact, data, g)
+    assert slopes.keys() == {"7", "8"}
+    assert all(abs(v - 1) < 1e-9 for v in slopes.values())
+
+    class Flat(ProductMixtureLogField):
+        def log_field(self, layer, z):
+            return 0.7 * super().log_field(layer, z)
+
+    flat = Flat(exact.circuit, torch.stack([1 - mixture.theta, mixture.theta], -1), mixture.weights)
+    assert all(abs(v - 0.7) < 1e-9 for v in bench.field_slopes(flat, exact, data, g).values())
+    assert all(row["noise_sd"] > 0 for row in bench.field_errors(flat, exact, data, g))
+
+
+def test_gap_anatomy_of_exact_draws_and_of_noisy_ones():
+    """Exact draws: about 1 % in the data's 1 % tail, a median gap near 0, noise bits as the flip
+    probabilities say. Half of the samples replaced by uniform noise: the tail share and the
+    flips jump."""
+    mixture, _ = _mixture_and_field()
+    g = torch.Generator().manual_seed(1)
+    reference, samples = mixture.sample(20_000, g)[0], mixture.sample(4000, g)[0]
+    anatomy = bench.gap_anatomy(samples, reference, mixture)
+    assert anatomy["tail"] < 0.02
+    assert abs(anatomy["quantiles"]["0.5"]) < 1.5
+    assert anatomy["quantiles"]["0.1"] < anatomy["quantiles"]["0.5"] < anatomy["quantiles"]["0.9"]
+    expected_flips = float(torch.minimum(mixture.theta, 1 - mixture.theta).sum(1) @ mixture.weights)
+    assert abs(anatomy["flips"] - expected_flips) < 0.05 * expected_flips
+    noisy = samples.clone()
+    noisy[::2] = torch.randint(0, 2, noisy[::2].shape, generator=g)
+    worse = bench.gap_anatomy(noisy, reference, mixture)
+    assert worse["tail"] > 0.45 and worse["flips"] > anatomy["flips"] + 5
+    assert worse["standard_error"] > 2 * anatomy["standard_error"] > 0
+
+
+def test_spliced_and_flattened_fields_take_each_part_from_the_right_field():
+    mixture, exact = _mixture_and_field()
+    g = torch.Generator().manual_seed(2)
+    data = mixture.sample(200, g)[0]
+    flat = bench.FlattenedField(exact, 0.5, 6, data, g)
+    z = torch.randint(0, 2, (9, bench.DIM), generator=g)
+    layer = torch.arange(9)
+    with torch.no_grad():
+        s_exact, s_flat = exact.log_field(layer, z), flat.log_field(layer, z)
+        torch.testing.assert_close(s_flat[:6], s_exact[:6], rtol=0, atol=0)
+        assert bool((s_flat[6:] != s_exact[6:]).all())
+        spliced = bench.SplicedField(exact, flat, 7).log_field(layer, z)
+        torch.testing.assert_close(spliced, torch.cat([s_exact[:7], s_flat[7:]]), rtol=0, atol=0)
+    slopes = bench.field_slopes(flat, exact, data, g)
+    assert all(abs(v - 0.5) < 1e-9 for v in slopes.values())
+    assert bench.SplicedField(exact, flat, 7).bridge_dead_ends
