@@ -196,6 +196,21 @@ def test_train_picks_the_hamming_model_checkpoints_and_resumes_exactly(tmp_path)
     assert torch.equal(resumed.losses, straight.losses)
     for name, tensor in straight.model.state_dict().items():
         assert torch.equal(resumed.model.state_dict()[name], tensor), name
+    # a checkpoint written before output_scale existed was made with its default: it resumes, and a
+    # run with another output_scale is refused
+    from ecd2g_fast.training import checkpoint
+
+    old = torch.load(ck, weights_only=False)
+    del old["model_config"]["output_scale"]
+    old["checksum"] = checkpoint.tensor_checksum(old)
+    torch.save(old, tmp_path / "old.pt")
+    again = E.train(c, x, y, **settings, checkpoint_path=tmp_path / "old.pt", resume=True)
+    assert torch.equal(again.losses, straight.losses)
+    sharp = straight.config.replace(model_kwargs={"layer_encoding": "smooth", "output_scale": "sharpness"})
+    with pytest.raises(ValueError, match="holds a different run .*output_scale"):
+        E.Trainer(c, x, y, sharp, device="cpu", checkpoint_path=tmp_path / "old.pt", progress=False).run(
+            resume=True
+        )
     reloaded = E.training.load_field(ck)
     states = c.unflatten(torch.arange(c.num_states))
     layer = torch.zeros(c.num_states, dtype=torch.int64)

@@ -28,6 +28,7 @@ it allocate far more than the file holds).
 from __future__ import annotations
 
 import hashlib
+import inspect
 import os
 from dataclasses import asdict
 from pathlib import Path
@@ -146,6 +147,18 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
     return ckpt
 
 
+def _with_defaults(model: str, model_config: dict, names) -> dict:
+    """``model_config`` with the constructor defaults of ``model``'s class for the arguments among
+    ``names`` it lacks: a checkpoint written before an argument existed was made with its default."""
+    parameters = inspect.signature(MODELS[model].__init__).parameters
+    defaults = {
+        name: parameters[name].default
+        for name in names
+        if name in parameters and parameters[name].default is not inspect.Parameter.empty
+    }
+    return {**defaults, **model_config}
+
+
 def restore(trainer: Trainer, path: Path) -> None:
     """Load ``path`` into ``trainer``, after checking that it holds the same run.
 
@@ -156,7 +169,7 @@ def restore(trainer: Trainer, path: Path) -> None:
     ckpt = load_checkpoint(path)
     saved = {
         "circuit": ckpt["circuit"],
-        "model_config": ckpt["model_config"],
+        "model_config": _with_defaults(trainer.config.model, ckpt["model_config"], trainer.net.config()),
         **TrainConfig.from_json(ckpt["config"]).resume_key(),
     }
     wanted = {
