@@ -84,6 +84,21 @@ def exact_field(mixture: BernoulliMixture, circuit: E.HammingCircuit) -> Product
     )
 
 
+def walk_laws(exact: ProductMixtureLogField) -> torch.Tensor:
+    """``(L+1, D+1)`` float64: per layer, the law of the exact walk's distance to its data sample
+    (:func:`~ecd2g_fast.hamming.learning.point_occupancy`, normalised per layer)."""
+    visits = point_occupancy(exact.circuit, exact.tables)
+    return visits / visits.sum(1, keepdim=True)
+
+
+def walk_states(law: torch.Tensor, data: torch.Tensor, n: int, generator: torch.Generator):
+    """``(z, anchor)``, two ``(n, D)`` int64 tensors: a distance of at least 1 drawn from ``law``
+    ``(D+1,)``, a uniform row of ``data`` as the anchor, and that many of its coordinates changed."""
+    distance = torch.multinomial(law[1:], n, replacement=True, generator=generator) + 1
+    anchor = data[torch.randint(0, data.shape[0], (n,), generator=generator)]
+    return change_coordinates(anchor, distance, 2, generator), anchor
+
+
 @torch.no_grad()
 def field_errors(field, exact, data: torch.Tensor, generator: torch.Generator) -> list[dict]:
     """Per probed layer: mean and sd of ``S - S_exact`` and sd of the layer-step error at draws of
@@ -92,8 +107,7 @@ def field_errors(field, exact, data: torch.Tensor, generator: torch.Generator) -
     data sample the state was drawn around."""
     circuit = exact.circuit
     L = circuit.num_layers
-    visits = point_occupancy(circuit, exact.tables)
-    walk_law = visits / visits.sum(1, keepdim=True)
+    walk_law = walk_laws(exact)
     rows = []
     for l in sorted({*range(0, L + 1, 8), L - 3, L - 2, L - 1, L}):
         layer = torch.full((PROBE_STATES,), l)
@@ -103,10 +117,7 @@ def field_errors(field, exact, data: torch.Tensor, generator: torch.Generator) -
         if l < L:
             ahead = field.log_field(layer + 1, z) - exact.log_field(layer + 1, z)
             row["step_sd"] = float((ahead - error).std())
-        # where the walk goes: the distance from the walk's occupancy at layer l, at least 1
-        distance = torch.multinomial(walk_law[l, 1:], PROBE_STATES, replacement=True, generator=generator) + 1
-        anchor = data[torch.randint(0, data.shape[0], (PROBE_STATES,), generator=generator)]
-        z = change_coordinates(anchor, distance, 2, generator)
+        z, anchor = walk_states(walk_law[l], data, PROBE_STATES, generator)  # where the walk goes
         error = field.log_field(layer, z) - exact.log_field(layer, z)
         row["walk_sd"] = float(error.std())
         if l < L:
@@ -158,16 +169,11 @@ def field_slopes(field, exact, data: torch.Tensor, generator: torch.Generator) -
     noisier than the data) nor sharper than the exact one."""
     circuit = exact.circuit
     L = circuit.num_layers
-    walk_law = point_occupancy(circuit, exact.tables)
-    walk_law = walk_law / walk_law.sum(1, keepdim=True)
+    walk_law = walk_laws(exact)
     out = {}
     for l in (L - 1, L):
         layer = torch.full((4 * PROBE_STATES,), l)
-        distance = (
-            torch.multinomial(walk_law[l, 1:], layer.numel(), replacement=True, generator=generator) + 1
-        )
-        anchor = data[torch.randint(0, data.shape[0], (layer.numel(),), generator=generator)]
-        z = change_coordinates(anchor, distance, 2, generator)
+        z, _ = walk_states(walk_law[l], data, layer.numel(), generator)
         truth = exact.log_field(layer, z).double()
         learned = field.log_field(layer, z).double()
         truth, learned = truth - truth.mean(), learned - learned.mean()
@@ -202,16 +208,17 @@ class FlattenedField(LogField):
     acyclic = False
 
     def __init__(
-        self, exact: LogField, slope: float, layer: int, data: torch.Tensor, generator: torch.Generator
+        self,
+        exact: ProductMixtureLogField,
+        slope: float,
+        layer: int,
+        data: torch.Tensor,
+        generator: torch.Generator,
     ) -> None:
         super().__init__(exact.circuit, exact.device)
         self.exact, self.slope, self.layer = exact, slope, layer
         L = exact.circuit.num_layers
-        walk_law = point_occupancy(exact.circuit, exact.tables)
-        pooled = (walk_law / walk_law.sum(1, keepdim=True))[layer:, 1:].mean(0)
-        distance = torch.multinomial(pooled, PROBE_STATES, replacement=True, generator=generator) + 1
-        anchor = data[torch.randint(0, data.shape[0], (PROBE_STATES,), generator=generator)]
-        z = change_coordinates(anchor, distance, 2, generator)
+        z, _ = walk_states(walk_laws(exact)[layer:].mean(0), data, PROBE_STATES, generator)
         self.means = torch.zeros(L + 1, dtype=torch.float64)
         for l in range(layer, L + 1):
             self.means[l] = exact.log_field(torch.full((PROBE_STATES,), l), z).mean()
