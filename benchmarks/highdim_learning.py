@@ -20,6 +20,10 @@ against it, not only through its samples:
   approaches the data keeps taking);
 * ``field_slope``: the slope of ``S`` on ``S_exact`` at layers L-1 and L where the walk goes (1:
   neither flatter nor sharper than the exact field);
+* ``sink_error``: :func:`sink_errors`, how well the field lets walkers leave at layer L (its sink
+  times ``Ã_0(0)``, the posterior ``r`` that a state is a clean sample, and the share of the
+  outflow that leaves, against the exact ones; where the walk goes, at data samples with 20
+  coordinates changed, and at noise states);
 * ``layer_mean_log_ratio``: :func:`~ecd2g_fast.hamming.learning.layer_mean_ratios` (0 when the
   layer means keep their closed-form values);
 * the walk: ``--walkers`` bidirectional walks from uniform noise (at most ``--max-moves`` moves;
@@ -35,13 +39,18 @@ against it, not only through its samples:
   slope from ``LAYER`` on (:class:`FlattenedField`: what the flatness alone costs; with
   ``--exact``, that walk only).
 
+* ``--exact-sink``: one more walk, of the learned field with the exact sink at layer L
+  (:class:`ExactSinkField`: what the field's own sink costs). A network with a learned sink
+  (``model_kwargs`` ``"sink": "learned"``) is also walked by its inflow (``inflow_sink``, same seeds
+  as ``--repeat-walk``): the two sinks on one network.
+
 ``--exact`` walks the exact field instead of training (the oracle row: what a perfect field scores
 with this walk). Training settings: the Hamming model's default recipe, ``--steps``, and
 ``--set NAME=JSON`` overrides of :class:`~ecd2g_fast.training.TrainConfig` settings.
 
     python -m benchmarks.highdim_learning TAG [--steps 3000] [--set queries='"walk"' ...]
         [--layers 64] [--walkers 300] [--max-moves 1000] [--exact] [--checkpoint FILE]
-        [--repeat-walk] [--splice LAYER [--flatten SLOPE]] [--threads 1]
+        [--repeat-walk] [--splice LAYER [--flatten SLOPE]] [--exact-sink] [--threads 1]
     python -m benchmarks.highdim_learning --summary
 
 Each run appends one JSON line to ``benchmarks/results/highdim_learning.jsonl`` (settings,
@@ -67,6 +76,7 @@ from ecd2g_fast.hamming.learning import (
     smoothed_data_states,
 )
 from ecd2g_fast.hamming.log_field import LogField, ProductMixtureLogField
+from ecd2g_fast.hamming.model import HammingNetField
 
 from . import harness
 
@@ -181,6 +191,46 @@ def field_slopes(field, exact, data: torch.Tensor, generator: torch.Generator) -
     return out
 
 
+#: Coordinates changed from a data sample for the ``far`` states of :func:`sink_errors`: about
+#: where the walkers of the gap's tail reach layer ``L`` (23 coordinates from every mode).
+FAR_DISTANCE = 20
+
+
+@torch.no_grad()
+def sink_errors(field, exact, data: torch.Tensor, generator: torch.Generator) -> dict:
+    """How well ``field`` lets walkers leave at layer ``L``, at :data:`PROBE_STATES` states of each of
+    three kinds: where the walk goes at layer ``L`` (``walk``), data samples with
+    :data:`FAR_DISTANCE` coordinates changed (``far``, where a walker should go back and keep
+    correcting), and uniform noise (``noise``). Per kind, the means of ``r``, the field's sink over
+    ``rho_L`` times ``Ã_0(0)`` (for the exact field the posterior that a state is a clean sample, in
+    ``[0, 1]``), and of the exact ``r``, their mean absolute difference, and the mean share of a
+    vertex's outflow that goes to the sink (``exit``; ``exit_exact`` for the exact field)."""
+    circuit = exact.circuit
+    L, N = circuit.num_layers, circuit.num_neighbours
+    walk, _ = walk_states(walk_laws(exact)[L], data, PROBE_STATES, generator)
+    anchor = data[torch.randint(0, data.shape[0], (PROBE_STATES,), generator=generator)]
+    far = change_coordinates(anchor, torch.full((PROBE_STATES,), FAR_DISTANCE), 2, generator)
+    noise = torch.randint(0, 2, (PROBE_STATES, circuit.dim), generator=generator)
+    layer = torch.full((PROBE_STATES,), L)
+    clean = exact.tables.log_kernel[L, 0].exp()
+    out = {}
+    for name, z in (("walk", walk), ("far", far), ("noise", noise)):
+        (r, exit), (r_exact, exit_exact) = (
+            (currents[:, 2 * N] * clean, currents[:, 2 * N] / currents.sum(1))
+            for currents in (
+                f.outlet_currents(layer, z, "bidirectional").clamp_min(0) for f in (field, exact)
+            )
+        )
+        out[name] = {
+            "r": float(r.mean()),
+            "r_exact": float(r_exact.mean()),
+            "abs_error": float((r - r_exact).abs().mean()),
+            "exit": float(exit.mean()),
+            "exit_exact": float(exit_exact.mean()),
+        }
+    return out
+
+
 class SplicedField(LogField):
     """``below`` at the layers under ``layer`` and ``above`` from ``layer`` on (two log-fields of
     one circuit): which layers' errors a walk suffers from. Not exact, so dead ends are bridged."""
@@ -194,6 +244,31 @@ class SplicedField(LogField):
 
     def log_field(self, layer: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         return torch.where(layer < self.layer, self.below.log_field(layer, z), self.above.log_field(layer, z))
+
+
+class ExactSinkField(LogField):
+    """``field`` with the exact sink at layer ``L``: the walk of a learned field whose walkers leave
+    where the exact field's would (what its own sink costs). The exact sink current is ``q(z)``
+    (``log_q``: ``(n, D)`` states -> ``(n,)`` float64 log-probabilities of the target), given over
+    ``field``'s own ``rho_L(z)`` as every current of a vertex."""
+
+    bridge_dead_ends = True
+    acyclic = False
+
+    def __init__(self, field: LogField, log_q) -> None:
+        super().__init__(field.circuit, field.device)
+        self.field, self.log_q = field, log_q
+
+    def log_field(self, layer: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        return self.field.log_field(layer, z)
+
+    def outlet_currents(self, layer: torch.Tensor, z: torch.Tensor, mode: str) -> torch.Tensor:
+        out = self.field.outlet_currents(layer, z, mode)
+        if mode == "bidirectional":
+            top = torch.full_like(layer, self.circuit.num_layers)
+            sink = torch.exp(self.log_q(z) - self.field.log_field(top, z))
+            out[:, -1] = torch.where(layer == top, sink, 0.0)
+        return out
 
 
 class FlattenedField(LogField):
@@ -264,6 +339,7 @@ def run(args: argparse.Namespace) -> dict:
         probe_data = mixture.sample(2000, probe_rng)[0]
         row["field_error"] = field_errors(field, exact, probe_data, probe_rng)
         row["field_slope"] = field_slopes(field, exact, probe_data, probe_rng)
+        row["sink_error"] = sink_errors(field, exact, probe_data, probe_rng)
         estimates, errors = layer_mean_ratios(field, probe_data, PROBE_STATES, generator=3)
         row["layer_mean_log_ratio"] = {
             "max_abs": float(estimates.abs().max()),
@@ -313,6 +389,14 @@ def run(args: argparse.Namespace) -> dict:
 
     if args.repeat_walk:  # the walk's own spread: the same field, other walkers and draws
         row["repeat_walk"] = walk_again(field)
+    if args.exact_sink and not args.exact:  # the learned field left by the exact sink
+        row["exact_sink"] = walk_again(ExactSinkField(field, mixture.log_likelihood))
+    if not args.exact and field.sink == "learned":  # the same network left by its inflow
+        inflow = HammingNetField(result.model, sink="inflow")
+        row["inflow_sink"] = {
+            "sink_error": sink_errors(inflow, exact, probe_data, torch.Generator().manual_seed(7)),
+            "walk": walk_again(inflow),
+        }
     if args.splice is not None:
         row["splice"] = {"layer": args.splice}
         if not args.exact:
@@ -334,7 +418,8 @@ def summary() -> str:
         "tag", "settings", "train s", "loglik gap (floor)", "coverage TV (floor)", "marginal TV (floor)",
         "corr. err. (floor)", "bridges / walker", "finished", "step err. sd l=L-1", "layer-mean max |log|",
         "walk: S err. sd l=L", "walk: correction err. sd l=L-1", "noise: step err. sd, max l>=48",
-        "slope l=L", "tail share (floor)", "gap of a 2nd walk",
+        "slope l=L", "tail share (floor)", "gap of a 2nd walk", "sink: exit share far (exact)",
+        "2nd walk by the inflow: gap (tail)", "2nd walk by the exact sink: gap (tail)",
     ]  # fmt: skip
     table = []
     for r in rows:
@@ -380,6 +465,22 @@ def summary() -> str:
                 harness.format_number(r.get("field_slope", {}).get(str(r["layers"]))),
                 f"{anatomy['samples']['tail']:.3f} ({anatomy['floor']['tail']:.3f})" if anatomy else "-",
                 f"{r['repeat_walk']['loglik_gap']:.2f}" if "repeat_walk" in r else "-",
+                (
+                    f"{r['sink_error']['far']['exit']:.3f} ({r['sink_error']['far']['exit_exact']:.3f})"
+                    if "far" in r.get("sink_error", {})
+                    else "-"
+                ),
+                (
+                    f"{r['inflow_sink']['walk']['loglik_gap']:.2f} "
+                    f"({r['inflow_sink']['walk']['gap_anatomy']['tail']:.3f})"
+                    if "inflow_sink" in r
+                    else "-"
+                ),
+                (
+                    f"{r['exact_sink']['loglik_gap']:.2f} ({r['exact_sink']['gap_anatomy']['tail']:.3f})"
+                    if "exact_sink" in r
+                    else "-"
+                ),
             ]
         )
     meta = rows[-1]["meta"] if rows else {}
@@ -396,10 +497,12 @@ def summary() -> str:
         "the error of the log-ratio across a forward edge correcting one coordinate, at layer L-1; the "
         "`noise:` column the largest error of the layer step at uniform noise states in layers 48 and up; "
         "`slope` that of `S` on `S_exact` at layer L where the walk goes; the `tail share` the fraction "
-        "of samples less likely than the data's 1 % quantile; the last column the gap of a second walk "
-        "of the same field with other seeds (module docstring).\n\n"
-        + harness.markdown_table(headers, table)
-        + "\n"
+        "of samples less likely than the data's 1 % quantile; `gap of a 2nd walk` that of a second walk "
+        "of the same field with other seeds; `sink: exit share far` the share of a vertex's outflow "
+        "that goes to the sink at layer L, at data samples with 20 coordinates changed (where the "
+        "tail's walkers arrive), against the exact field's; the last two columns the second walk of the "
+        "same network left by its inflow instead (a network with a learned sink) and by the exact "
+        "sink (`--exact-sink`) (module docstring).\n\n" + harness.markdown_table(headers, table) + "\n"
     )
     SUMMARY.write_text(text)
     return text
@@ -426,6 +529,9 @@ def main(argv: list[str] | None = None) -> dict | str:
         type=float,
         metavar="SLOPE",
         help="with --splice: also walk the exact field flattened from LAYER",
+    )
+    parser.add_argument(
+        "--exact-sink", action="store_true", help="also walk the learned field with the exact sink at layer L"
     )
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--summary", action="store_true", help="write highdim_learning.md and stop")

@@ -83,7 +83,7 @@ def test_initial_output_is_zero_and_config_rebuilds_the_network():
         assert torch.equal(net(layer, z), torch.zeros(20))
         here, ahead, behind = net.outlet_values(layer, z)
     assert not (here.any() or ahead.any() or behind.any())
-    assert net.config() == {**TINY, "layer_encoding": "smooth", "output_scale": "none"}
+    assert net.config() == {**TINY, "layer_encoding": "smooth", "output_scale": "none", "sink": "inflow"}
     again = HammingMixer(c, **net.config())
     assert again.config() == net.config()
     assert sum(p.numel() for p in again.parameters()) == mixer_parameters(3, 5, 4, **TINY)
@@ -146,6 +146,7 @@ def test_training_with_the_recipe_lowers_the_loss():
         **TINY,
         "layer_encoding": "smooth",
         "output_scale": "none",
+        "sink": "inflow",
     }
     g = torch.Generator().manual_seed(7)
     queries = KernelQueries(c)(y, 2000, g)

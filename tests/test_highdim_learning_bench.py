@@ -76,3 +76,35 @@ def test_spliced_and_flattened_fields_take_each_part_from_the_right_field():
     slopes = bench.field_slopes(flat, exact, data, g)
     assert all(abs(v - 0.5) < 1e-9 for v in slopes.values())
     assert bench.SplicedField(exact, flat, 7).bridge_dead_ends
+
+
+def test_sink_errors_are_zero_for_the_exact_field_and_see_a_flattened_one(monkeypatch):
+    """The exact field's r is a posterior in [0, 1], near 0 at noise states; a field flattened at
+    layer L lets walkers leave at noise states: its r there is too large."""
+    monkeypatch.setattr(bench, "PROBE_STATES", 128)  # each state costs 2 N + 1 exact evaluations
+    mixture, exact = _mixture_and_field()
+    g = torch.Generator().manual_seed(3)
+    data = mixture.sample(200, g)[0]
+    errors = bench.sink_errors(exact, exact, data, torch.Generator().manual_seed(3))
+    for part in ("walk", "far", "noise"):
+        assert errors[part]["abs_error"] == 0.0 and 0 < errors[part]["r"] <= 1
+        assert errors[part]["exit"] == errors[part]["exit_exact"]
+    assert errors["noise"]["r"] < errors["far"]["r"] < 0.1 < errors["walk"]["r"]
+    flat = bench.FlattenedField(exact, 0.8, 7, data, g)
+    flattened = bench.sink_errors(flat, exact, data, torch.Generator().manual_seed(3))
+    for part in ("far", "noise"):
+        assert flattened[part]["r_exact"] == errors[part]["r_exact"]
+        assert flattened[part]["exit"] > 2 * flattened[part]["exit_exact"]
+
+
+def test_the_exact_sink_of_the_exact_field_is_its_own_inflow():
+    """ExactSinkField puts q(z) over the field's rho_L(z) at layer L: for the exact field that is its
+    own Kirchhoff sink, and nothing else changes."""
+    mixture, exact = _mixture_and_field()
+    z = mixture.sample(16, torch.Generator().manual_seed(4))[0]
+    layer = torch.tensor([8] * 12 + [7, 6, 0, 5])
+    with torch.no_grad():
+        mine = bench.ExactSinkField(exact, mixture.log_likelihood).outlet_currents(layer, z, "bidirectional")
+        theirs = exact.outlet_currents(layer, z, "bidirectional")
+    torch.testing.assert_close(mine, theirs, rtol=1e-9, atol=1e-12)
+    assert bool((mine[:12, -1] > 0).all()) and bool((mine[12:, -1] == 0).all())

@@ -46,6 +46,7 @@ __all__ = [
     "KernelQueries",
     "WalkQueries",
     "change_coordinates",
+    "check_sink_training",
     "layer_mean_ratios",
     "log_targets",
     "point_occupancy",
@@ -62,7 +63,13 @@ U_MAX = 40.0
 RATIO_EDGES = 2
 
 #: The options of :class:`KernelQueries` a training configuration may set (``query_kwargs``).
-KERNEL_QUERY_OPTIONS = ("walk_fraction", "correction_fraction", "stay_fraction", "edges")
+KERNEL_QUERY_OPTIONS = (
+    "walk_fraction",
+    "correction_fraction",
+    "stay_fraction",
+    "edges",
+    "last_layer_fraction",
+)
 
 
 def log_targets(
@@ -158,13 +165,20 @@ class BregmanLogLoss:
         the minimiser only where the network is more than ``U_MAX`` nats below a target, which
         happens before it has reached the targets' scale."""
         layer, z = queries[:2]
+        learned_sink = getattr(getattr(net, "module", net), "sink", "inflow") == "learned"  # DDP or not
         if len(queries) == 2:
+            if learned_sink:
+                raise ValueError("a network with sink='learned' trains on kernel queries (anchors)")
             f_here = net(layer, z).to(torch.float64)
             ratio = None
         else:
             anchor, slot, forward = queries[2:5]
             other, w = self.edge_states(layer, z, slot, forward)
-            f = net(torch.cat([layer, other.reshape(-1)]), torch.cat([z, w])).to(torch.float64)
+            rows = torch.cat([layer, other.reshape(-1)]), torch.cat([z, w])
+            f = net(*rows, sink_logit=True) if learned_sink else net(*rows)
+            if learned_sink:
+                f, logit = f
+            f = f.to(torch.float64)
             n = layer.shape[0]
             f_here, f_there = f[:n], f[n:].view(other.shape)
             weight = queries[5] if len(queries) == 6 else None
@@ -176,7 +190,27 @@ class BregmanLogLoss:
         loss = torch.exp(capped) * (1 + u - capped) - u - 1
         if ratio is not None:
             loss = loss + self.ratio_weight * ratio
+        if learned_sink:
+            loss = loss + self.sink_terms(layer, z, anchor, logit[:n])
         return loss.sum()
+
+    def sink_terms(
+        self, layer: torch.Tensor, z: torch.Tensor, anchor: torch.Tensor, logit: torch.Tensor
+    ) -> torch.Tensor:
+        """``(Q,)`` float64 cross-entropy of the sink head's ``logit`` ``(Q,)`` against the label
+        ``[z = anchor]`` at the queries of layer ``L`` (0 elsewhere).
+
+        A kernel query ``z`` of layer ``L`` is drawn around its anchor ``y`` by ``Ã_0`` (its law is
+        ``pi_L``), so given ``z`` the label is 1 with probability ``r(z) = q(z) Ã_0(0) / rho_L(z)``
+        (the posterior of :func:`smoothed_data_pairs`), and the cross-entropy's minimiser is
+        ``sigmoid(logit) = r(z)``: the exact sink (:data:`~.model.SINKS`). The edge weights of
+        :class:`KernelQueries` do not change the law of ``z``; ``walk_fraction`` would, and is
+        refused for these networks (:func:`check_sink_training`)."""
+        label = (z == anchor).all(1).to(torch.float64)
+        terms = torch.nn.functional.binary_cross_entropy_with_logits(
+            logit.to(torch.float64), label, reduction="none"
+        )
+        return torch.where(layer == self.circuit.num_layers, terms, 0.0)
 
 
 def point_occupancy(
@@ -367,7 +401,10 @@ def smoothed_data_states(
 class KernelQueries:
     """Queries of the denoising ratio loss: ``(layer, z, anchor, slot, forward[, weight])``.
 
-    ``layer`` follows the layer marginal of :class:`WalkQueries` (where the walk spends its moves).
+    ``layer`` follows the layer marginal of :class:`WalkQueries` (where the walk spends its moves);
+    with ``last_layer_fraction = c > 0`` it is ``L`` with probability ``c`` more (the queries a
+    learned sink learns from, :meth:`BregmanLogLoss.sink_terms`; each layer's terms keep their
+    minimiser, only the share of the network's attention changes).
     With ``walk_fraction = 0``, ``(z, anchor)`` come from :func:`smoothed_data_pairs`: ``z`` follows
     ``pi_l``. But ``pi_l`` sits far from the data even at layer ``L`` once ``D`` is large (its mean
     distance to the anchor is 20 at ``D = 64``, 84 at ``D = 256`` and 280 at ``D = 784`` for
@@ -397,6 +434,7 @@ class KernelQueries:
         correction_fraction: ``b`` in ``[0, 1)``.
         stay_fraction: ``s`` in ``[0, 1)``, with ``b + s < 1``.
         edges: ``E >= 1``, edges per query (:data:`RATIO_EDGES` by default).
+        last_layer_fraction: ``c`` in ``[0, 1)``.
 
     The ``weight`` ``(n, E)`` float64 is returned when ``a``, ``b`` or ``s`` is positive.
     """
@@ -409,12 +447,14 @@ class KernelQueries:
         correction_fraction: float = 0.0,
         stay_fraction: float = 0.0,
         edges: int = RATIO_EDGES,
+        last_layer_fraction: float = 0.0,
     ) -> None:
         self.edges = check_int("edges", edges, 1)
         fractions = {
             "walk_fraction": walk_fraction,
             "correction_fraction": correction_fraction,
             "stay_fraction": stay_fraction,
+            "last_layer_fraction": last_layer_fraction,
         }
         for name, value in fractions.items():
             if isinstance(value, bool) or not isinstance(value, (int, float)):
@@ -431,6 +471,9 @@ class KernelQueries:
         self.tables = tables or LogFieldTables(circuit)
         visits = point_occupancy(circuit, self.tables)
         self.layer_probabilities = visits.sum(1) / visits.sum()
+        if last_layer_fraction > 0:
+            self.layer_probabilities = (1 - last_layer_fraction) * self.layer_probabilities
+            self.layer_probabilities[-1] += last_layer_fraction
         if walk_fraction > 0:
             kernel_law = smoothed_distance_laws(self.tables, circuit.num_categories).cpu()
             walk_law = visits / visits.sum(1, keepdim=True).clamp_min(1e-300)
@@ -497,6 +540,22 @@ class KernelQueries:
         b = b * (h > 0)  # without a difference the corrections' share stays uniform
         density = (1 - b - s) / N + b * corrects / h.clamp_min(1) + s * (slot == 0)
         return slot, ((1 / N) / density).to(torch.float64)
+
+
+def check_sink_training(sink: str, queries: str, query_kwargs: dict) -> None:
+    """Raise ``ValueError`` unless a network with ``sink`` (:data:`~.model.SINKS`) can learn from
+    ``queries`` (:data:`~ecd2g_fast.training.config.QUERIES`) with ``query_kwargs``: the learned
+    sink's labels (:meth:`BregmanLogLoss.sink_terms`) need kernel queries whose states follow
+    ``pi_L``, so no ``walk_fraction`` (``"kernel-walk"`` sets 0.5)."""
+    if sink != "learned":
+        return
+    walk_fraction = query_kwargs.get("walk_fraction", 0.5 if queries == "kernel-walk" else 0.0)
+    if queries not in ("kernel", "kernel-walk") or walk_fraction:
+        raise ValueError(
+            "a network with sink='learned' needs queries='kernel' without walk_fraction (its labels "
+            f"need query states drawn from the smoothed data), got queries={queries!r}, "
+            f"query_kwargs={query_kwargs!r}"
+        )
 
 
 @torch.no_grad()

@@ -85,10 +85,11 @@ class HammingMixer(LayerEncoding, nn.Module):
         depth: mixer blocks.
         layer_encoding: how the layer enters (:data:`~.model.LAYER_ENCODINGS`).
         output_scale: the output's gain per layer (:data:`~.model.OUTPUT_SCALES`).
+        sink: where walkers leave at layer ``L`` (:data:`~.model.SINKS`).
 
     Raises:
         TypeError: ``circuit`` is not a HammingCircuit, or a size is not an int.
-        ValueError: a size below 1, an unknown ``layer_encoding`` or ``output_scale``.
+        ValueError: a size below 1, an unknown ``layer_encoding``, ``output_scale`` or ``sink``.
     """
 
     def __init__(
@@ -100,6 +101,7 @@ class HammingMixer(LayerEncoding, nn.Module):
         depth: int = 4,
         layer_encoding: str = "smooth",
         output_scale: str = "none",
+        sink: str = "inflow",
     ) -> None:
         super().__init__()
         self.circuit = check_hamming_circuit(circuit)
@@ -115,6 +117,7 @@ class HammingMixer(LayerEncoding, nn.Module):
         self.blocks = nn.ModuleList(MixerBlock(D, width, token_hidden, channel_hidden) for _ in range(depth))
         self.norm, self.head = output_head(width)
         self.register_buffer("offsets", torch.arange(D) * K, persistent=False)
+        self.init_sink(width, sink)
 
     def config(self) -> dict:
         """The constructor's arguments besides the circuit (checkpoints record them)."""
@@ -125,11 +128,14 @@ class HammingMixer(LayerEncoding, nn.Module):
             "depth": self.depth,
             "layer_encoding": self.layer_encoding,
             "output_scale": self.output_scale,
+            "sink": self.sink,
         }
 
-    def forward(self, layer: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, layer: torch.Tensor, z: torch.Tensor, sink_logit: bool = False
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """``(n,)`` float32 ``f(layer, z)`` from ``(n,)`` int64 layers in ``[0, L]`` and ``(n, D)`` int64
-        states.
+        states; with ``sink_logit`` also the logit of ``r(z)``, as :meth:`~.model.HammingNet.forward`.
 
         Memory: a few ``(n, D, max(width, channel_hidden))`` float32 activations (and those of
         the backward pass when gradients are on); callers bound ``n``.
@@ -137,7 +143,7 @@ class HammingMixer(LayerEncoding, nn.Module):
         x = self.state_embedding[z + self.offsets] + self.embed_layers(layer)[:, None, :]
         for block in self.blocks:
             x = block(x)
-        return self.head(self.norm(x).mean(1)).squeeze(-1) * self.layer_gain[layer]
+        return self.outputs(self.norm(x).mean(1), layer, sink_logit)
 
     def rows_per_block(self) -> int:
         """Rows (states) per body evaluation in :meth:`outlet_values` (:data:`_MAX_ACTIVATIONS`)."""

@@ -48,6 +48,15 @@ _LAYER_FREQUENCIES = 8
 #: model's output is scaled by its noise level).
 OUTPUT_SCALES = ("none", "sharpness")
 
+#: Where a Hamming network's walkers leave the circuit at layer ``L``. ``"inflow"``: the learned
+#: field's net inflow into ``(L, z)`` (Kirchhoff's law). It is a small difference of large
+#: currents, so a field a little flatter than the exact one lets walkers exit at noise states
+#: (docs/hamming.md §8). ``"learned"``: a second linear head on the body's last hidden state at
+#: ``(L, z)`` gives the logit of ``r(z)``, the posterior probability that a state of layer ``L`` is
+#: a clean data sample, and the sink current over ``rho_L(z)`` is ``r(z) / Ã_0(0)``
+#: (:meth:`HammingNetField.learned_sink`); :class:`~.learning.BregmanLogLoss` trains the head.
+SINKS = ("inflow", "learned")
+
 
 def layer_sharpness(circuit: HammingCircuit) -> torch.Tensor:
     """``(L+1,)`` float64 ``lambda_l = log Ã_{L-l}(0) - log Ã_{L-l}(1)``: how much one changed
@@ -97,11 +106,11 @@ def output_head(width: int) -> tuple[nn.LayerNorm, nn.Linear]:
 
 
 class LayerEncoding:
-    """The layer input and output gain of a Hamming log-field network (a mixin of an
+    """The layer input, output gain and sink head of a Hamming log-field network (a mixin of an
     ``nn.Module``): with ``"embedding"`` a free vector per layer (``layer_embedding``), with
     ``"smooth"`` a linear map (``layer_input``) of :func:`smooth_layer_features` (the buffer
     ``layer_features``); the body's output is multiplied by the buffer ``layer_gain``
-    (:data:`OUTPUT_SCALES`)."""
+    (:data:`OUTPUT_SCALES`); with ``sink="learned"`` a second head ``sink_head`` (:data:`SINKS`)."""
 
     def init_layer_encoding(
         self, circuit: HammingCircuit, width: int, layer_encoding: str, output_scale: str = "none"
@@ -122,6 +131,29 @@ class LayerEncoding:
             self.register_buffer("layer_features", features, persistent=False)
             self.layer_input = nn.Linear(features.shape[1], width)
 
+    def init_sink(self, width: int, sink: str) -> None:
+        """Check ``sink`` (:data:`SINKS`) and, for ``"learned"``, register the zero-initialised
+        ``sink_head`` (``width -> 1``: the untrained ``r`` is 1/2). Called last in a constructor, so
+        the other parameters' seeded initialisation is that of the ``"inflow"`` network."""
+        self.sink = check_choice("sink", sink, SINKS)
+        if sink == "learned":
+            self.sink_head = nn.Linear(width, 1)
+            nn.init.zeros_(self.sink_head.weight)
+            nn.init.zeros_(self.sink_head.bias)
+
+    def outputs(
+        self, hidden: torch.Tensor, layer: torch.Tensor, sink_logit: bool
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """``f`` ``(n,)`` from the ``(n, width)`` last hidden states of rows at ``(n,)`` layers; with
+        ``sink_logit`` also the sink head's logit of ``r`` at every row (meaningful at the rows of
+        layer ``L``)."""
+        f = self.head(hidden).squeeze(-1) * self.layer_gain[layer]
+        if not sink_logit:
+            return f
+        if self.sink != "learned":
+            raise ValueError(f"sink_logit needs a network built with sink='learned', not {self.sink!r}")
+        return f, self.sink_head(hidden).squeeze(-1)
+
     def embed_layers(self, layer: torch.Tensor) -> torch.Tensor:
         """``(..., width)`` float32 input part of ``(...)`` int64 layers in ``[0, L]``."""
         if self.layer_encoding == "embedding":
@@ -138,10 +170,11 @@ class HammingNet(LayerEncoding, nn.Module):
         depth: residual blocks.
         layer_encoding: how the layer enters (:data:`LAYER_ENCODINGS`).
         output_scale: the output's gain per layer (:data:`OUTPUT_SCALES`).
+        sink: where walkers leave at layer ``L`` (:data:`SINKS`).
 
     Raises:
         TypeError: ``circuit`` is not a HammingCircuit, or a size is not an int.
-        ValueError: a size below 1, an unknown ``layer_encoding`` or ``output_scale``.
+        ValueError: a size below 1, an unknown ``layer_encoding``, ``output_scale`` or ``sink``.
     """
 
     def __init__(
@@ -151,6 +184,7 @@ class HammingNet(LayerEncoding, nn.Module):
         depth: int = 3,
         layer_encoding: str = "embedding",
         output_scale: str = "none",
+        sink: str = "inflow",
     ) -> None:
         super().__init__()
         self.circuit = check_hamming_circuit(circuit)
@@ -165,6 +199,7 @@ class HammingNet(LayerEncoding, nn.Module):
         self.blocks = nn.ModuleList(ResidualBlock(width) for _ in range(depth))
         self.norm, self.head = output_head(width)
         self.register_buffer("offsets", torch.arange(D) * K, persistent=False)
+        self.init_sink(width, sink)
 
     def config(self) -> dict:
         """The constructor's arguments besides the circuit (checkpoints record them)."""
@@ -173,21 +208,31 @@ class HammingNet(LayerEncoding, nn.Module):
             "depth": self.depth,
             "layer_encoding": self.layer_encoding,
             "output_scale": self.output_scale,
+            "sink": self.sink,
         }
 
     def embed_states(self, z: torch.Tensor) -> torch.Tensor:
         """``(n, width)`` float32 ``sum_c E[c, z_c]`` of ``(n, D)`` int64 states."""
         return nn.functional.embedding_bag(z + self.offsets, self.state_embedding, mode="sum")
 
-    def body(self, x: torch.Tensor) -> torch.Tensor:
-        """``(..., width)`` inputs -> ``(...)`` outputs ``f``."""
+    def hidden(self, x: torch.Tensor) -> torch.Tensor:
+        """``(..., width)`` inputs -> ``(..., width)`` normalised last hidden states."""
         for block in self.blocks:
             x = block(x)
-        return self.head(self.norm(x)).squeeze(-1)
+        return self.norm(x)
 
-    def forward(self, layer: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-        """``(n,)`` float32 ``f(layer, z)`` from ``(n,)`` int64 layers in ``[0, L]`` and ``(n, D)`` int64 states."""
-        return self.body(self.embed_states(z) + self.embed_layers(layer)) * self.layer_gain[layer]
+    def body(self, x: torch.Tensor) -> torch.Tensor:
+        """``(..., width)`` inputs -> ``(...)`` outputs ``f`` (before the layer gain)."""
+        return self.head(self.hidden(x)).squeeze(-1)
+
+    def forward(
+        self, layer: torch.Tensor, z: torch.Tensor, sink_logit: bool = False
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """``(n,)`` float32 ``f(layer, z)`` from ``(n,)`` int64 layers in ``[0, L]`` and ``(n, D)`` int64
+        states; with ``sink_logit`` (``sink="learned"`` only) also the ``(n,)`` logit of ``r(z)``
+        (:data:`SINKS`), meaningful at the rows of layer ``L``."""
+        hidden = self.hidden(self.embed_states(z) + self.embed_layers(layer))
+        return self.outputs(hidden, layer, sink_logit)
 
     def slot_changes(self, z: torch.Tensor) -> torch.Tensor:
         """``(B, N, width)``: the input change from ``z`` to each of its ``N`` neighbour slots."""
@@ -257,6 +302,15 @@ class HammingNetField(LogField):
     and walks are capped at ``100 L + 1000`` moves by default, as for learned current fields. The
     network is evaluated as it is: put it in ``eval()`` mode and load the weights (an EMA, say)
     before sampling.
+
+    Args:
+        net: the network.
+        sink: where walkers leave at layer ``L`` (:data:`SINKS`): the network's own ``sink`` by
+            default; ``"inflow"`` walks a network with a sink head by the inflow instead (to
+            compare the two on one network).
+
+    Raises:
+        ValueError: an unknown ``sink``, or ``"learned"`` for a network without a sink head.
     """
 
     bytes_per_pair = 1024
@@ -264,10 +318,37 @@ class HammingNetField(LogField):
     # a bridge goes against the learned potential, so walks may cycle: capped like current fields
     acyclic = False
 
-    def __init__(self, net: nn.Module) -> None:
+    def __init__(self, net: nn.Module, sink: str | None = None) -> None:
         device = next(net.parameters()).device
         super().__init__(net.circuit, device)
         self.net = net
+        own = getattr(net, "sink", "inflow")
+        self.sink = check_choice("sink", own if sink is None else sink, SINKS)
+        if self.sink == "learned" and own != "learned":
+            raise ValueError("sink='learned' needs a network built with sink='learned' (a sink head)")
+
+    def learned_sink(self, z: torch.Tensor) -> torch.Tensor:
+        """``(B,)`` float64 sink currents over ``rho_L(z)`` of ``(B, D)`` states at layer ``L``:
+        ``r(z) / Ã_0(0)``, ``r = sigmoid`` of the sink head's logit (:data:`SINKS`). Exact for the
+        exact ``r``: ``rho_L(z) = sum_y q(y) Ã_0(h(z, y))``, so ``r(z) = q(z) Ã_0(0) / rho_L(z)``
+        and ``r / Ã_0(0)`` is the exact sink ``q(z)`` over ``rho_L(z)``."""
+        L = self.circuit.num_layers
+        layer = torch.full((z.shape[0],), L, dtype=torch.int64, device=z.device)
+        logit = self.net(layer, z, sink_logit=True)[1].to(torch.float64)
+        return torch.exp(nn.functional.logsigmoid(logit) - self.tables.log_kernel[L, 0])
+
+    def outlet_currents(self, layer: torch.Tensor, z: torch.Tensor, mode: str) -> torch.Tensor:
+        out = super().outlet_currents(layer, z, mode)
+        if self.sink == "learned" and mode == "bidirectional":
+            # every walker's row (no host sync to pick those at layer L): 1 more per 2N + 1
+            sink = self.learned_sink(z)
+            out[:, -1] = torch.where(layer == self.circuit.num_layers, sink, 0.0)
+        return out
+
+    def sink_currents(self, z: torch.Tensor) -> torch.Tensor:
+        if self.sink == "learned":
+            return self.learned_sink(self._states(z))
+        return super().sink_currents(z)
 
     def log_field(self, layer: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         return self.tables.log_norm[layer] + self.net(layer, z).to(torch.float64)
