@@ -83,7 +83,8 @@ def log_targets(
 
 class BregmanLogLoss:
     """Sum over the queries of ``e^u - u - 1``, ``u = log t - S`` (module docstring), plus, for
-    :class:`KernelQueries`, ``ratio_weight`` times the denoising ratio loss of their edges.
+    :class:`KernelQueries`, ``ratio_weight`` times the denoising ratio loss of their edges and, for
+    a network with ``sink="learned"``, the cross-entropy of its sink head (:meth:`sink_terms`).
 
     The call has the trainer's loss signature (:class:`~ecd2g_fast.training.Trainer`); the source
     batch is not used: the Hamming model learns from uniform noise, whose term of the potentials
@@ -175,9 +176,10 @@ class BregmanLogLoss:
             anchor, slot, forward = queries[2:5]
             other, w = self.edge_states(layer, z, slot, forward)
             rows = torch.cat([layer, other.reshape(-1)]), torch.cat([z, w])
-            f = net(*rows, sink_logit=True) if learned_sink else net(*rows)
             if learned_sink:
-                f, logit = f
+                f, logit = net(*rows, sink_logit=True)
+            else:
+                f = net(*rows)
             f = f.to(torch.float64)
             n = layer.shape[0]
             f_here, f_there = f[:n], f[n:].view(other.shape)
