@@ -39,6 +39,9 @@ against it, not only through its samples:
   slope from ``LAYER`` on (:class:`FlattenedField`: what the flatness alone costs; with
   ``--exact``, that walk only).
 
+* ``--trace``: one more walk of the field, followed move by move (:func:`trace_walk`: how far
+  the tail's walkers and the others are from the data when they reach the last layers, and the
+  share of the outflow the field's sink and the exact one take where they end).
 * ``--exact-sink``: one more walk, of the learned field with the exact sink at layer L
   (:class:`ExactSinkField`: what the field's own sink costs). A network with a learned sink
   (``model_kwargs`` ``"sink": "learned"``) is also walked by its inflow (``inflow_sink``, same seeds
@@ -50,7 +53,7 @@ with this walk). Training settings: the Hamming model's default recipe, ``--step
 
     python -m benchmarks.highdim_learning TAG [--steps 3000] [--set queries='"walk"' ...]
         [--layers 64] [--walkers 300] [--max-moves 1000] [--exact] [--checkpoint FILE]
-        [--repeat-walk] [--splice LAYER [--flatten SLOPE]] [--exact-sink] [--threads 1]
+        [--repeat-walk] [--splice LAYER [--flatten SLOPE]] [--exact-sink] [--trace] [--threads 1]
     python -m benchmarks.highdim_learning --summary
 
 Each run appends one JSON line to ``benchmarks/results/highdim_learning.jsonl`` (settings,
@@ -231,6 +234,80 @@ def sink_errors(field, exact, data: torch.Tensor, generator: torch.Generator) ->
     return out
 
 
+def trace_layers(num_layers: int) -> list[int]:
+    """The layers at which :func:`trace_walk` reports how far its walkers are from the data: the
+    middle, three quarters, and then closer towards ``L`` (32, 48, 56, 60, 62, 64 at ``L = 64``)."""
+    L = num_layers
+    return sorted({L // 2, 3 * L // 4, 7 * L // 8, L - 4, L - 2, L} & set(range(1, L + 1)))
+
+
+@torch.no_grad()
+def trace_walk(
+    field, exact, mixture: BernoulliMixture, reference: torch.Tensor, walkers: int, max_moves: int, seed: int
+) -> dict:
+    """Where the gap's tail goes astray: ``walkers`` bidirectional walks of ``field`` from uniform
+    noise, drawn move by move in plain torch from its ``outlet_currents`` (seed ``seed``; not the
+    draws of :func:`ecd2g_fast.sample`). A walker is in the tail when its end state is less likely
+    than the ``reference`` draws' 1 % quantile (:func:`gap_anatomy`). For the tail and the others:
+    the mean number of coordinates from the nearest component mode when a walker first reaches
+    each layer of :func:`trace_layers` (``reach_distance``) and at its end, the mean visits to
+    layer ``L``, and the share of the outflow the sink takes at the end state, by ``field``
+    (``exit_share``) and by the exact field (``exact_exit_share``: what the walker would have done
+    there with the exact sink); ``tail_share``: the tail's share of the finished walkers."""
+    circuit = exact.circuit
+    L, N, D = circuit.num_layers, circuit.num_neighbours, circuit.dim
+    generator = torch.Generator().manual_seed(seed)
+    z = torch.randint(0, 2, (walkers, D), generator=generator)
+    layer = torch.zeros(walkers, dtype=torch.int64)
+    done = torch.zeros(walkers, dtype=torch.bool)
+    modes = (mixture.theta > 0.5).long()
+    layers = trace_layers(L)
+    reach = torch.full((len(layers), walkers), float("nan"))
+    visits = torch.zeros(walkers)
+
+    def share(f, states):
+        out = f.outlet_currents(torch.full((states.shape[0],), L), states, "bidirectional").clamp_min(0)
+        return out[:, 2 * N] / out.sum(1)
+
+    for _ in range(max_moves):
+        moving = (~done).nonzero().squeeze(1)
+        if moving.numel() == 0:
+            break
+        out = field.outlet_currents(layer[moving], z[moving], "bidirectional").clamp_min(0)
+        slot = torch.multinomial(out / out.sum(1, keepdim=True), 1, generator=generator).squeeze(1)
+        visits[moving] += (layer[moving] == L).float()
+        leaves, forward = slot == 2 * N, slot < N
+        stays = moving[~leaves]
+        k = torch.where(forward, slot, slot - N).clamp_max(N - 1)[~leaves]
+        z[stays] = circuit.apply_slot(z[stays], k)
+        layer[stays] += torch.where(forward[~leaves], 1, -1)
+        done[moving[leaves]] = True
+        distance = (z[stays, None, :] != modes[None]).sum(2).min(1).values.float()
+        for i, l in enumerate(layers):
+            first = (layer[stays] == l) & reach[i, stays].isnan()
+            reach[i, stays[first]] = distance[first]
+    ll = mixture.log_likelihood(z)
+    tail = (ll < mixture.log_likelihood(reference).quantile(0.01)) & done
+    end_distance = (z[:, None, :] != modes[None]).sum(2).min(1).values.float()
+    own, exact_share = share(field, z), share(exact, z)
+    groups = {"tail": tail, "rest": done & ~tail}
+    return {
+        "finished": int(done.sum()),
+        "tail_share": float(tail.double().sum() / max(int(done.sum()), 1)),
+        **{
+            name: {
+                "walkers": int(members.sum()),
+                "reach_distance": {str(l): float(reach[i, members].nanmean()) for i, l in enumerate(layers)},
+                "end_distance": float(end_distance[members].mean()),
+                "visits_to_L": float(visits[members].mean()),
+                "exit_share": float(own[members].mean()),
+                "exact_exit_share": float(exact_share[members].mean()),
+            }
+            for name, members in groups.items()
+        },
+    }
+
+
 class SplicedField(LogField):
     """``below`` at the layers under ``layer`` and ``above`` from ``layer`` on (two log-fields of
     one circuit): which layers' errors a walk suffers from. Not exact, so dead ends are bridged."""
@@ -389,6 +466,8 @@ def run(args: argparse.Namespace) -> dict:
 
     if args.repeat_walk:  # the walk's own spread: the same field, other walkers and draws
         row["repeat_walk"] = walk_again(field)
+    if args.trace:
+        row["trace"] = trace_walk(field, exact, mixture, reference, args.walkers, args.max_moves, seed=23)
     if args.exact_sink and not args.exact:  # the learned field left by the exact sink
         row["exact_sink"] = walk_again(ExactSinkField(field, mixture.log_likelihood))
     if not args.exact and field.sink == "learned":  # the same network left by its inflow
@@ -411,6 +490,16 @@ def run(args: argparse.Namespace) -> dict:
     return row
 
 
+def _trace_cell(trace: dict, layers: int) -> str:
+    """The summary's trace column: the tail's (and the others') distance from the nearest mode on
+    first reaching layer L, and its share of the outflow taken by the field's sink, by the exact one."""
+    tail, rest = trace["tail"], trace["rest"]
+    return (
+        f"{tail['reach_distance'][str(layers)]:.1f} ({rest['reach_distance'][str(layers)]:.1f}) / "
+        f"{tail['exit_share']:.3f}, {tail['exact_exit_share']:.3f}"
+    )
+
+
 def summary() -> str:
     """``highdim_learning.md`` from the results file (one row per run, in file order)."""
     rows = [json.loads(line) for line in RESULTS.read_text().splitlines() if line.strip()]
@@ -420,6 +509,7 @@ def summary() -> str:
         "walk: S err. sd l=L", "walk: correction err. sd l=L-1", "noise: step err. sd, max l>=48",
         "slope l=L", "tail share (floor)", "gap of a 2nd walk", "sink: exit share far (exact)",
         "2nd walk by the inflow: gap (tail)", "2nd walk by the exact sink: gap (tail)",
+        "trace: tail (rest) distance at L / exit share, exact",
     ]  # fmt: skip
     table = []
     for r in rows:
@@ -481,6 +571,7 @@ def summary() -> str:
                     if "exact_sink" in r
                     else "-"
                 ),
+                _trace_cell(r["trace"], r["layers"]) if "trace" in r else "-",
             ]
         )
     meta = rows[-1]["meta"] if rows else {}
@@ -502,7 +593,11 @@ def summary() -> str:
         "that goes to the sink at layer L, at data samples with 20 coordinates changed (where the "
         "tail's walkers arrive), against the exact field's; the last two columns the second walk of the "
         "same network left by its inflow instead (a network with a learned sink) and by the exact "
-        "sink (`--exact-sink`) (module docstring).\n\n" + harness.markdown_table(headers, table) + "\n"
+        "sink (`--exact-sink`); `trace` (`--trace`) the tail's walkers' distance from the nearest mode "
+        "when they first reach layer L (the others' in brackets), and the share of their outflow the "
+        "field's sink and the exact one take where they end (module docstring).\n\n"
+        + harness.markdown_table(headers, table)
+        + "\n"
     )
     SUMMARY.write_text(text)
     return text
@@ -532,6 +627,9 @@ def main(argv: list[str] | None = None) -> dict | str:
     )
     parser.add_argument(
         "--exact-sink", action="store_true", help="also walk the learned field with the exact sink at layer L"
+    )
+    parser.add_argument(
+        "--trace", action="store_true", help="also follow a walk move by move: where the tail goes astray"
     )
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--summary", action="store_true", help="write highdim_learning.md and stop")

@@ -108,3 +108,18 @@ def test_the_exact_sink_of_the_exact_field_is_its_own_inflow():
         theirs = exact.outlet_currents(layer, z, "bidirectional")
     torch.testing.assert_close(mine, theirs, rtol=1e-9, atol=1e-12)
     assert bool((mine[:12, -1] > 0).all()) and bool((mine[12:, -1] == 0).all())
+
+
+def test_trace_of_the_exact_field_ends_on_the_data_and_its_exit_shares_are_its_own():
+    mixture, exact = _mixture_and_field()
+    g = torch.Generator().manual_seed(5)
+    reference = mixture.sample(5000, g)[0]
+    assert bench.trace_layers(64) == [32, 48, 56, 60, 62, 64] and bench.trace_layers(8) == [4, 6, 7, 8]
+    trace = bench.trace_walk(exact, exact, mixture, reference, walkers=40, max_moves=200, seed=0)
+    assert trace["finished"] == 40 and trace["tail_share"] < 0.1
+    rest = trace["rest"]
+    assert rest["walkers"] + trace["tail"]["walkers"] == 40
+    assert rest["exit_share"] == rest["exact_exit_share"] > 0
+    assert rest["visits_to_L"] >= 1
+    reach = [rest["reach_distance"][str(l)] for l in bench.trace_layers(8)]
+    assert reach[0] > reach[-1] > rest["end_distance"] - 3  # walkers approach the data towards L
