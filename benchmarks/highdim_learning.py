@@ -339,13 +339,12 @@ class ExactSinkField(LogField):
     def log_field(self, layer: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         return self.field.log_field(layer, z)
 
-    def outlet_currents(self, layer: torch.Tensor, z: torch.Tensor, mode: str) -> torch.Tensor:
-        out = self.field.outlet_currents(layer, z, mode)
-        if mode == "bidirectional":
-            top = torch.full_like(layer, self.circuit.num_layers)
-            sink = torch.exp(self.log_q(z) - self.field.log_field(top, z))
-            out[:, -1] = torch.where(layer == top, sink, 0.0)
-        return out
+    def outlet_log_fields(self, layer: torch.Tensor, z: torch.Tensor):
+        return self.field.outlet_log_fields(layer, z)
+
+    def sink_over_rho(self, z: torch.Tensor, backward: torch.Tensor) -> torch.Tensor:
+        top = torch.full((z.shape[0],), self.circuit.num_layers, device=z.device)
+        return torch.exp(self.log_q(z) - self.field.log_field(top, z))
 
 
 class FlattenedField(LogField):

@@ -190,7 +190,7 @@ class LogField(Field):
             back = layer > 0
             backward = self._backward(layer.clamp_min(1), here, behind, self.conductance)
             out[:, N : 2 * N] = torch.where(back[:, None], backward, 0.0)
-            out[:, 2 * N] = torch.where(layer == L, -backward.sum(1), 0.0)
+            out[:, 2 * N] = torch.where(layer == L, self.sink_over_rho(z, backward), 0.0)
         if self.bridge_dead_ends:
             # no host sync: the count stays on the device
             stuck = (out.clamp_min(0).sum(1) <= 0) & (layer < L)
@@ -214,10 +214,19 @@ class LogField(Field):
         behind = self.slot_log_fields(layer - 1, states, start, stop)
         return -self._backward(layer, here, behind, self.conductance[start:stop])
 
+    def sink_over_rho(self, z: torch.Tensor, backward: torch.Tensor) -> torch.Tensor:
+        """The sink currents over ``rho_L(z)`` of ``(B, D)`` states at layer ``L``, given their
+        ``(B, N)`` backward out-currents over ``rho_L(z)``: ``(B,)`` float64, the net inflow
+        (Kirchhoff's law, module docstring). The one place a subclass puts another sink (a
+        learned one, :class:`~.model.HammingNetField`); :meth:`outlet_currents` and
+        :meth:`sink_currents` both read it."""
+        return -backward.sum(1)
+
     def sink_currents(self, z: torch.Tensor) -> torch.Tensor:
         L, N = self.circuit.num_layers, self.circuit.num_neighbours
         last = torch.full_like(z, L)
-        return self.currents_from_prev(last, z, 0, N).sum(1).clamp_min(0.0)
+        backward = -self.currents_from_prev(last, z, 0, N)
+        return self.sink_over_rho(self._states(z), backward).clamp_min(0.0)
 
 
 class DataLogField(LogField):

@@ -337,18 +337,12 @@ class HammingNetField(LogField):
         logit = self.net(layer, z, sink_logit=True)[1].to(torch.float64)
         return torch.exp(nn.functional.logsigmoid(logit) - self.tables.log_kernel[L, 0])
 
-    def outlet_currents(self, layer: torch.Tensor, z: torch.Tensor, mode: str) -> torch.Tensor:
-        out = super().outlet_currents(layer, z, mode)
-        if self.sink == "learned" and mode == "bidirectional":
-            # every walker's row (no host sync to pick those at layer L): 1 more per 2N + 1
-            sink = self.learned_sink(z)
-            out[:, -1] = torch.where(layer == self.circuit.num_layers, sink, 0.0)
-        return out
-
-    def sink_currents(self, z: torch.Tensor) -> torch.Tensor:
+    def sink_over_rho(self, z: torch.Tensor, backward: torch.Tensor) -> torch.Tensor:
+        # a move asks it for every walker's row (no host sync to pick those at layer L): one more
+        # network row per 2N + 1
         if self.sink == "learned":
-            return self.learned_sink(self._states(z))
-        return super().sink_currents(z)
+            return self.learned_sink(z)
+        return super().sink_over_rho(z, backward)
 
     def log_field(self, layer: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         return self.tables.log_norm[layer] + self.net(layer, z).to(torch.float64)
