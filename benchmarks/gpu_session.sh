@@ -7,7 +7,7 @@
 #   bash benchmarks/gpu_session.sh ops          # report: target pass, one move, one training step
 #   bash benchmarks/gpu_session.sh end-to-end   # report: 2D training, sampling 256 and 1,000,000
 #   bash benchmarks/gpu_session.sh highdim      # the D = 64 experiments at the recipe's full budget
-#                                               # (the mixture also with a learned sink), and the
+#                                               # (the mixture also with the inflow sink), and the
 #                                               # MLP-mixer body (HammingMixer)
 #
 # Each part builds the extension first if the machine is fresh (a warm one keeps the build). The
@@ -67,7 +67,7 @@ highdim)
         rm -f "$OUT/highdim/$name"/*.pt  # checkpoints stay on the machine
     done <<'RUNS'
 mixture-10k bernoulli-mixture-64 --steps 10000
-mixture-10k-learned-sink bernoulli-mixture-64 --steps 10000 --model-kwargs {"layer_encoding":"smooth","sink":"learned"}
+mixture-10k-inflow bernoulli-mixture-64 --steps 10000 --model-kwargs {"layer_encoding":"smooth","width":256,"depth":3}
 binary-digits-10k binary-digits-64 --steps 10000
 mixer-mixture-3k bernoulli-mixture-64 --model hamming-mixer
 RUNS

@@ -526,6 +526,12 @@ def summary() -> str:
             and "query_kwargs" not in r["overrides"]
         ):
             settings += f" (query_kwargs={json.dumps(r['config']['query_kwargs'])})"
+        if (  # the recipe's sink since it learns one
+            r["field"] == "learned"
+            and r["config"].get("model_kwargs", {}).get("sink") == "learned"
+            and "model_kwargs" not in r["overrides"]
+        ):
+            settings += f" (learned sink, sink_labels={json.dumps(r['config']['sink_labels'])})"
         table.append(
             [
                 r["tag"],

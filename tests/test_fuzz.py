@@ -963,6 +963,7 @@ CHOICES = {
     "targets_backend": ("auto", "reference", "torch", "triton"),
     "optimizer": ("sgd", "adam", "adamw"),
     "lr_schedule": ("constant", "cosine"),
+    "sink_labels": ("posterior", "contrast"),
 }
 
 
@@ -1008,6 +1009,7 @@ INVALID_SETTING_VALUES = {
     "checkpoint_every": st.one_of(NOT_INT, st.integers(-(2**70), 0)),
     "optimizer": not_one_of(CHOICES["optimizer"]),
     "lr_schedule": not_one_of(CHOICES["lr_schedule"]),
+    "sink_labels": not_one_of(CHOICES["sink_labels"]),
     "warmup_steps": st.one_of(NOT_INT, st.integers(-(2**70), -1)),
 }
 INVALID_SETTING = st.one_of(*(bad(name, values) for name, values in INVALID_SETTING_VALUES.items()))

@@ -117,7 +117,7 @@ def test_the_mixer_is_registered_with_the_hamming_recipe():
     assert MODELS["hamming-mixer"] is HammingMixer
     assert "hamming-mixer" in CIRCUIT_MODELS[HammingCircuit]
     recipe, hamming = RECIPES["default"].for_model("hamming-mixer"), RECIPES["default"].for_model("hamming")
-    assert recipe == {**hamming, "model": "hamming-mixer", "model_kwargs": {"layer_encoding": "smooth"}}
+    assert recipe == {**hamming, "model": "hamming-mixer"}
     with pytest.raises(ValueError, match="'hamming-mixer' does not fit a Circuit"):
         E.TrainConfig.recipe("default", model="hamming-mixer").build_model(E.Circuit(2, 2, 2))
 

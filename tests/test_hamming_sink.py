@@ -8,7 +8,13 @@ from torch import nn
 
 import ecd2g_fast as E
 from ecd2g_fast.hamming import HammingCircuit, HammingMixer, HammingNet, HammingNetField
-from ecd2g_fast.hamming.learning import BregmanLogLoss, WalkQueries, smoothed_data_pairs
+from ecd2g_fast.hamming.learning import (
+    BregmanLogLoss,
+    KernelQueries,
+    WalkQueries,
+    smoothed_data_pairs,
+    smoothed_distance_laws,
+)
 from ecd2g_fast.hamming.log_field import DataLogField
 
 from .testing import total_variation
@@ -116,6 +122,81 @@ def test_sink_labels_average_to_the_exact_posterior():
     torch.testing.assert_close(terms, torch.where(layer == L, expected, 0.0))
 
 
+def test_contrast_labels_are_minimised_by_the_exact_posterior():
+    """The contrast of layer-L queries against their anchors, minimised over one free logit per
+    state (the loss's own sink_terms), gives sigmoid(logit) = r(z) = q(z) Ã_0(0) / rho_L(z) where the
+    queries are seen; and the BregmanLogLoss call feeds it the head's logits at the anchors."""
+    c = HammingCircuit(2, 4, 3)
+    L = c.num_layers
+    g = torch.Generator().manual_seed(0)
+    data = torch.randint(0, 2, (6, 4), generator=g)
+    data = torch.cat([data, data[:2]])
+    field = DataLogField(c, data)
+    q = torch.bincount(c.flatten(data), minlength=c.num_states).double() / data.shape[0]
+    n = 200_000
+    layer = torch.full((n,), L)
+    z, anchor = smoothed_data_pairs(field.tables, layer, data, 2, g)
+    loss = BregmanLogLoss(c, sink_labels="contrast")
+    assert loss.log_stay == pytest.approx(float(smoothed_distance_laws(field.tables, 2)[L, 0].log()))
+    clean = q > 0  # every other state is only ever a query (label 0): its logit falls without a bound
+    free = torch.zeros(int(clean.sum()), dtype=torch.float64, requires_grad=True)
+    optimiser = torch.optim.LBFGS([free], max_iter=200, tolerance_grad=1e-12, line_search_fn="strong_wolfe")
+
+    def objective():
+        logit = torch.full((c.num_states,), -30.0, dtype=torch.float64).masked_scatter(clean, free)
+        return loss.sink_terms(layer, z, anchor, logit[c.flatten(z)], logit[c.flatten(anchor)]).mean()
+
+    def closure():
+        optimiser.zero_grad()
+        value = objective()
+        value.backward()
+        return value
+
+    optimiser.step(closure)
+    states = c.unflatten(torch.arange(c.num_states))
+    r = exact_posterior(field, lambda s: q[c.flatten(s)].log(), states).exp()
+    torch.testing.assert_close(torch.sigmoid(free.detach()), r[clean], rtol=0.02, atol=0)
+    logit = torch.full((c.num_states,), -3.0, dtype=torch.float64, requires_grad=True)
+    loss.sink_terms(layer, z, anchor, logit[c.flatten(z)], logit[c.flatten(anchor)]).sum().backward()
+    assert bool((logit.grad[~clean] > 0).all()) and bool((~clean).any())  # pushed further down
+    logit = logit.detach()
+    # the posterior labels' minimiser is not this one's: their optimum is the per-state label mean
+    # (tested above), and the contrast terms differ from the cross-entropy on [z = anchor]
+    posterior = BregmanLogLoss(c).sink_terms(layer[:5], z[:5], anchor[:5], logit.detach()[c.flatten(z[:5])])
+    contrast = loss.sink_terms(
+        layer[:5], z[:5], anchor[:5], logit.detach()[c.flatten(z[:5])], logit.detach()[:5]
+    )
+    assert not torch.allclose(posterior, contrast)
+
+
+def test_contrast_loss_reads_the_head_at_the_anchors_of_layer_L():
+    """The loss with contrast labels evaluates the sink head at every layer-L query's anchor (one
+    more network row each) and adds exactly those terms to the posterior-free loss."""
+    c = HammingCircuit(2, 5, 3)
+    L = c.num_layers
+    torch.manual_seed(0)
+    net = HammingNet(c, width=16, sink="learned")
+    nn.init.normal_(net.sink_head.weight, std=0.5)
+    data = torch.randint(0, 2, (32, 5), generator=torch.Generator().manual_seed(1))
+    queries = KernelQueries(c, last_layer_fraction=0.5)(data, 64, torch.Generator().manual_seed(2))
+    layer, z, anchor = queries[:3]
+    last = layer == L
+    assert 0 < int(last.sum()) < 64
+    contrast, posterior = BregmanLogLoss(c, sink_labels="contrast"), BregmanLogLoss(c)
+    with torch.no_grad():
+        logit = net(layer, z, sink_logit=True)[1].double()
+        clean = net(torch.full((int(last.sum()),), L), anchor[last], sink_logit=True)[1].double()
+        difference = contrast(net, queries, None, data) - posterior(net, queries, None, data)
+        expected = contrast.sink_terms(layer, z, anchor, logit, clean) - posterior.sink_terms(
+            layer, z, anchor, logit
+        )
+    torch.testing.assert_close(difference, expected.sum(), rtol=1e-5, atol=1e-6)
+    terms = contrast.sink_terms(layer, z, anchor, logit, clean)
+    assert bool((terms[~last] == 0).all()) and bool((terms[last] > 0).all())
+    with pytest.raises(ValueError, match="sink_labels"):
+        BregmanLogLoss(c, sink_labels="anchor")
+
+
 @pytest.mark.parametrize("network", [HammingNet, HammingMixer])
 def test_sink_option_keeps_the_inflow_network_and_is_checked(network):
     c = HammingCircuit(2, 5, 3)
@@ -162,15 +243,21 @@ def test_a_learned_sink_needs_queries_it_can_learn_from():
     for bad in ({"queries": "walk"}, {"queries": "kernel-walk"}, {"query_kwargs": {"walk_fraction": 0.2}}):
         with pytest.raises(ValueError, match="sink='learned' needs queries='kernel' without walk_fraction"):
             config.replace(**bad).build_model(c)
+    assert config.replace(sink_labels="posterior").build_model(c).sink == "learned"
+    # the labels are unused without a learned sink (as SGD's momentum is with Adam)
+    assert config.replace(model_kwargs={"width": 8}).build_model(c).sink == "inflow"
+    with pytest.raises(ValueError, match="sink_labels must be one of"):
+        config.replace(sink_labels="anchor")
     net = config.build_model(c)
     with pytest.raises(ValueError, match="sink='learned' trains on kernel queries"):
         layer, z = WalkQueries(c)(torch.zeros(4, 5, dtype=torch.int64), 4, torch.Generator().manual_seed(0))
         BregmanLogLoss(c)(net, (layer, z), None, torch.zeros(4, 5, dtype=torch.int64))
 
 
-def test_training_learns_the_sink_and_checkpoints_it(tmp_path):
-    """300 steps on six data points at D = 6: the learned r is closer to the exact posterior than the
-    untrained 1/2 where the walk leaves, and the checkpoint keeps the head."""
+@pytest.mark.parametrize("sink_labels", ["posterior", "contrast"])
+def test_training_learns_the_sink_and_checkpoints_it(tmp_path, sink_labels):
+    """300 steps on six data points at D = 6, with either labels: the learned r is closer to the
+    exact posterior than the untrained 1/2 where the walk leaves, and the checkpoint keeps the head."""
     c = HammingCircuit(2, 6, 6)
     L = c.num_layers
     g = torch.Generator().manual_seed(0)
@@ -178,7 +265,7 @@ def test_training_learns_the_sink_and_checkpoints_it(tmp_path):
     exact = DataLogField(c, data)
     q = torch.bincount(c.flatten(data), minlength=c.num_states).double() / data.shape[0]
     settings = dict(
-        steps=300, batch_size=64, num_queries=256, progress=False,
+        steps=300, batch_size=64, num_queries=256, progress=False, sink_labels=sink_labels,
         model_kwargs={"layer_encoding": "smooth", "sink": "learned", "width": 32, "depth": 2},
     )  # fmt: skip
     x = torch.randint(0, 2, (64, 6), generator=g)

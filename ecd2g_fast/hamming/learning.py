@@ -34,7 +34,7 @@ import math
 
 import torch
 
-from .._validation import check_int
+from .._validation import check_choice, check_int
 from .circuit import HammingCircuit
 from .log_field import LogField, LogFieldTables
 from .targets import distance_histograms
@@ -42,6 +42,7 @@ from .targets import distance_histograms
 __all__ = [
     "KERNEL_QUERY_OPTIONS",
     "RATIO_EDGES",
+    "SINK_LABELS",
     "BregmanLogLoss",
     "KernelQueries",
     "WalkQueries",
@@ -61,6 +62,13 @@ U_MAX = 40.0
 #: Edges per kernel query in the denoising ratio loss by default (:class:`KernelQueries`): each
 #: costs one more network row per query.
 RATIO_EDGES = 2
+
+#: How :class:`BregmanLogLoss` trains a learned sink's head (:meth:`BregmanLogLoss.sink_terms`),
+#: both at the kernel queries of layer ``L``: ``"posterior"``, the label ``[z = anchor]`` of each
+#: query (1 with probability ``r(z)``: ``pi_L(0) = 0.08`` of them at ``D = 64``); ``"contrast"``,
+#: each query (a draw of ``pi_L``, label 0) against its anchor (a clean sample, label 1), one more
+#: network row per query. Both are minimised by the exact ``r``.
+SINK_LABELS = ("posterior", "contrast")
 
 #: The options of :class:`KernelQueries` a training configuration may set (``query_kwargs``).
 KERNEL_QUERY_OPTIONS = (
@@ -84,7 +92,8 @@ def log_targets(
 class BregmanLogLoss:
     """Sum over the queries of ``e^u - u - 1``, ``u = log t - S`` (module docstring), plus, for
     :class:`KernelQueries`, ``ratio_weight`` times the denoising ratio loss of their edges and, for
-    a network with ``sink="learned"``, the cross-entropy of its sink head (:meth:`sink_terms`).
+    a network with ``sink="learned"``, the cross-entropy of its sink head on ``sink_labels``
+    (:data:`SINK_LABELS`, :meth:`sink_terms`).
 
     The call has the trainer's loss signature (:class:`~ecd2g_fast.training.Trainer`); the source
     batch is not used: the Hamming model learns from uniform noise, whose term of the potentials
@@ -94,14 +103,22 @@ class BregmanLogLoss:
         circuit: the Hamming circuit.
         device: where the tables live.
         ratio_weight: weight of the denoising ratio term (kernel queries only).
+        sink_labels: how a learned sink's head is trained (:data:`SINK_LABELS`).
     """
 
     def __init__(
-        self, circuit: HammingCircuit, device: torch.device | str = "cpu", ratio_weight: float = 1.0
+        self,
+        circuit: HammingCircuit,
+        device: torch.device | str = "cpu",
+        ratio_weight: float = 1.0,
+        sink_labels: str = "posterior",
     ) -> None:
         self.circuit = circuit
         self.tables = LogFieldTables(circuit, device)
         self.ratio_weight = ratio_weight
+        self.sink_labels = check_choice("sink_labels", sink_labels, SINK_LABELS)
+        # log pi_L(0): the share of layer-L kernel queries that sit on their anchor
+        self.log_stay = math.log(smoothed_distance_laws(self.tables, circuit.num_categories)[-1, 0].item())
 
     def targets(self, layer: torch.Tensor, z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """``(Q,)`` float64 ``log t - log alpha*_{L-l}``: the target of the network's output ``f``."""
@@ -176,13 +193,20 @@ class BregmanLogLoss:
             anchor, slot, forward = queries[2:5]
             other, w = self.edge_states(layer, z, slot, forward)
             rows = torch.cat([layer, other.reshape(-1)]), torch.cat([z, w])
+            clean = None
+            if learned_sink and self.sink_labels == "contrast":  # the layer-L queries' anchors
+                clean = anchor[layer == self.circuit.num_layers]
+                rows = (
+                    torch.cat([rows[0], layer.new_full((clean.shape[0],), self.circuit.num_layers)]),
+                    (torch.cat([rows[1], clean])),
+                )
             if learned_sink:
                 f, logit = net(*rows, sink_logit=True)
             else:
                 f = net(*rows)
             f = f.to(torch.float64)
-            n = layer.shape[0]
-            f_here, f_there = f[:n], f[n:].view(other.shape)
+            n, m = layer.shape[0], other.numel()
+            f_here, f_there = f[:n], f[n : n + m].view(other.shape)
             weight = queries[5] if len(queries) == 6 else None
             ratio = self.ratio_terms(layer, z, anchor, other, w, f_here, f_there, weight)
         u = self.targets(layer, z, y) - f_here
@@ -193,26 +217,49 @@ class BregmanLogLoss:
         if ratio is not None:
             loss = loss + self.ratio_weight * ratio
         if learned_sink:
-            loss = loss + self.sink_terms(layer, z, anchor, logit[:n])
+            clean_logit = None if clean is None else logit[n + m :]
+            loss = loss + self.sink_terms(layer, z, anchor, logit[:n], clean_logit)
         return loss.sum()
 
     def sink_terms(
-        self, layer: torch.Tensor, z: torch.Tensor, anchor: torch.Tensor, logit: torch.Tensor
+        self,
+        layer: torch.Tensor,
+        z: torch.Tensor,
+        anchor: torch.Tensor,
+        logit: torch.Tensor,
+        clean_logit: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """``(Q,)`` float64 cross-entropy of the sink head's ``logit`` ``(Q,)`` against the label
-        ``[z = anchor]`` at the queries of layer ``L`` (0 elsewhere).
+        """``(Q,)`` float64 cross-entropy of the sink head at the queries of layer ``L`` (0
+        elsewhere): of its ``logit`` ``(Q,)`` against the label ``[z = anchor]``; or, given the
+        head's ``clean_logit`` ``(Q_L,)`` at the anchors of the ``Q_L`` queries of layer ``L``
+        (``sink_labels="contrast"``), the contrast of query against anchor.
 
-        A kernel query ``z`` of layer ``L`` is drawn around its anchor ``y`` by ``Ã_0`` (its law is
+        **Posterior labels.** A kernel query ``z`` of layer ``L`` is drawn around its anchor ``y`` by ``Ã_0`` (its law is
         ``pi_L``), so given ``z`` the label is 1 with probability ``r(z) = q(z) Ã_0(0) / rho_L(z)``
         (the posterior of :func:`smoothed_data_pairs`), and the cross-entropy's minimiser is
         ``sigmoid(logit) = r(z)``: the exact sink (:data:`~.model.SINKS`). The edge weights of
         :class:`KernelQueries` do not change the law of ``z``; ``walk_fraction`` would, and is
-        refused for these networks (:func:`check_sink_training`)."""
-        label = (z == anchor).all(1).to(torch.float64)
-        terms = torch.nn.functional.binary_cross_entropy_with_logits(
-            logit.to(torch.float64), label, reduction="none"
-        )
-        return torch.where(layer == self.circuit.num_layers, terms, 0.0)
+        refused for these networks (:func:`check_sink_training`).
+
+        **Contrast.** The anchors follow ``q`` and the queries ``pi_L = rho_L / (M alpha*_0)``, so a
+        classifier of the pair's two members, with logit ``g``, is minimised by the cross-entropy at
+        ``g = log(q / pi_L) = log r - log pi_L(0)`` (``pi_L(0) = Ã_0(0) / (M alpha*_0)``, the
+        query's chance to sit on its anchor). The head's ``g`` is ``log sigmoid(logit) - log
+        pi_L(0)``, so the minimiser is again ``sigmoid(logit) = r``. Half of the labels are 1
+        (against a share ``pi_L(0)`` of the posterior labels), and where the head's ``r`` is small
+        a label 0 pulls its logit down by about ``r / pi_L(0)`` (against ``r``)."""
+        last = layer == self.circuit.num_layers
+        logit = logit.to(torch.float64)
+        if clean_logit is None:
+            label = (z == anchor).all(1).to(torch.float64)
+            terms = torch.nn.functional.binary_cross_entropy_with_logits(logit, label, reduction="none")
+            return torch.where(last, terms, 0.0)
+        softplus, logsigmoid = torch.nn.functional.softplus, torch.nn.functional.logsigmoid
+        g_query = logsigmoid(logit[last]) - self.log_stay
+        g_clean = logsigmoid(clean_logit.to(torch.float64)) - self.log_stay
+        # -log(1 - sigmoid(g)) at the query (label 0), -log sigmoid(g) at its anchor (label 1)
+        terms = torch.zeros_like(logit)
+        return terms.masked_scatter(last, softplus(g_query) + softplus(-g_clean))
 
 
 def point_occupancy(
@@ -544,11 +591,13 @@ class KernelQueries:
         return slot, ((1 / N) / density).to(torch.float64)
 
 
-def check_sink_training(sink: str, queries: str, query_kwargs: dict) -> None:
+def check_sink_training(sink: str, queries: str, query_kwargs: dict, sink_labels: str = "posterior") -> None:
     """Raise ``ValueError`` unless a network with ``sink`` (:data:`~.model.SINKS`) can learn from
-    ``queries`` (:data:`~ecd2g_fast.training.config.QUERIES`) with ``query_kwargs``: the learned
-    sink's labels (:meth:`BregmanLogLoss.sink_terms`) need kernel queries whose states follow
-    ``pi_L``, so no ``walk_fraction`` (``"kernel-walk"`` sets 0.5)."""
+    ``queries`` (:data:`~ecd2g_fast.training.config.QUERIES`) with ``query_kwargs`` and
+    ``sink_labels`` (:data:`SINK_LABELS`, unused without a learned sink): the learned sink's
+    labels (:meth:`BregmanLogLoss.sink_terms`) need kernel queries whose states follow ``pi_L``,
+    so no ``walk_fraction`` (``"kernel-walk"`` sets 0.5)."""
+    check_choice("sink_labels", sink_labels, SINK_LABELS)
     if sink != "learned":
         return
     walk_fraction = query_kwargs.get("walk_fraction", 0.5 if queries == "kernel-walk" else 0.0)

@@ -69,16 +69,17 @@ def make_loss(
     amp: bool = False,
     device: torch.device | str = "cpu",
     ratio_weight: float = 1.0,
+    sink_labels: str = "posterior",
 ):
     """The loss of ``model``: ``(net, queries, x, y) -> 0-d sum over the queries``.
 
     :class:`TargetRegressionLoss` for the complete circuit's models; for the Hamming circuit's the
     scale-free log-field loss :class:`~ecd2g_fast.hamming.BregmanLogLoss` with its denoising ratio
-    term weighted by ``ratio_weight`` (its targets come from distance histograms;
+    term weighted by ``ratio_weight`` and a learned sink trained on ``sink_labels`` (its targets come from distance histograms;
     ``targets_backend`` and ``amp`` do not apply; its tables live on ``device``).
     """
     if model in CIRCUIT_MODELS[HammingCircuit]:
         from ..hamming import BregmanLogLoss
 
-        return BregmanLogLoss(circuit, device, ratio_weight)
+        return BregmanLogLoss(circuit, device, ratio_weight, sink_labels)
     return TargetRegressionLoss(circuit, model, targets_backend, amp)

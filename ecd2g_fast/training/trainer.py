@@ -135,7 +135,13 @@ class Trainer:
         self.queries = QuerySampler(config.queries, config.model, circuit, self.sources, config.query_kwargs)
         self.use_amp = dev.type == "cuda" and config.amp is not False
         self.loss = make_loss(
-            circuit, config.model, config.targets_backend, self.use_amp, dev, config.ratio_weight
+            circuit,
+            config.model,
+            config.targets_backend,
+            self.use_amp,
+            dev,
+            config.ratio_weight,
+            config.sink_labels,
         )
         self.net = config.build_model(circuit).to(dev)
         self.ema_net = None
