@@ -196,10 +196,8 @@ class BregmanLogLoss:
             clean = None
             if learned_sink and self.sink_labels == "contrast":  # the layer-L queries' anchors
                 clean = anchor[layer == self.circuit.num_layers]
-                rows = (
-                    torch.cat([rows[0], layer.new_full((clean.shape[0],), self.circuit.num_layers)]),
-                    (torch.cat([rows[1], clean])),
-                )
+                last_layer = layer.new_full((clean.shape[0],), self.circuit.num_layers)
+                rows = torch.cat([rows[0], last_layer]), torch.cat([rows[1], clean])
             if learned_sink:
                 f, logit = net(*rows, sink_logit=True)
             else:
@@ -591,13 +589,11 @@ class KernelQueries:
         return slot, ((1 / N) / density).to(torch.float64)
 
 
-def check_sink_training(sink: str, queries: str, query_kwargs: dict, sink_labels: str = "posterior") -> None:
+def check_sink_training(sink: str, queries: str, query_kwargs: dict) -> None:
     """Raise ``ValueError`` unless a network with ``sink`` (:data:`~.model.SINKS`) can learn from
-    ``queries`` (:data:`~ecd2g_fast.training.config.QUERIES`) with ``query_kwargs`` and
-    ``sink_labels`` (:data:`SINK_LABELS`, unused without a learned sink): the learned sink's
-    labels (:meth:`BregmanLogLoss.sink_terms`) need kernel queries whose states follow ``pi_L``,
-    so no ``walk_fraction`` (``"kernel-walk"`` sets 0.5)."""
-    check_choice("sink_labels", sink_labels, SINK_LABELS)
+    ``queries`` (:data:`~ecd2g_fast.training.config.QUERIES`) with ``query_kwargs``: the learned
+    sink's labels (:meth:`BregmanLogLoss.sink_terms`, either :data:`SINK_LABELS`) need kernel
+    queries whose states follow ``pi_L``, so no ``walk_fraction`` (``"kernel-walk"`` sets 0.5)."""
     if sink != "learned":
         return
     walk_fraction = query_kwargs.get("walk_fraction", 0.5 if queries == "kernel-walk" else 0.0)
