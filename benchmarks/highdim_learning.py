@@ -39,6 +39,10 @@ against it, not only through its samples:
   slope from ``LAYER`` on (:class:`FlattenedField`: what the flatness alone costs; with
   ``--exact``, that walk only).
 
+* ``component_errors`` (:func:`component_errors`): the errors of ``S_L`` and of the sink by mixture
+  component, and their slope on the log-weights; ``--probe-only`` measures the learned field
+  (this and the measurements above) without walking it.
+
 * ``--trace``: one more walk of the field, followed move by move (:func:`trace_walk`: how far
   the tail's walkers and the others are from the data when they reach the last layers, and the
   share of the outflow the field's sink and the exact one take where they end).
@@ -53,7 +57,8 @@ with this walk). Training settings: the Hamming model's default recipe, ``--step
 
     python -m benchmarks.highdim_learning TAG [--steps 3000] [--set queries='"walk"' ...]
         [--layers 64] [--walkers 300] [--max-moves 1000] [--exact] [--checkpoint FILE]
-        [--repeat-walk] [--splice LAYER [--flatten SLOPE]] [--exact-sink] [--trace] [--threads 1]
+        [--repeat-walk] [--splice LAYER [--flatten SLOPE]] [--exact-sink] [--trace] [--probe-only]
+        [--threads 1]
     python -m benchmarks.highdim_learning --summary
 
 Each run appends one JSON line to ``benchmarks/results/highdim_learning.jsonl`` (settings,
@@ -161,17 +166,22 @@ def gap_anatomy(states: torch.Tensor, reference: torch.Tensor, mixture: Bernoull
     ``tail``: the fraction of samples less likely than the reference's 1 % quantile (0.01 for exact
     draws); ``flips``: the mean number of coordinates that differ from the most likely value of the
     sample's most probable component (noise bits: each costs ``log((1 - f) / f)``, 1.1 to 2.9 nats
-    at flip probabilities ``f`` in [0.05, 0.25]).
+    at flip probabilities ``f`` in [0.05, 0.25]); ``component_shares``: the fraction of samples whose
+    most probable component is each of the mixture's (against its weights: which modes a coverage
+    error over- or under-visits).
     """
     reference_ll = mixture.log_likelihood(reference)
     ll = mixture.log_likelihood(states)
     gap = reference_ll.mean() - ll
-    modes = (mixture.theta > 0.5).long()[mixture.components(states)]
+    components = mixture.components(states)
+    modes = (mixture.theta > 0.5).long()[components]
+    shares = torch.bincount(components, minlength=mixture.weights.shape[0]).double() / components.numel()
     return {
         "quantiles": {f"{q:.1f}": float(gap.quantile(q)) for q in (0.1, 0.5, 0.9)},
         "standard_error": float(gap.std() / gap.numel() ** 0.5),
         "tail": float((ll < reference_ll.quantile(0.01)).double().mean()),
         "flips": float((states != modes).sum(1).double().mean()),
+        "component_shares": shares.tolist(),
     }
 
 
@@ -230,6 +240,54 @@ def sink_errors(field, exact, data: torch.Tensor, generator: torch.Generator) ->
             "abs_error": float((r - r_exact).abs().mean()),
             "exit": float(exit.mean()),
             "exit_exact": float(exit_exact.mean()),
+        }
+    return out
+
+
+#: Coordinates changed from clean draws of each component in :func:`component_errors`.
+COMPONENT_DISTANCES = (0, 8)
+
+
+@torch.no_grad()
+def component_errors(field, exact, mixture: BernoulliMixture, generator: torch.Generator) -> dict:
+    """The field's errors at layer ``L`` by mixture component: whether it favours heavy modes.
+
+    For each distance ``k`` in :data:`COMPONENT_DISTANCES` and each component ``c``, at
+    :data:`PROBE_STATES` draws of ``c`` with ``k`` coordinates changed: the mean of ``S_L - S_exact``
+    (``field``: a field flatter at the light modes' peaks than at the heavy ones' pulls walkers
+    towards the heavy ones) and of ``log r - log r_exact`` (``sink``, ``r`` as in :func:`sink_errors`),
+    and the least-squares slope of each on ``log w_c`` (0: no preference; positive: heavier
+    components' states are over-valued).
+    """
+    L, N = exact.circuit.num_layers, exact.circuit.num_neighbours
+    layer = torch.full((PROBE_STATES,), L)
+    log_w = mixture.weights.log()
+    centred = log_w - log_w.mean()
+    out = {}
+    for k in COMPONENT_DISTANCES:
+        errors: dict[str, list[float]] = {"field": [], "sink": []}
+        for c in range(mixture.weights.shape[0]):
+            draws = (
+                torch.rand(PROBE_STATES, mixture.dim, generator=generator, dtype=torch.float64)
+                < mixture.theta[c]
+            ).long()
+            z = change_coordinates(draws, torch.full((PROBE_STATES,), k), 2, generator) if k else draws
+            errors["field"].append(float((field.log_field(layer, z) - exact.log_field(layer, z)).mean()))
+            log_sinks = [  # the sink current over rho_L: r over Ã_0(0)
+                f.outlet_currents(layer, z, "bidirectional")[:, 2 * N].clamp_min(1e-300).log()
+                for f in (field, exact)
+            ]
+            errors["sink"].append(float((log_sinks[0] - log_sinks[1]).mean()))
+        out[str(k)] = {
+            **errors,
+            **{
+                f"{name}_slope": float(
+                    (torch.tensor(values, dtype=torch.float64) - sum(values) / len(values))
+                    @ centred
+                    / (centred @ centred)
+                )
+                for name, values in errors.items()
+            },
         }
     return out
 
@@ -383,7 +441,12 @@ def run(args: argparse.Namespace) -> dict:
     mixture = BernoulliMixture.make(DIM, 10, seed=0)
     circuit = E.HammingCircuit(2, DIM, args.layers)
     exact = exact_field(mixture, circuit)
-    row: dict = {"tag": args.tag, "task": "bernoulli-mixture-64", "layers": args.layers}
+    row: dict = {
+        "tag": args.tag,
+        "task": "bernoulli-mixture-64",
+        "layers": args.layers,
+        "mixture_weights": mixture.weights.tolist(),
+    }
     if args.exact:
         field = exact
         row["field"] = "exact (ProductMixtureLogField)"
@@ -416,6 +479,7 @@ def run(args: argparse.Namespace) -> dict:
         row["field_error"] = field_errors(field, exact, probe_data, probe_rng)
         row["field_slope"] = field_slopes(field, exact, probe_data, probe_rng)
         row["sink_error"] = sink_errors(field, exact, probe_data, probe_rng)
+        row["component_errors"] = component_errors(field, exact, mixture, torch.Generator().manual_seed(21))
         estimates, errors = layer_mean_ratios(field, probe_data, PROBE_STATES, generator=3)
         row["layer_mean_log_ratio"] = {
             "max_abs": float(estimates.abs().max()),
@@ -424,6 +488,8 @@ def run(args: argparse.Namespace) -> dict:
             "values": estimates.tolist(),
             "standard_errors": errors.tolist(),
         }
+    if args.probe_only:
+        return row
     x0 = torch.randint(0, 2, (args.walkers, DIM), generator=torch.Generator().manual_seed(5))
     bridged = int(getattr(field, "bridged", 0))
     start = time.perf_counter()
@@ -499,6 +565,64 @@ def _trace_cell(trace: dict, layers: int) -> str:
     )
 
 
+def _heaviest_cell(row: dict) -> str:
+    """The summary's share of the samples in the heaviest component, and its weight (rows with
+    component shares)."""
+    shares, weights = (
+        row.get("gap_anatomy", {}).get("samples", {}).get("component_shares"),
+        row.get("mixture_weights"),
+    )
+    if shares is None or weights is None:
+        return "-"
+    heaviest = max(range(len(weights)), key=weights.__getitem__)
+    return f"{shares[heaviest]:.3f} ({weights[heaviest]:.3f})"
+
+
+def _splice_cell(splice: dict) -> str:
+    """The summary's splice column: the layer, then gap and coverage TV of each spliced walk."""
+    walks = [
+        f"{splice[k]['loglik_gap']:.2f}, {splice[k]['coverage_tv']:.3f}" if k in splice else "not run"
+        for k in ("learned_below", "learned_above")
+    ]
+    return f"{splice['layer']}: " + " / ".join(walks)
+
+
+def _component_table(rows: list[dict]) -> str:
+    """The summary's second table: :func:`component_errors` of the rows that measured them."""
+    table = []
+    for r in rows:
+        if "component_errors" not in r:
+            continue
+        cells = [r["tag"], f"{r['config']['steps']} steps; seed {r['config']['seed']}"]
+        for k in map(str, COMPONENT_DISTANCES):
+            errors = r["component_errors"][k]
+            heavy = max(range(len(r["mixture_weights"])), key=r["mixture_weights"].__getitem__)
+            light = min(range(len(r["mixture_weights"])), key=r["mixture_weights"].__getitem__)
+            cells += [
+                f"{errors['field'][heavy]:+.2f} / {errors['field'][light]:+.2f}",
+                f"{errors['field_slope']:+.2f}",
+                f"{errors['sink_slope']:+.2f}",
+            ]
+        table.append(cells)
+    if not table:
+        return ""
+    headers = ["tag", "training"]
+    for k in COMPONENT_DISTANCES:
+        headers += [
+            f"k={k}: S_L err. heaviest / lightest",
+            f"k={k}: slope of S_L err. on log w",
+            f"k={k}: slope of log r err. on log w",
+        ]
+    return (
+        "\n## The field's errors at layer L by mixture component\n\n"
+        "`component_errors` (rows with it, walked or `--probe-only`): at draws of each component with "
+        "`k` coordinates changed, the mean error of the learned `S_L` at the heaviest and the lightest "
+        "component, and the slopes of the per-component errors of `S_L` and of the sink's `log r` on "
+        "the log-weights (positive: the heavier a component, the more its states are over-valued "
+        "relative to the others').\n\n" + harness.markdown_table(headers, table) + "\n"
+    )
+
+
 def summary() -> str:
     """``highdim_learning.md`` from the results file (one row per run, in file order)."""
     rows = [json.loads(line) for line in RESULTS.read_text().splitlines() if line.strip()]
@@ -508,10 +632,13 @@ def summary() -> str:
         "walk: S err. sd l=L", "walk: correction err. sd l=L-1", "noise: step err. sd, max l>=48",
         "slope l=L", "tail share (floor)", "gap of a 2nd walk", "sink: exit share far (exact)",
         "2nd walk by the inflow: gap (tail)", "2nd walk by the exact sink: gap (tail)",
-        "trace: tail (rest) distance at L / exit share, exact",
+        "trace: tail (rest) distance at L / exit share, exact", "heaviest component share (weight)",
+        "splice at layer: gap, coverage TV of learned below / above",
     ]  # fmt: skip
     table = []
     for r in rows:
+        if "metrics" not in r:  # a --probe-only row: the component table below
+            continue
         s, f = r["metrics"]["samples"], r["metrics"]["floor"]
         probes = {e["layer"]: e for e in r.get("field_error", [])}
         last, before = probes.get(r["layers"], {}), probes.get(r["layers"] - 1, {})
@@ -577,6 +704,8 @@ def summary() -> str:
                     else "-"
                 ),
                 _trace_cell(r["trace"], r["layers"]) if "trace" in r else "-",
+                _heaviest_cell(r),
+                _splice_cell(r["splice"]) if "splice" in r else "-",
             ]
         )
     meta = rows[-1]["meta"] if rows else {}
@@ -586,8 +715,8 @@ def summary() -> str:
         "(each row's command, commit and machine are there). Machine of the last row: "
         f"{meta.get('device_name', '?')} ({meta.get('cpu', {}).get('logical_cpus', '?')} CPUs, "
         f"{meta.get('cpu', {}).get('torch_threads', '?')} torch thread), torch "
-        f"{meta.get('versions', {}).get('torch', '?')}. 300 walkers per row; the floor is as many exact "
-        "draws. Settings not listed are the Hamming recipe's (`TrainConfig.recipe('default', "
+        f"{meta.get('versions', {}).get('torch', '?')}. 300 walkers per row unless `finished` says "
+        "otherwise; the floor is as many exact draws. Settings not listed are the Hamming recipe's (`TrainConfig.recipe('default', "
         "model='hamming')`) at the row's commit. The `walk:` columns (rows measured since they were "
         "added) are the field's errors where the walk goes: the sd of `S - S_exact` at layer L and of "
         "the error of the log-ratio across a forward edge correcting one coordinate, at layer L-1; the "
@@ -600,9 +729,12 @@ def summary() -> str:
         "same network left by its inflow instead (a network with a learned sink) and by the exact "
         "sink (`--exact-sink`); `trace` (`--trace`) the tail's walkers' distance from the nearest mode "
         "when they first reach layer L (the others' in brackets), and the share of their outflow the "
-        "field's sink and the exact one take where they end (module docstring).\n\n"
+        "field's sink and the exact one take where they end; the share of the samples in the heaviest "
+        "component (its weight in brackets); `splice` (`--splice LAYER`) the walks of the learned field "
+        "below LAYER with the exact one from there on, and the other way round (module docstring).\n\n"
         + harness.markdown_table(headers, table)
         + "\n"
+        + _component_table(rows)
     )
     SUMMARY.write_text(text)
     return text
@@ -636,6 +768,11 @@ def main(argv: list[str] | None = None) -> dict | str:
     parser.add_argument(
         "--trace", action="store_true", help="also follow a walk move by move: where the tail goes astray"
     )
+    parser.add_argument(
+        "--probe-only",
+        action="store_true",
+        help="measure the learned field's errors without walking (a second table of the summary)",
+    )
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--summary", action="store_true", help="write highdim_learning.md and stop")
     parser.add_argument("--quiet", action="store_true")
@@ -648,6 +785,8 @@ def main(argv: list[str] | None = None) -> dict | str:
         parser.error("--flatten needs --splice LAYER")
     if args.splice is not None and not 0 < args.splice <= args.layers:
         parser.error(f"--splice needs a LAYER in 1..{args.layers}")
+    if args.probe_only and args.exact:
+        parser.error("--probe-only measures a learned field; it has nothing to do with --exact")
     torch.set_num_threads(args.threads)
     meta = harness.run_metadata("cpu", argv)
     row = {**run(args), "meta": meta}

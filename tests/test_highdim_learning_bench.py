@@ -42,7 +42,7 @@ def test_the_exact_field_has_no_error_and_slope_one_and_a_flattened_one_is_seen(
 
 def test_gap_anatomy_of_exact_draws_and_of_noisy_ones():
     """Exact draws: about 1 % in the data's 1 % tail, a median gap near 0, noise bits as the flip
-    probabilities say. Half of the samples replaced by uniform noise: the tail share and the
+    probabilities say, component shares near the weights (and all in one for one component's samples). Half of the samples replaced by uniform noise: the tail share and the
     flips jump."""
     mixture, _ = _mixture_and_field()
     g = torch.Generator().manual_seed(1)
@@ -53,6 +53,11 @@ def test_gap_anatomy_of_exact_draws_and_of_noisy_ones():
     assert anatomy["quantiles"]["0.1"] < anatomy["quantiles"]["0.5"] < anatomy["quantiles"]["0.9"]
     expected_flips = float(torch.minimum(mixture.theta, 1 - mixture.theta).sum(1) @ mixture.weights)
     assert abs(anatomy["flips"] - expected_flips) < 0.05 * expected_flips
+    shares = torch.tensor(anatomy["component_shares"], dtype=torch.float64)
+    assert abs(float(shares.sum()) - 1) < 1e-12
+    assert float((shares - mixture.weights).abs().max()) < 0.03  # 4000 draws: se <= 0.007
+    one_mode = bench.gap_anatomy(samples[mixture.components(samples) == 0], reference, mixture)
+    assert one_mode["component_shares"][0] == 1.0
     noisy = samples.clone()
     noisy[::2] = torch.randint(0, 2, noisy[::2].shape, generator=g)
     worse = bench.gap_anatomy(noisy, reference, mixture)
@@ -123,3 +128,27 @@ def test_trace_of_the_exact_field_ends_on_the_data_and_its_exit_shares_are_its_o
     assert rest["visits_to_L"] >= 1
     reach = [rest["reach_distance"][str(l)] for l in bench.trace_layers(8)]
     assert reach[0] > reach[-1] > rest["end_distance"] - 3  # walkers approach the data towards L
+
+
+def test_component_errors_are_zero_for_the_exact_field_and_see_a_field_that_favours_heavy_modes(
+    monkeypatch,
+):
+    """A field whose S_L adds 0.5 log w of the state's most likely component (heavy modes'
+    peaks raised) gets a field slope of 0.5 on the log-weights at clean draws; the exact one 0."""
+    monkeypatch.setattr(bench, "PROBE_STATES", 32)
+    mixture, exact = _mixture_and_field()
+    errors = bench.component_errors(exact, exact, mixture, torch.Generator().manual_seed(6))
+    assert set(errors) == {str(k) for k in bench.COMPONENT_DISTANCES}
+    for part in errors.values():
+        assert part["field"] == part["sink"] == [0.0] * 10
+        assert part["field_slope"] == part["sink_slope"] == 0.0
+
+    class FavoursHeavy(ProductMixtureLogField):
+        def log_field(self, layer, z):
+            bonus = 0.5 * mixture.weights.log()[mixture.components(z)]
+            return super().log_field(layer, z) + torch.where(layer == self.circuit.num_layers, bonus, 0.0)
+
+    heavy = FavoursHeavy(exact.circuit, torch.stack([1 - mixture.theta, mixture.theta], -1), mixture.weights)
+    errors = bench.component_errors(heavy, exact, mixture, torch.Generator().manual_seed(6))
+    assert abs(errors["0"]["field_slope"] - 0.5) < 0.02
+    assert errors["0"]["sink_slope"] != 0.0  # the inflow sink moves with the field
