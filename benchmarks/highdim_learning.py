@@ -378,7 +378,13 @@ class SplicedField(LogField):
         self.below, self.above, self.layer = below, above, layer
 
     def log_field(self, layer: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-        return torch.where(layer < self.layer, self.below.log_field(layer, z), self.above.log_field(layer, z))
+        # each row from its own field only: the exact one costs several times the network per row
+        below = layer < self.layer
+        out = torch.empty(layer.shape, dtype=torch.float64, device=z.device)
+        for rows, field in ((below, self.below), (~below, self.above)):
+            if bool(rows.any()):
+                out[rows] = field.log_field(layer[rows], z[rows]).to(torch.float64)
+        return out
 
 
 class ExactSinkField(LogField):
