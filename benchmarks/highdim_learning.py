@@ -280,11 +280,9 @@ def component_errors(field, exact, mixture: BernoulliMixture, generator: torch.G
             errors["sink"].append(float((log_sinks[0] - log_sinks[1]).mean()))
         out[str(k)] = {
             **errors,
-            **{
+            **{  # centred has mean 0, so the values need no centring
                 f"{name}_slope": float(
-                    (torch.tensor(values, dtype=torch.float64) - sum(values) / len(values))
-                    @ centred
-                    / (centred @ centred)
+                    torch.tensor(values, dtype=torch.float64) @ centred / (centred @ centred)
                 )
                 for name, values in errors.items()
             },
@@ -571,6 +569,12 @@ def _trace_cell(trace: dict, layers: int) -> str:
     )
 
 
+def _heaviest_and_lightest(weights: list[float]) -> tuple[int, int]:
+    """Indices of the heaviest and the lightest mixture component."""
+    order = sorted(range(len(weights)), key=weights.__getitem__)
+    return order[-1], order[0]
+
+
 def _heaviest_cell(row: dict) -> str:
     """The summary's share of the samples in the heaviest component, and its weight (rows with
     component shares)."""
@@ -580,7 +584,7 @@ def _heaviest_cell(row: dict) -> str:
     )
     if shares is None or weights is None:
         return "-"
-    heaviest = max(range(len(weights)), key=weights.__getitem__)
+    heaviest = _heaviest_and_lightest(weights)[0]
     return f"{shares[heaviest]:.3f} ({weights[heaviest]:.3f})"
 
 
@@ -600,10 +604,9 @@ def _component_table(rows: list[dict]) -> str:
         if "component_errors" not in r:
             continue
         cells = [r["tag"], f"{r['config']['steps']} steps; seed {r['config']['seed']}"]
+        heavy, light = _heaviest_and_lightest(r["mixture_weights"])
         for k in map(str, COMPONENT_DISTANCES):
             errors = r["component_errors"][k]
-            heavy = max(range(len(r["mixture_weights"])), key=r["mixture_weights"].__getitem__)
-            light = min(range(len(r["mixture_weights"])), key=r["mixture_weights"].__getitem__)
             cells += [
                 f"{errors['field'][heavy]:+.2f} / {errors['field'][light]:+.2f}",
                 f"{errors['field_slope']:+.2f}",
