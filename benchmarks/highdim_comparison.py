@@ -16,7 +16,9 @@ the same machine. Tasks (``--tasks``):
   split; the floor is as many training images (without replacement) as there are samples. Metrics:
   ``marginal_tv``, ``correlation_error``, ``label_tv`` of a
   :class:`~ecd2g_fast.experiments.highdim.DigitClassifier` trained on the training split (its
-  held-out accuracy is recorded), and the nearest-training-image distances of
+  held-out accuracy is recorded), ``label_tv_crossfit`` against the out-of-fold labels of all the
+  images (:class:`~ecd2g_fast.experiments.highdim.CrossFittedLabels`, simulated floor), and the
+  nearest-training-image distances of
   :func:`~ecd2g_fast.experiments.highdim.memorisation` (samples vs held-out images).
 
 The methods:
@@ -92,10 +94,9 @@ import ecd2g_fast as E
 from ecd2g_fast.experiments.highdim import (
     BernoulliMixture,
     DigitClassifier,
-    load_digits,
+    HighDimTarget,
     memorisation,
     sample_metrics,
-    split,
 )
 from ecd2g_fast.hamming.model import ResidualBlock
 from ecd2g_fast.training import NonFiniteLossError
@@ -110,7 +111,7 @@ MIXTURE_REFERENCE_SIZE = 20_000
 #: Metrics shown in the tables, per task kind (all of sample_metrics' output is in the JSON).
 TABLE_METRICS = {
     "bernoulli-mixture": ("loglik_gap", "coverage_tv", "marginal_tv", "correlation_error"),
-    "digits": ("marginal_tv", "correlation_error", "label_tv"),
+    "digits": ("marginal_tv", "correlation_error", "label_tv", "label_tv_crossfit"),
 }
 
 
@@ -160,11 +161,12 @@ def mixture_task(dim: int, seed: int) -> Task:
 
 def digits_task(binary: bool, seed: int) -> Task:
     """``digits-64`` (17 grey levels) or ``digits-64-binary``: training split for training,
-    held-out split as reference, training images as floor, a classifier for ``label_tv``."""
-    K = 2 if binary else 17
-    states, labels = load_digits(binary)
-    train_states, train_labels, held_states, held_labels = split(states, labels, 0.25, seed=0)
-    classifier = DigitClassifier(train_states, train_labels, K, seed=seed)
+    held-out split as reference, training images as floor, a classifier for ``label_tv`` and
+    cross-fitted ones for ``label_tv_crossfit``."""
+    target = HighDimTarget.make("digits-binary" if binary else "digits", 64)
+    K, train_states, held_states = target.num_categories, target.train_states, target.held_out_states
+    classifier = DigitClassifier(train_states, target.train_labels, K, seed=seed)
+    cross_fitted = target.cross_fitted_labels()
 
     def data_stream(stream_seed: int) -> Callable[[int], torch.Tensor]:
         generator = torch.Generator().manual_seed(stream_seed)
@@ -178,18 +180,19 @@ def digits_task(binary: bool, seed: int) -> Task:
         else:  # more samples than training images: the floor repeats some
             floor = train_states[torch.randint(train_states.shape[0], (n,), generator=generator)]
         samples = samples.cpu()
-        out = sample_metrics(samples, held_states, floor, K, classifier=classifier)
+        out = sample_metrics(samples, held_states, floor, K, classifier=classifier, cross_fitted=cross_fitted)
         out["memorisation"] = memorisation(samples, train_states, held_states)
         return out
 
     info = {
         "train_images": int(train_states.shape[0]),
         "held_out_images": int(held_states.shape[0]),
-        "classifier_held_out_accuracy": classifier.accuracy(held_states, held_labels),
+        "classifier_held_out_accuracy": classifier.accuracy(held_states, target.held_out_labels),
+        "crossfit_accuracy": cross_fitted.accuracy,
         "floor": "training images, as many as samples",
     }
     name = "digits-64-binary" if binary else "digits-64"
-    return Task(name, "digits", K, states.shape[1], data_stream, evaluate, info)
+    return Task(name, "digits", K, target.dim, data_stream, evaluate, info)
 
 
 # ---------------------------------------------------------------------------- networks and counting
@@ -659,7 +662,8 @@ def render_markdown(meta: dict, rows: list[dict]) -> str:
         f"ECD2G: {meta['ecd2g']}. DFM: {meta['dfm']}.",
         "",
         (
-            "Metric cells: value on the scored samples (floor: as many exact draws / training images). "
+            "Metric cells: value on the scored samples (floor: as many exact draws / training images; "
+            "label_tv_crossfit: simulated, CrossFittedLabels.floor). "
             "Unscored: unfinished ECD2G walkers or DFM samples holding a mask token. Samples/s counts scored "
             "samples. Calls and rows per sample are counted during sampling (ECD2G: one body call per move "
             "on the walker and its 2N neighbours, 2N+1 rows; DFM: one row per solver step). GFLOP/sample: "
@@ -672,8 +676,13 @@ def render_markdown(meta: dict, rows: list[dict]) -> str:
         lines += ["", f"## {task_name} (K = {info['K']}, D = {info['D']})", ""]
         if "classifier_held_out_accuracy" in info:
             lines += [
-                f"Classifier held-out accuracy {info['classifier_held_out_accuracy']:.3f}; "
-                f"{info['train_images']} training / {info['held_out_images']} held-out images. "
+                f"Classifier held-out accuracy {info['classifier_held_out_accuracy']:.3f}"
+                + (
+                    f" (cross-fitted, all images: {info['crossfit_accuracy']:.3f}); "
+                    if "crossfit_accuracy" in info
+                    else "; "
+                )
+                + f"{info['train_images']} training / {info['held_out_images']} held-out images. "
                 "Memorisation: mean Hamming distance to the nearest training image, samples (held-out images).",
                 "",
             ]

@@ -10,6 +10,7 @@ import torch
 
 from ecd2g_fast.experiments.highdim import (
     BernoulliMixture,
+    CrossFittedLabels,
     DigitClassifier,
     correlation_error,
     load_digits,
@@ -103,6 +104,31 @@ def test_classifier_label_tv_separates_right_and_wrong_label_laws():
     assert same < 0.08 and only_one > 0.4
     metrics = sample_metrics(states[2000:2500], states[2500:], states[:500], 2, classifier=clf)
     assert metrics["samples"]["label_tv"] == pytest.approx(same)
+
+
+def test_cross_fitted_labels_judge_fresh_draws_at_their_simulated_floor():
+    mix = BernoulliMixture.make(16, 3, seed=1)
+    g = torch.Generator().manual_seed(0)
+    states, labels = mix.sample(1500, g)
+    labels_of_all = CrossFittedLabels(states, labels, 2, folds=3, classifier_steps=200)
+    assert labels_of_all.accuracy > 0.9 and len(labels_of_all.classifiers) == 3
+    assert float(labels_of_all.reference.sum()) == pytest.approx(1.0, abs=1e-12)
+    # out-of-fold labels follow the weights up to the classifiers' errors and the draw's noise
+    assert torch.allclose(labels_of_all.reference, mix.weights, atol=0.04)
+    # fresh draws of the same law score, on average over 20 sets, about the simulated floor
+    floor = labels_of_all.floor(300)
+    fresh = [labels_of_all.label_tv(mix.sample(300, g)[0]) for _ in range(20)]
+    assert 0.5 * floor < sum(fresh) / 20 < 1.5 * floor
+    # the floor is the multinomial noise of 300 and 1500 draws: about sqrt(1/300 + 1/1500) scaled
+    assert labels_of_all.floor(300, seed=1) == pytest.approx(floor, rel=0.05)
+    assert labels_of_all.floor(30_000) < 0.6 * floor
+    one_component = mix.sample(3000, g)
+    assert labels_of_all.label_tv(one_component[0][one_component[1] == 0][:300]) > 0.4
+    metrics = sample_metrics(states[:300], states, states[300:600], 2, cross_fitted=labels_of_all)
+    assert metrics["floor"]["label_tv_crossfit"] == floor
+    assert metrics["samples"]["label_tv_crossfit"] == labels_of_all.label_tv(states[:300])
+    with pytest.raises(ValueError, match="folds"):
+        CrossFittedLabels(states, labels, 2, folds=1)
 
 
 def test_memorisation_tells_copies_from_fresh_draws():

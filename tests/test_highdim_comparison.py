@@ -65,7 +65,11 @@ def test_smallest_run_writes_rows_and_resumes(tmp_path, monkeypatch, one_thread)
             assert r["calls_per_sample"] == r["rows_per_sample"] == 4  # one row per solver step
         if r["metrics"] is not None:
             expected = {"marginal_tv", "correlation_error"}
-            expected |= {"loglik_gap", "coverage_tv"} if r["task"].startswith("bernoulli") else {"label_tv"}
+            expected |= (
+                {"loglik_gap", "coverage_tv"}
+                if r["task"].startswith("bernoulli")
+                else {"label_tv", "label_tv_crossfit"}
+            )
             assert expected <= set(r["metrics"]["samples"]) and expected <= set(r["metrics"]["floor"])
             if r["task"].startswith("digits"):
                 assert "samples_mean" in r["metrics"]["memorisation"]

@@ -138,8 +138,8 @@ def test_digits_metrics_of_held_out_images_sit_near_the_floor(tmp_path):
         run = runner.Run.resolve(EXPERIMENTS["digits-64"], folder)
         images = run.target.held_out_states[:200].numpy()
         metrics = runner.evaluate_stage(run, samples=images, progress=False, log=lambda message: None)
-    assert metrics["classifier_accuracy"] > 0.8
-    for key in ("marginal_tv", "correlation_error", "label_tv"):
+    assert metrics["classifier_accuracy"] > 0.8 and metrics["crossfit_accuracy"] > 0.8
+    for key in ("marginal_tv", "correlation_error", "label_tv", "label_tv_crossfit"):
         assert metrics[key] < 2 * metrics[f"{key}_floor"] + 0.05, key
     assert metrics["memorisation_samples_mean"] == pytest.approx(
         metrics["memorisation_held_out_mean"], rel=0.2

@@ -24,7 +24,9 @@ every metric ``m``, ``m`` of the samples and ``m_floor`` of a perfect sampler of
 * digits: against the held-out images; the floor is a same-size subsample of the training images
   (at most all of them): ``marginal_tv``, ``correlation_error``, ``label_tv`` (labels given by a
   :class:`~ecd2g_fast.experiments.highdim.DigitClassifier` trained on the training split; its
-  held-out accuracy is ``classifier_accuracy``), and the nearest-training-image distances of
+  held-out accuracy is ``classifier_accuracy``), ``label_tv_crossfit`` (against the out-of-fold
+  labels of all the images, :class:`~ecd2g_fast.experiments.highdim.CrossFittedLabels`; a
+  simulated floor; their accuracy is ``crossfit_accuracy``), and the nearest-training-image distances of
   :func:`~ecd2g_fast.experiments.highdim.memorisation` (``memorisation_*``).
 
 **Figures**: ``samples.png`` (64 generated states drawn as images next to 64 real ones),
@@ -183,8 +185,8 @@ def evaluate_stage(
             log(f"[ecd2g] only {n} walkers finished: no sample metrics (more --num-samples or --max-moves)")
             return
         reference, floor = target.reference_and_floor(n, _floor_generator(run))
-        classifier = target.classifier()
-        result = sample_metrics(states, reference, floor, K, target.mixture, classifier)
+        classifier, cross_fitted = target.classifier(), target.cross_fitted_labels()
+        result = sample_metrics(states, reference, floor, K, target.mixture, classifier, cross_fitted)
         for name, value in result["samples"].items():
             values[name] = value
             values[f"{name}_floor"] = result["floor"][name]
@@ -195,6 +197,7 @@ def evaluate_stage(
             values["classifier_accuracy"] = classifier.accuracy(
                 target.held_out_states, target.held_out_labels
             )
+            values["crossfit_accuracy"] = cross_fitted.accuracy
             copies = memorisation(states, target.train_states, target.held_out_states)
             values.update({f"memorisation_{k}": v for k, v in copies.items()})
 
@@ -214,8 +217,9 @@ def evaluate_stage(
             summary += (
                 f", loglik gap {values['loglik_gap']:.2f} nats (floor {values['loglik_gap_floor']:.2f})"
             )
-        if "label_tv" in values:
-            summary += f", label TV {values['label_tv']:.4f} (floor {values['label_tv_floor']:.4f})"
+        for key, name in (("label_tv", "label TV"), ("label_tv_crossfit", "label TV against all images")):
+            if key in values:
+                summary += f", {name} {values[key]:.4f} (floor {values[f'{key}_floor']:.4f})"
         log(summary)
     return merged
 
