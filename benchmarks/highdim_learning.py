@@ -366,7 +366,8 @@ def trace_walk(
 
 class SplicedField(LogField):
     """``below`` at the layers under ``layer`` and ``above`` from ``layer`` on (two log-fields of
-    one circuit): which layers' errors a walk suffers from. Not exact, so dead ends are bridged."""
+    one circuit): which layers' errors a walk suffers from. Walkers leave by ``above``'s sink
+    (a network's learned sink head, if it has one). Not exact, so dead ends are bridged."""
 
     bridge_dead_ends = True
     acyclic = False
@@ -383,6 +384,9 @@ class SplicedField(LogField):
             if bool(rows.any()):
                 out[rows] = field.log_field(layer[rows], z[rows]).to(torch.float64)
         return out
+
+    def sink_over_rho(self, z: torch.Tensor, backward: torch.Tensor) -> torch.Tensor:
+        return self.above.sink_over_rho(z, backward)  # layer L is never below the splice
 
 
 class ExactSinkField(LogField):

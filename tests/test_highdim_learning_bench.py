@@ -81,6 +81,12 @@ def test_spliced_and_flattened_fields_take_each_part_from_the_right_field():
     slopes = bench.field_slopes(flat, exact, data, g)
     assert all(abs(v - 0.5) < 1e-9 for v in slopes.values())
     assert bench.SplicedField(exact, flat, 7).bridge_dead_ends
+    # walkers leave by the upper field's sink (a learned head's, here a stand-in constant)
+    flat.sink_over_rho = lambda states, backward: torch.full((states.shape[0],), 0.25, dtype=torch.float64)
+    backward = torch.rand(9, bench.DIM + 1, generator=g, dtype=torch.float64)
+    assert bench.SplicedField(exact, flat, 7).sink_over_rho(z, backward).tolist() == [0.25] * 9
+    inflow = bench.SplicedField(flat, exact, 7).sink_over_rho(z, backward)
+    torch.testing.assert_close(inflow, -backward.sum(1), rtol=0, atol=0)
 
 
 def test_sink_errors_are_zero_for_the_exact_field_and_see_a_flattened_one(monkeypatch):

@@ -1,0 +1,252 @@
+"""Which layers of a learned digits field pick the wrong digits: walks spliced with the training images' field.
+
+A finished ``ecd2g run binary-digits-64`` (or ``digits-64``) folder's network is walked with the
+exact field of the training images (:class:`~ecd2g_fast.hamming.DataLogField`) on one side of a
+layer. At the early layers that field is the training images smoothed by a wide kernel, close to
+the data's own law; at layer ``L`` it is the training images themselves. For each ``--splice``
+layer, two walks of ``--walkers`` walkers from uniform noise (the same start states and seed):
+
+* ``learned_below``: the network below the layer, the training images' field from it on. The
+  walks end on training images, so their labels are right; their histogram shows which digits the
+  network had steered the walkers to by that layer.
+* ``learned_above``: the training images' field below the layer, the network (and its own sink)
+  from it on.
+
+``--inflow`` adds a walk of the network alone, left by its inflow instead of its learned sink
+head (``inflow_walk``): whether the sink head makes the errors. ``--noise-flips K [K ...]`` scores
+the training images (each twice) with ``K`` random coordinates of each changed
+(``noised_images``): how far noise alone moves the labels.
+
+Each walk is scored like the run itself (:func:`~ecd2g_fast.experiments.highdim.sample_metrics`
+against the held-out images, with the cross-fitted label reference), plus its label histogram and
+the nearest-training-image distances. The run's own samples (``samples.npy``) are scored the same
+way for comparison. Rows go to ``benchmarks/results/digits_splice.jsonl``; ``--summary`` writes the
+table ``digits_splice.md``.
+
+    python -m benchmarks.digits_splice RUN_FOLDER TAG --splice 16 32 48 --walkers 1000
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import ecd2g_fast as E
+from ecd2g_fast.experiments import runner
+from ecd2g_fast.experiments.folder import RunFolder
+from ecd2g_fast.experiments.highdim import memorisation, sample_metrics
+from ecd2g_fast.hamming import DataLogField, HammingNetField
+
+from . import harness
+from .highdim_learning import SplicedField
+
+RESULTS = Path(__file__).parent / "results" / "digits_splice.jsonl"
+SUMMARY = RESULTS.with_suffix(".md")
+
+
+def score(states: torch.Tensor, target, classifier, cross_fitted) -> dict:
+    """The run's metrics of ``(n, D)`` int64 samples, their label histogram and memorisation."""
+    K, n = target.num_categories, states.shape[0]
+    # sample_metrics' other floors need real states; the label floor is simulated
+    rows = torch.randperm(target.train_states.shape[0], generator=torch.Generator().manual_seed(0))
+    floor = target.train_states[rows[: min(n, rows.shape[0])]]
+    metrics = sample_metrics(
+        states, target.held_out_states, floor, K, classifier=classifier, cross_fitted=cross_fitted
+    )
+    return {
+        **metrics["samples"],
+        "label_tv_crossfit_floor": metrics["floor"]["label_tv_crossfit"],
+        "label_histogram": cross_fitted.histogram(states).tolist(),
+        "memorisation": memorisation(states, target.train_states, target.held_out_states),
+        "num_samples": n,
+    }
+
+
+def noised(states: torch.Tensor, flips: int, num_categories: int, generator: torch.Generator) -> torch.Tensor:
+    """``(n, D)`` states with ``flips`` distinct random coordinates of each row changed to another
+    of the ``num_categories`` values, uniformly."""
+    coordinate = torch.rand(states.shape, generator=generator).argsort(1)[:, :flips]
+    shift = torch.randint(1, num_categories, coordinate.shape, generator=generator)
+    values = (states.gather(1, coordinate) + shift) % num_categories
+    return states.scatter(1, coordinate, values)
+
+
+def run(args: argparse.Namespace) -> dict:
+    with RunFolder(args.run_folder).locked() as folder:
+        run_ = runner.Run.of_folder(folder)
+        network = run_.load_field()
+        own_samples = torch.from_numpy(np.load(folder / "samples.npy"))
+        config = json.loads((folder / "config.json").read_text())
+    target = run_.target
+    if target.train_labels is None:
+        raise ValueError(f"run_folder must hold a digits run, got target {target.spec!r}")
+    circuit = network.circuit
+    for layer in args.splice:
+        if not 0 < layer <= circuit.num_layers:
+            raise ValueError(f"--splice layers must be in 1..{circuit.num_layers}, got {layer}")
+    images = DataLogField(circuit, target.train_states)
+    classifier, cross_fitted = target.classifier(), target.cross_fitted_labels()
+    x0 = torch.randint(
+        0, circuit.num_categories, (args.walkers, circuit.dim), generator=torch.Generator().manual_seed(15)
+    )
+
+    def walk(field) -> dict:
+        start = time.perf_counter()
+        with torch.no_grad():
+            states, moves = E.sample(
+                field, x0, generator=13, max_moves=args.max_moves, unfinished="keep", return_moves=True
+            )
+        finished = moves >= 0
+        return {
+            **score(states[finished], target, classifier, cross_fitted),
+            "finished": int(finished.sum()),
+            "seconds": time.perf_counter() - start,
+        }
+
+    row: dict = {
+        "tag": args.tag,
+        "run_config": config,
+        "reference_histogram": cross_fitted.reference.tolist(),
+        "crossfit_accuracy": cross_fitted.accuracy,
+        "walkers": args.walkers,
+        "network_samples": score(own_samples, target, classifier, cross_fitted),
+        "splices": [],
+    }
+    if args.inflow:
+        row["inflow_walk"] = walk(HammingNetField(network.net, sink="inflow"))
+    generator = torch.Generator().manual_seed(0)
+    images_twice = target.train_states.repeat(2, 1)
+    row["noised_images"] = {
+        str(k): score(
+            noised(images_twice, k, circuit.num_categories, generator), target, classifier, cross_fitted
+        )
+        for k in args.noise_flips
+    }
+    for layer in args.splice:
+        row["splices"].append(
+            {
+                "layer": layer,
+                "learned_below": walk(SplicedField(network, images, layer)),
+                "learned_above": walk(SplicedField(images, network, layer)),
+            }
+        )
+        if not args.quiet:
+            print(json.dumps(row["splices"][-1]["layer"]), flush=True)
+    return row
+
+
+def summary() -> str:
+    """``digits_splice.md``: one line per walk of every row."""
+    rows = [json.loads(line) for line in RESULTS.read_text().splitlines() if line.strip()]
+    headers = [
+        "tag",
+        "walk",
+        "label TV, all images (floor)",
+        "label histogram (digits 0-9)",
+        "marginal TV",
+        "corr. error",
+        "NN distance (held-out)",
+        "finished",
+    ]
+
+    def cells(tag: str, name: str, w: dict) -> list[str]:
+        return [
+            tag,
+            name,
+            f"{w['label_tv_crossfit']:.3f} ({w['label_tv_crossfit_floor']:.3f})",
+            " ".join(f"{p:.3f}" for p in w["label_histogram"]),
+            f"{w['marginal_tv']:.4f}",
+            f"{w['correlation_error']:.3f}",
+            f"{w['memorisation']['samples_mean']:.2f} ({w['memorisation']['held_out_mean']:.2f})",
+            str(w.get("finished", w["num_samples"])),
+        ]
+
+    table = []
+    for r in rows:
+        table.append(
+            [
+                r["tag"],
+                "reference (out-of-fold labels of all images)",
+                "",
+                " ".join(f"{p:.3f}" for p in r["reference_histogram"]),
+                "",
+                "",
+                "",
+                "",
+            ]
+        )
+        table.append(cells(r["tag"], "the run's own samples", r["network_samples"]))
+        if "inflow_walk" in r:
+            table.append(cells(r["tag"], "the network left by its inflow", r["inflow_walk"]))
+        for k, images in r.get("noised_images", {}).items():
+            table.append(cells(r["tag"], f"training images, {k} random coordinates changed", images))
+        for s in r["splices"]:
+            table.append(
+                cells(
+                    r["tag"], f"learned below {s['layer']}, training images' field above", s["learned_below"]
+                )
+            )
+            table.append(
+                cells(
+                    r["tag"], f"training images' field below {s['layer']}, learned above", s["learned_above"]
+                )
+            )
+    meta = rows[-1]["meta"] if rows else {}
+    text = "\n".join(
+        [
+            "# Digits: walks of a learned field spliced with the training images' exact field",
+            "",
+            "Written by `python -m benchmarks.digits_splice --summary` from `digits_splice.jsonl` (each row has its "
+            "command, commit and machine). Label TV against the cross-fitted labels of all 1797 images (floor: "
+            "simulated perfect sampler of the same size); the histogram is the mean over the five classifiers. "
+            "NN distance: mean Hamming distance to the nearest training image (held-out images in brackets).",
+            "",
+            f"Last row: {meta.get('command', '')}, commit {(meta.get('git') or {}).get('commit', '')[:7]}.",
+            "",
+            harness.markdown_table(headers, table).rstrip("\n"),
+            "",
+        ]
+    )
+    SUMMARY.write_text(text)
+    return text
+
+
+def main(argv: list[str] | None = None) -> dict | str:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("run_folder", nargs="?", help="a finished digits run's output folder")
+    parser.add_argument("tag", nargs="?", help="name of the row in the results file")
+    parser.add_argument("--splice", type=int, nargs="*", default=[32], metavar="LAYER")
+    parser.add_argument("--inflow", action="store_true", help="also walk the network left by its inflow")
+    parser.add_argument(
+        "--noise-flips",
+        type=int,
+        nargs="*",
+        default=[],
+        metavar="K",
+        help="also score noised training images",
+    )
+    parser.add_argument("--walkers", type=int, default=1000)
+    parser.add_argument("--max-moves", type=int, default=1000)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--summary", action="store_true", help="write digits_splice.md and stop")
+    parser.add_argument("--quiet", action="store_true")
+    args = parser.parse_args(argv)
+    if args.summary:
+        return summary()
+    if args.run_folder is None or args.tag is None:
+        parser.error("give RUN_FOLDER and TAG (or --summary)")
+    torch.set_num_threads(args.threads)
+    meta = harness.run_metadata("cpu", argv)
+    row = {**run(args), "meta": meta}
+    harness.append_jsonl(RESULTS, [row])
+    summary()
+    return row
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,74 @@
+"""The digits splice benchmark (benchmarks/digits_splice.py) on a tiny binary-digits run."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+
+import pytest
+import torch
+
+from benchmarks import digits_splice
+from ecd2g_fast import cli
+
+pytestmark = pytest.mark.skipif(importlib.util.find_spec("sklearn") is None, reason="needs scikit-learn")
+
+TINY_DIGITS = [
+    *("--num-layers", "4", "--steps", "20", "--batch-size", "64", "--num-queries", "64"),
+    *("--model-kwargs", '{"width": 32, "depth": 1, "layer_encoding": "smooth", "sink": "learned"}'),
+    *("--num-samples", "20", "--quiet", "--device", "cpu"),
+]  # fmt: skip
+
+
+@pytest.fixture(autouse=True)
+def _one_thread(one_thread):
+    """Every test here runs on one torch thread (conftest.one_thread)."""
+
+
+@pytest.mark.parametrize("K", [2, 17])
+def test_noised_states_differ_in_exactly_the_asked_coordinates(K):
+    g = torch.Generator().manual_seed(0)
+    states = torch.randint(0, K, (50, 64), generator=g)
+    for flips in (0, 1, 8):
+        changed = digits_splice.noised(states, flips, K, g)
+        assert ((changed != states).sum(1) == flips).all()
+        assert changed.min() >= 0 and changed.max() < K and changed.dtype == states.dtype
+
+
+def test_splice_walks_below_a_layer_end_on_training_images(tmp_path, monkeypatch):
+    pytest.importorskip("matplotlib")
+    out = tmp_path / "digits"
+    assert cli.main(["run", "binary-digits-64", "--out", str(out), *TINY_DIGITS]) == 0
+    monkeypatch.setattr(digits_splice, "RESULTS", tmp_path / "splice.jsonl")
+    monkeypatch.setattr(digits_splice, "SUMMARY", tmp_path / "splice.md")
+    row = digits_splice.main(
+        [
+            str(out),
+            "tiny",
+            "--splice",
+            "2",
+            "--inflow",
+            "--walkers",
+            "12",
+            "--noise-flips",
+            "0",
+            "5",
+            "--quiet",
+        ]
+    )
+    (splice,) = row["splices"]
+    below, above = splice["learned_below"], splice["learned_above"]
+    # the training images' exact field from layer 2 on: every finished walker is a training image
+    assert below["finished"] == 12 and below["memorisation"]["samples_mean"] == 0
+    assert below["memorisation"]["samples_exact_copies"] == 1
+    for walk in (below, above, row["network_samples"], row["inflow_walk"]):
+        assert sum(walk["label_histogram"]) == pytest.approx(1.0)
+        assert 0 <= walk["label_tv_crossfit"] <= 1 and walk["label_tv_crossfit_floor"] > 0
+    clean, noisy = row["noised_images"]["0"], row["noised_images"]["5"]
+    assert clean["memorisation"]["samples_mean"] == 0 and noisy["memorisation"]["samples_mean"] > 0
+    assert row["network_samples"]["num_samples"] == 20 and row["run_config"]["num_layers"] == 4
+    assert json.loads((tmp_path / "splice.jsonl").read_text())["tag"] == "tiny"
+    table = (tmp_path / "splice.md").read_text()
+    assert "learned below 2, training images' field above" in table and "left by its inflow" in table
+    with pytest.raises(ValueError, match="--splice"):
+        digits_splice.main([str(out), "bad", "--splice", "5", "--quiet"])
