@@ -12,6 +12,11 @@ layer, two walks of ``--walkers`` walkers from uniform noise (the same start sta
 * ``learned_above``: the training images' field below the layer, the network (and its own sink)
   from it on.
 
+``--sharpen C [C ...]`` (with ``--sharpen-from LAYER``) adds walks of the network with its output
+``f`` (``S_l = log alpha*_{L-l} + f``) multiplied by ``C`` from ``LAYER`` on (:class:`SharpenedField`,
+``sharpened``): whether a steeper field in the last layers would keep the digits. A diagnostic,
+not a sampler: the walk no longer follows the learned currents.
+
 ``--inflow`` adds a walk of the network alone, left by its inflow instead of its learned sink
 head (``inflow_walk``): whether the sink head makes the errors. ``--noise-flips K [K ...]`` scores
 the training images (each twice) with ``K`` random coordinates of each changed
@@ -40,7 +45,7 @@ import ecd2g_fast as E
 from ecd2g_fast.experiments import runner
 from ecd2g_fast.experiments.folder import RunFolder
 from ecd2g_fast.experiments.highdim import memorisation, sample_metrics
-from ecd2g_fast.hamming import DataLogField, HammingNetField
+from ecd2g_fast.hamming import DataLogField, HammingNetField, LogField
 
 from . import harness
 from .highdim_learning import SplicedField
@@ -65,6 +70,26 @@ def score(states: torch.Tensor, target, classifier, cross_fitted) -> dict:
         "memorisation": memorisation(states, target.train_states, target.held_out_states),
         "num_samples": n,
     }
+
+
+class SharpenedField(LogField):
+    """A :class:`~ecd2g_fast.hamming.HammingNetField`'s log-field with the network's output ``f``
+    times ``factor`` from ``layer`` on; its own sink (learned or inflow) at layer ``L``."""
+
+    bridge_dead_ends = True
+    acyclic = False
+
+    def __init__(self, field: HammingNetField, factor: float, layer: int) -> None:
+        super().__init__(field.circuit, field.device)
+        self.field, self.factor, self.layer = field, factor, layer
+
+    def log_field(self, layer: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        norm = self.tables.log_norm[layer]
+        f = self.field.log_field(layer, z) - norm
+        return norm + torch.where(layer >= self.layer, self.factor * f, f)
+
+    def sink_over_rho(self, z: torch.Tensor, backward: torch.Tensor) -> torch.Tensor:
+        return self.field.sink_over_rho(z, backward)
 
 
 def noised(states: torch.Tensor, flips: int, num_categories: int, generator: torch.Generator) -> torch.Tensor:
@@ -119,6 +144,9 @@ def run(args: argparse.Namespace) -> dict:
     }
     if args.inflow:
         row["inflow_walk"] = walk(HammingNetField(network.net, sink="inflow"))
+    row["sharpened"] = {str(c): walk(SharpenedField(network, c, args.sharpen_from)) for c in args.sharpen}
+    if args.sharpen:
+        row["sharpen_from"] = args.sharpen_from
     generator = torch.Generator().manual_seed(0)
     images_twice = target.train_states.repeat(2, 1)
     row["noised_images"] = {
@@ -183,6 +211,9 @@ def summary() -> str:
         table.append(cells(r["tag"], "the run's own samples", r["network_samples"]))
         if "inflow_walk" in r:
             table.append(cells(r["tag"], "the network left by its inflow", r["inflow_walk"]))
+        for c, walked in r.get("sharpened", {}).items():
+            name = f"the network with f x {c} from layer {r['sharpen_from']}"
+            table.append(cells(r["tag"], name, walked))
         for k, images in r.get("noised_images", {}).items():
             table.append(cells(r["tag"], f"training images, {k} random coordinates changed", images))
         for s in r["splices"]:
@@ -230,6 +261,8 @@ def main(argv: list[str] | None = None) -> dict | str:
         metavar="K",
         help="also score noised training images",
     )
+    parser.add_argument("--sharpen", type=float, nargs="*", default=[], metavar="C")
+    parser.add_argument("--sharpen-from", type=int, default=48, metavar="LAYER")
     parser.add_argument("--walkers", type=int, default=1000)
     parser.add_argument("--max-moves", type=int, default=1000)
     parser.add_argument("--threads", type=int, default=1)

@@ -41,27 +41,14 @@ def test_splice_walks_below_a_layer_end_on_training_images(tmp_path, monkeypatch
     assert cli.main(["run", "binary-digits-64", "--out", str(out), *TINY_DIGITS]) == 0
     monkeypatch.setattr(digits_splice, "RESULTS", tmp_path / "splice.jsonl")
     monkeypatch.setattr(digits_splice, "SUMMARY", tmp_path / "splice.md")
-    row = digits_splice.main(
-        [
-            str(out),
-            "tiny",
-            "--splice",
-            "2",
-            "--inflow",
-            "--walkers",
-            "12",
-            "--noise-flips",
-            "0",
-            "5",
-            "--quiet",
-        ]
-    )
+    argv = [str(out), "tiny", "--splice", "2", "--inflow", "--walkers", "12", "--noise-flips", "0", "5"]
+    row = digits_splice.main([*argv, "--sharpen", "1.5", "--sharpen-from", "3", "--quiet"])
     (splice,) = row["splices"]
     below, above = splice["learned_below"], splice["learned_above"]
     # the training images' exact field from layer 2 on: every finished walker is a training image
     assert below["finished"] == 12 and below["memorisation"]["samples_mean"] == 0
     assert below["memorisation"]["samples_exact_copies"] == 1
-    for walk in (below, above, row["network_samples"], row["inflow_walk"]):
+    for walk in (below, above, row["network_samples"], row["inflow_walk"], row["sharpened"]["1.5"]):
         assert sum(walk["label_histogram"]) == pytest.approx(1.0)
         assert 0 <= walk["label_tv_crossfit"] <= 1 and walk["label_tv_crossfit_floor"] > 0
     clean, noisy = row["noised_images"]["0"], row["noised_images"]["5"]
@@ -72,3 +59,28 @@ def test_splice_walks_below_a_layer_end_on_training_images(tmp_path, monkeypatch
     assert "learned below 2, training images' field above" in table and "left by its inflow" in table
     with pytest.raises(ValueError, match="--splice"):
         digits_splice.main([str(out), "bad", "--splice", "5", "--quiet"])
+
+
+def test_sharpened_field_scales_the_network_output_from_its_layer_on():
+    import ecd2g_fast as E
+    from ecd2g_fast.hamming import HammingNetField
+    from ecd2g_fast.hamming.model import HammingNet
+
+    circuit = E.HammingCircuit(2, 6, 4)
+    torch.manual_seed(0)
+    field = HammingNetField(HammingNet(circuit, width=16, depth=1, sink="learned"))
+    g = torch.Generator().manual_seed(1)
+    layer, z = torch.arange(5), torch.randint(0, 2, (5, 6), generator=g)
+    with torch.no_grad():
+        s = field.log_field(layer, z)
+        f = s - field.tables.log_norm[layer]
+        sharp = digits_splice.SharpenedField(field, 2.0, 3).log_field(layer, z)
+        torch.testing.assert_close(sharp[:3], s[:3], rtol=0, atol=0)
+        torch.testing.assert_close(sharp[3:], field.tables.log_norm[layer[3:]] + 2 * f[3:])
+        backward = torch.rand(5, 7, generator=g, dtype=torch.float64)
+        torch.testing.assert_close(
+            digits_splice.SharpenedField(field, 2.0, 3).sink_over_rho(z, backward),
+            field.sink_over_rho(z, backward),
+            rtol=0,
+            atol=0,
+        )
