@@ -111,9 +111,10 @@ def run(args: argparse.Namespace) -> dict:
     if target.train_labels is None:
         raise ValueError(f"run_folder must hold a digits run, got target {target.spec!r}")
     circuit = network.circuit
-    for layer in args.splice:
-        if not 0 < layer <= circuit.num_layers:
-            raise ValueError(f"--splice layers must be in 1..{circuit.num_layers}, got {layer}")
+    sharpen_from = [args.sharpen_from] if args.sharpen else []
+    for name, layers in (("--splice", args.splice), ("--sharpen-from", sharpen_from)):
+        if not all(0 < layer <= circuit.num_layers for layer in layers):
+            raise ValueError(f"{name} layers must be in 1..{circuit.num_layers}, got {layers}")
     images = DataLogField(circuit, target.train_states)
     classifier, cross_fitted = target.classifier(), target.cross_fitted_labels()
     x0 = torch.randint(
@@ -126,11 +127,11 @@ def run(args: argparse.Namespace) -> dict:
             states, moves = E.sample(
                 field, x0, generator=13, max_moves=args.max_moves, unfinished="keep", return_moves=True
             )
-        finished = moves >= 0
+        seconds, finished = time.perf_counter() - start, moves >= 0
         return {
             **score(states[finished], target, classifier, cross_fitted),
             "finished": int(finished.sum()),
-            "seconds": time.perf_counter() - start,
+            "seconds": seconds,
         }
 
     row: dict = {

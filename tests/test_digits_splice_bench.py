@@ -59,6 +59,11 @@ def test_splice_walks_below_a_layer_end_on_training_images(tmp_path, monkeypatch
     assert "learned below 2, training images' field above" in table and "left by its inflow" in table
     with pytest.raises(ValueError, match="--splice"):
         digits_splice.main([str(out), "bad", "--splice", "5", "--quiet"])
+    assert (
+        digits_splice.main([str(out), "no-walks", "--splice", "--quiet"])["sharpened"] == {}
+    )  # 48 > L unused
+    with pytest.raises(ValueError, match="--sharpen-from"):
+        digits_splice.main([str(out), "bad", "--splice", "--sharpen", "2", "--sharpen-from", "0", "--quiet"])
 
 
 def test_sharpened_field_scales_the_network_output_from_its_layer_on():
