@@ -129,6 +129,8 @@ def test_cross_fitted_labels_judge_fresh_draws_at_their_simulated_floor():
     assert metrics["samples"]["label_tv_crossfit"] == labels_of_all.label_tv(states[:300])
     with pytest.raises(ValueError, match="folds"):
         CrossFittedLabels(states, labels, 2, folds=1)
+    with pytest.raises(ValueError, match="labels"):
+        CrossFittedLabels(states, labels[:-1], 2)
 
 
 def test_memorisation_tells_copies_from_fresh_draws():

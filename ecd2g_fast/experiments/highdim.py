@@ -188,11 +188,18 @@ class DigitClassifier:
         """Fraction of ``labels`` predicted right (held-out data: how far to trust :meth:`label_tv`)."""
         return float((self.predict(states) == labels.cpu()).double().mean())
 
+    def histogram(self, states: torch.Tensor) -> torch.Tensor:
+        """``(C,)`` float64 histogram of the labels predicted for ``(n, D)`` states (sums to 1)."""
+        return _label_histogram(self.predict(states), self.num_classes)
+
     def label_tv(self, states: torch.Tensor, reference: torch.Tensor) -> float:
         """TV between the predicted-label histograms of ``states`` and of ``reference``."""
-        a = torch.bincount(self.predict(states), minlength=self.num_classes) / states.shape[0]
-        b = torch.bincount(self.predict(reference), minlength=self.num_classes) / reference.shape[0]
-        return float(0.5 * (a - b).abs().sum())
+        return float(0.5 * (self.histogram(states) - self.histogram(reference)).abs().sum())
+
+
+def _label_histogram(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """``(C,)`` float64 frequencies of ``(n,)`` int64 labels in ``[0, num_classes)``."""
+    return torch.bincount(labels, minlength=num_classes).to(torch.float64) / labels.shape[0]
 
 
 class CrossFittedLabels:
@@ -213,8 +220,13 @@ class CrossFittedLabels:
         classifier_steps: full-batch Adam steps of each classifier.
 
     Attributes:
+        classifiers: the ``folds`` classifiers (:class:`DigitClassifier`), classifier ``f`` not trained on fold ``f``.
         reference: ``(C,)`` float64 out-of-fold label histogram (sums to 1).
+        num_reference: ``n``, the images behind :attr:`reference`.
         accuracy: fraction of out-of-fold labels that are right.
+
+    Raises:
+        ValueError: ``labels`` not of shape ``(n,)``, or ``folds`` not in ``[2, n]``.
     """
 
     def __init__(
@@ -227,6 +239,8 @@ class CrossFittedLabels:
         classifier_steps: int = 300,
     ) -> None:
         n = states.shape[0]
+        if labels.shape != (n,):
+            raise ValueError(f"labels must have shape ({n},) like states' rows, got {tuple(labels.shape)}")
         if not 2 <= folds <= n:
             raise ValueError(f"folds must be in [2, {n}] (the number of images), got {folds}")
         self.num_classes = int(labels.max()) + 1
@@ -240,16 +254,13 @@ class CrossFittedLabels:
             )
             out_of_fold[held] = classifier.predict(states[held])
             self.classifiers.append(classifier)
-        self.reference = self._histogram(out_of_fold)
+        self.reference = _label_histogram(out_of_fold, self.num_classes)
         self.accuracy = float((out_of_fold == labels.cpu()).double().mean())
         self.num_reference = n
 
-    def _histogram(self, predicted: torch.Tensor) -> torch.Tensor:
-        return torch.bincount(predicted, minlength=self.num_classes).to(torch.float64) / predicted.shape[0]
-
     def histogram(self, states: torch.Tensor) -> torch.Tensor:
         """``(C,)`` float64 label histogram of ``(m, D)`` states, averaged over the classifiers."""
-        return torch.stack([self._histogram(c.predict(states)) for c in self.classifiers]).mean(0)
+        return torch.stack([c.histogram(states) for c in self.classifiers]).mean(0)
 
     def label_tv(self, states: torch.Tensor) -> float:
         """TV between the label histogram of ``(m, D)`` states and :attr:`reference`."""
