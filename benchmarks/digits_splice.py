@@ -20,11 +20,16 @@ not a sampler: the walk no longer follows the learned currents.
 ``--inflow`` adds a walk of the network alone, left by its inflow instead of its learned sink
 head (``inflow_walk``): whether the sink head makes the errors. ``--noise-flips K [K ...]`` scores
 the training images (each twice) with ``K`` random coordinates of each changed
-(``noised_images``): how far noise alone moves the labels.
+(``noised_images``): how far noise alone moves the labels. ``--rises LAYER [LAYER ...]`` measures,
+at those layers, how much the log-field rises from each of the run's own samples (its first 1000)
+to its nearest training image, per coordinate between them (``rises``: :func:`rises`), for the
+network and for the training images' field, and from each held-out image to its nearest training
+image: how sharp the learned field's peaks at the images are.
 
 Each walk is scored like the run itself (:func:`~ecd2g_fast.experiments.highdim.sample_metrics`
-against the held-out images, with the cross-fitted label reference), plus its label histogram and
-the nearest-training-image distances. The run's own samples (``samples.npy``) are scored the same
+against the held-out images, with the cross-fitted label reference), plus its label histogram,
+the nearest-training-image distances and the class margins
+(:func:`~ecd2g_fast.experiments.highdim.class_margin`: whether samples sit between digits). The run's own samples (``samples.npy``) are scored the same
 way for comparison. Rows go to ``benchmarks/results/digits_splice.jsonl``; ``--summary`` writes the
 table ``digits_splice.md``.
 
@@ -44,7 +49,7 @@ import torch
 import ecd2g_fast as E
 from ecd2g_fast.experiments import runner
 from ecd2g_fast.experiments.folder import RunFolder
-from ecd2g_fast.experiments.highdim import memorisation, sample_metrics
+from ecd2g_fast.experiments.highdim import class_margin, memorisation, sample_metrics
 from ecd2g_fast.hamming import DataLogField, HammingNetField, LogField
 
 from . import harness
@@ -68,6 +73,9 @@ def score(states: torch.Tensor, target, classifier, cross_fitted) -> dict:
         "label_tv_crossfit_floor": metrics["floor"]["label_tv_crossfit"],
         "label_histogram": cross_fitted.histogram(states).tolist(),
         "memorisation": memorisation(states, target.train_states, target.held_out_states),
+        "class_margin": class_margin(
+            states, target.train_states, target.train_labels, target.held_out_states
+        ),
         "num_samples": n,
     }
 
@@ -101,6 +109,26 @@ def noised(states: torch.Tensor, flips: int, num_categories: int, generator: tor
     return states.scatter(1, coordinate, values)
 
 
+@torch.no_grad()
+def rises(field: LogField, layer: int, start: torch.Tensor, end: torch.Tensor) -> dict:
+    """Mean of ``S_l(end) - S_l(start)`` over ``(n, D)`` state pairs at ``layer``, per pair and per
+    coordinate between them (pairs at distance 0 left out of the latter)."""
+    layers = torch.full((start.shape[0],), layer, device=field.device)
+    rise = (field.log_field(layers, end) - field.log_field(layers, start)).double().cpu()
+    distance = (start != end).sum(1)
+    apart = distance > 0
+    return {
+        "rise": float(rise.mean()),
+        "rise_per_coordinate": float((rise[apart] / distance[apart]).mean()),
+        "distance": float(distance.double().mean()),
+    }
+
+
+def nearest_rows(states: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
+    """``(n, D)``: the nearest row of ``points`` (Hamming distance) to each of ``(n, D)`` ``states``."""
+    return points[torch.stack([(row != points).sum(1).argmin() for row in states])]
+
+
 def run(args: argparse.Namespace) -> dict:
     with RunFolder(args.run_folder).locked() as folder:
         run_ = runner.Run.of_folder(folder)
@@ -112,9 +140,13 @@ def run(args: argparse.Namespace) -> dict:
         raise ValueError(f"run_folder must hold a digits run, got target {target.spec!r}")
     circuit = network.circuit
     sharpen_from = [args.sharpen_from] if args.sharpen else []
-    for name, layers in (("--splice", args.splice), ("--sharpen-from", sharpen_from)):
-        if not all(0 < layer <= circuit.num_layers for layer in layers):
-            raise ValueError(f"{name} layers must be in 1..{circuit.num_layers}, got {layers}")
+    for name, layers, low in (
+        ("--splice", args.splice, 1),
+        ("--sharpen-from", sharpen_from, 1),
+        ("--rises", args.rises, 0),
+    ):
+        if not all(low <= layer <= circuit.num_layers for layer in layers):
+            raise ValueError(f"{name} layers must be in {low}..{circuit.num_layers}, got {layers}")
     images = DataLogField(circuit, target.train_states)
     classifier, cross_fitted = target.classifier(), target.cross_fitted_labels()
     x0 = torch.randint(
@@ -156,6 +188,18 @@ def run(args: argparse.Namespace) -> dict:
         )
         for k in args.noise_flips
     }
+    if args.rises:
+        samples = own_samples[:1000]
+        nearest = nearest_rows(samples, target.train_states)
+        held_nearest = nearest_rows(target.held_out_states, target.train_states)
+        row["rises"] = {
+            str(layer): {
+                "network": rises(network, layer, samples, nearest),
+                "training_images_field": rises(images, layer, samples, nearest),
+                "network_held_out": rises(network, layer, target.held_out_states, held_nearest),
+            }
+            for layer in args.rises
+        }
     for layer in args.splice:
         row["splices"].append(
             {
@@ -180,8 +224,13 @@ def summary() -> str:
         "marginal TV",
         "corr. error",
         "NN distance (held-out)",
+        "class margin (held-out)",
         "finished",
     ]
+
+    def margin(w: dict) -> str:
+        m = w.get("class_margin")  # rows written before the metric lack it
+        return f"{m['samples_mean']:.2f} ({m['held_out_mean']:.2f})" if m else "n/a"
 
     def cells(tag: str, name: str, w: dict) -> list[str]:
         return [
@@ -192,6 +241,7 @@ def summary() -> str:
             f"{w['marginal_tv']:.4f}",
             f"{w['correlation_error']:.3f}",
             f"{w['memorisation']['samples_mean']:.2f} ({w['memorisation']['held_out_mean']:.2f})",
+            margin(w),
             str(w.get("finished", w["num_samples"])),
         ]
 
@@ -203,6 +253,7 @@ def summary() -> str:
                 "reference (out-of-fold labels of all images)",
                 "",
                 " ".join(f"{p:.3f}" for p in r["reference_histogram"]),
+                "",
                 "",
                 "",
                 "",
@@ -228,6 +279,26 @@ def summary() -> str:
                     r["tag"], f"training images' field below {s['layer']}, learned above", s["learned_above"]
                 )
             )
+    rise_table = [
+        [
+            r["tag"],
+            layer,
+            f"{m['network']['rise']:.2f} ({m['network']['rise_per_coordinate']:.2f})",
+            f"{m['training_images_field']['rise']:.2f} ({m['training_images_field']['rise_per_coordinate']:.2f})",
+            f"{m['network']['distance']:.2f}",
+            f"{m['network_held_out']['rise']:.2f} ({m['network_held_out']['rise_per_coordinate']:.2f})",
+        ]
+        for r in rows
+        for layer, m in r.get("rises", {}).items()
+    ]
+    rise_headers = [
+        "tag",
+        "layer",
+        "network: sample -> nearest training image (per coordinate)",
+        "training images' field: the same",
+        "distance",
+        "network: held-out image -> nearest training image",
+    ]
     meta = rows[-1]["meta"] if rows else {}
     text = "\n".join(
         [
@@ -236,11 +307,20 @@ def summary() -> str:
             "Written by `python -m benchmarks.digits_splice --summary` from `digits_splice.jsonl` (each row has its "
             "command, commit and machine). Label TV against the cross-fitted labels of all 1797 images (floor: "
             "simulated perfect sampler of the same size); the histogram is the mean over the five classifiers. "
-            "NN distance: mean Hamming distance to the nearest training image (held-out images in brackets).",
+            "NN distance: mean Hamming distance to the nearest training image (held-out images in brackets). "
+            "Class margin: mean distance to the nearest training image of a second class beyond the nearest "
+            "image (held-out images in brackets; 0: as near to two classes).",
             "",
             f"Last row: {meta.get('command', '')}, commit {(meta.get('git') or {}).get('commit', '')[:7]}.",
             "",
             harness.markdown_table(headers, table).rstrip("\n"),
+            "",
+            "## How sharp the field's peaks at the images are (`--rises`)",
+            "",
+            "Mean rise of the log-field `S_l` (nats) from each of the run's first 1000 samples to its nearest "
+            "training image, and per coordinate between them (in brackets).",
+            "",
+            harness.markdown_table(rise_headers, rise_table).rstrip("\n"),
             "",
         ]
     )
@@ -264,6 +344,7 @@ def main(argv: list[str] | None = None) -> dict | str:
     )
     parser.add_argument("--sharpen", type=float, nargs="*", default=[], metavar="C")
     parser.add_argument("--sharpen-from", type=int, default=48, metavar="LAYER")
+    parser.add_argument("--rises", type=int, nargs="*", default=[], metavar="LAYER")
     parser.add_argument("--walkers", type=int, default=1000)
     parser.add_argument("--max-moves", type=int, default=1000)
     parser.add_argument("--threads", type=int, default=1)

@@ -19,7 +19,8 @@ the same machine. Tasks (``--tasks``):
   held-out accuracy is recorded), ``label_tv_crossfit`` against the out-of-fold labels of all the
   images (:class:`~ecd2g_fast.experiments.highdim.CrossFittedLabels`, simulated floor), and the
   nearest-training-image distances of
-  :func:`~ecd2g_fast.experiments.highdim.memorisation` (samples vs held-out images).
+  :func:`~ecd2g_fast.experiments.highdim.memorisation` and the class margins of
+  :func:`~ecd2g_fast.experiments.highdim.class_margin` (samples vs held-out images).
 
 The methods:
 
@@ -95,6 +96,7 @@ from ecd2g_fast.experiments.highdim import (
     BernoulliMixture,
     DigitClassifier,
     HighDimTarget,
+    class_margin,
     memorisation,
     sample_metrics,
 )
@@ -182,6 +184,7 @@ def digits_task(binary: bool, seed: int) -> Task:
         samples = samples.cpu()
         out = sample_metrics(samples, held_states, floor, K, classifier=classifier, cross_fitted=cross_fitted)
         out["memorisation"] = memorisation(samples, train_states, held_states)
+        out["class_margin"] = class_margin(samples, train_states, target.train_labels, held_states)
         return out
 
     info = {
@@ -683,12 +686,14 @@ def render_markdown(meta: dict, rows: list[dict]) -> str:
                     else "; "
                 )
                 + f"{info['train_images']} training / {info['held_out_images']} held-out images. "
-                "Memorisation: mean Hamming distance to the nearest training image, samples (held-out images).",
+                "NN distance: mean Hamming distance to the nearest training image, samples (held-out images); "
+                "class margin: mean distance to the nearest training image of a second class beyond that, "
+                "samples (held-out images).",
                 "",
             ]
         headers = ["method", "setting", "lr", "unscored", *metrics]
         if kind == "digits":
-            headers.append("NN distance")
+            headers += ["NN distance", "class margin"]
         headers += [
             "train s",
             "sample s",
@@ -712,6 +717,10 @@ def render_markdown(meta: dict, rows: list[dict]) -> str:
             if kind == "digits":
                 mem = (r.get("metrics") or {}).get("memorisation")
                 cells.append(f"{mem['samples_mean']:.2f} ({mem['held_out_mean']:.2f})" if mem else "n/a")
+                margin = (r.get("metrics") or {}).get("class_margin")  # rows before the metric lack it
+                cells.append(
+                    f"{margin['samples_mean']:.2f} ({margin['held_out_mean']:.2f})" if margin else "n/a"
+                )
             cells += [
                 f"{r['train_seconds']:.1f}",
                 f"{r['sample_seconds']:.2f}",

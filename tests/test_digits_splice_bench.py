@@ -42,7 +42,9 @@ def test_splice_walks_below_a_layer_end_on_training_images(tmp_path, monkeypatch
     monkeypatch.setattr(digits_splice, "RESULTS", tmp_path / "splice.jsonl")
     monkeypatch.setattr(digits_splice, "SUMMARY", tmp_path / "splice.md")
     argv = [str(out), "tiny", "--splice", "2", "--inflow", "--walkers", "12", "--noise-flips", "0", "5"]
-    row = digits_splice.main([*argv, "--sharpen", "1.5", "--sharpen-from", "3", "--quiet"])
+    row = digits_splice.main(
+        [*argv, "--sharpen", "1.5", "--sharpen-from", "3", "--rises", "2", "4", "--quiet"]
+    )
     (splice,) = row["splices"]
     below, above = splice["learned_below"], splice["learned_above"]
     # the training images' exact field from layer 2 on: every finished walker is a training image
@@ -51,17 +53,28 @@ def test_splice_walks_below_a_layer_end_on_training_images(tmp_path, monkeypatch
     for walk in (below, above, row["network_samples"], row["inflow_walk"], row["sharpened"]["1.5"]):
         assert sum(walk["label_histogram"]) == pytest.approx(1.0)
         assert 0 <= walk["label_tv_crossfit"] <= 1 and walk["label_tv_crossfit_floor"] > 0
+    # on training images the margin is the distance to the nearest image of another digit
+    assert below["class_margin"]["samples_mean"] > below["class_margin"]["held_out_mean"]
+    rise = row["rises"]["4"]
+    assert rise["network"]["distance"] == rise["training_images_field"]["distance"] > 0
+    # the training images' own field peaks at the images
+    assert (
+        rise["training_images_field"]["rise"] > 0 and rise["training_images_field"]["rise_per_coordinate"] > 0
+    )
     clean, noisy = row["noised_images"]["0"], row["noised_images"]["5"]
     assert clean["memorisation"]["samples_mean"] == 0 and noisy["memorisation"]["samples_mean"] > 0
     assert row["network_samples"]["num_samples"] == 20 and row["run_config"]["num_layers"] == 4
     assert json.loads((tmp_path / "splice.jsonl").read_text())["tag"] == "tiny"
     table = (tmp_path / "splice.md").read_text()
     assert "learned below 2, training images' field above" in table and "left by its inflow" in table
+    assert "| tiny | 4 |" in table  # the rises table
     with pytest.raises(ValueError, match="--splice"):
         digits_splice.main([str(out), "bad", "--splice", "5", "--quiet"])
     assert (
         digits_splice.main([str(out), "no-walks", "--splice", "--quiet"])["sharpened"] == {}
     )  # 48 > L unused
+    with pytest.raises(ValueError, match="--rises"):
+        digits_splice.main([str(out), "bad", "--splice", "--rises", "5", "--quiet"])
     with pytest.raises(ValueError, match="--sharpen-from"):
         digits_splice.main([str(out), "bad", "--splice", "--sharpen", "2", "--sharpen-from", "0", "--quiet"])
 
@@ -89,3 +102,24 @@ def test_sharpened_field_scales_the_network_output_from_its_layer_on():
             rtol=0,
             atol=0,
         )
+
+
+def test_rises_are_the_mean_log_field_differences():
+    import ecd2g_fast as E
+    from ecd2g_fast.hamming import DataLogField
+
+    circuit = E.HammingCircuit(2, 6, 4)
+    g = torch.Generator().manual_seed(0)
+    data = torch.randint(0, 2, (5, 6), generator=g)
+    field = DataLogField(circuit, data)
+    start = torch.randint(0, 2, (8, 6), generator=g)
+    end = digits_splice.nearest_rows(start, data)
+    assert torch.equal((start != end).sum(1), ((start[:, None] != data[None]).sum(-1)).min(1).values)
+    out = digits_splice.rises(field, 3, start, end)
+    layer = torch.full((8,), 3)
+    rise = field.log_field(layer, end) - field.log_field(layer, start)
+    distance = (start != end).sum(1)
+    assert out["rise"] == pytest.approx(float(rise.mean()))
+    assert out["distance"] == pytest.approx(float(distance.double().mean()))
+    apart = distance > 0
+    assert out["rise_per_coordinate"] == pytest.approx(float((rise[apart] / distance[apart]).mean()))

@@ -240,9 +240,11 @@ def test_a_learned_sink_needs_queries_it_can_learn_from():
     c = HammingCircuit(2, 5, 3)
     config = E.TrainConfig.recipe("default", model="hamming", model_kwargs={"sink": "learned", "width": 8})
     assert config.build_model(c).sink == "learned"
-    for bad in ({"queries": "walk"}, {"queries": "kernel-walk"}, {"query_kwargs": {"walk_fraction": 0.2}}):
-        with pytest.raises(ValueError, match="sink='learned' needs queries='kernel' without walk_fraction"):
+    for bad in ({"queries": "walk"}, {"queries": "data"}):
+        with pytest.raises(ValueError, match="sink='learned' needs queries='kernel' or 'kernel-walk'"):
             config.replace(**bad).build_model(c)
+    for good in ({"queries": "kernel-walk"}, {"query_kwargs": {"walk_fraction": 0.2}}):
+        assert config.replace(**good).build_model(c).sink == "learned"
     assert config.replace(sink_labels="posterior").build_model(c).sink == "learned"
     # the labels are unused without a learned sink (as SGD's momentum is with Adam)
     assert config.replace(model_kwargs={"width": 8}).build_model(c).sink == "inflow"
@@ -302,3 +304,20 @@ def test_last_layer_fraction_moves_that_share_of_the_queries_to_layer_L():
     assert abs(share - float(expected[-1])) < 5 * (share * (1 - share) / 20_000) ** 0.5
     with pytest.raises(ValueError, match="last_layer_fraction must be in"):
         KernelQueries(c, last_layer_fraction=1.0)
+
+
+def test_walk_fraction_keeps_the_kernel_law_at_layer_L():
+    """A learned sink's labels need the queries of layer L drawn from pi_L: with walk-occupancy
+    distances mixed in below, the queries of layer L still follow the kernel's distance law, with
+    weight 1."""
+    c = HammingCircuit(2, 12, 4)
+    data = torch.randint(0, 2, (6, 12), generator=torch.Generator().manual_seed(1))
+    layer, z, anchor, _, _, weight = KernelQueries(c, walk_fraction=0.5)(
+        data, 200_000, torch.Generator().manual_seed(0)
+    )
+    last = layer == c.num_layers
+    assert bool((weight[last] == 1).all()) and bool((weight[~last] != 1).any())
+    distance = (z[last] != anchor[last]).sum(1)
+    observed = torch.bincount(distance, minlength=13).double() / distance.shape[0]
+    expected = smoothed_distance_laws(DataLogField(c, data).tables, 2)[-1]
+    assert float((observed - expected).abs().max()) < 0.01

@@ -12,6 +12,8 @@ from ecd2g_fast.experiments.highdim import (
     BernoulliMixture,
     CrossFittedLabels,
     DigitClassifier,
+    class_margin,
+    class_margins,
     correlation_error,
     load_digits,
     marginal_tv,
@@ -142,3 +144,26 @@ def test_memorisation_tells_copies_from_fresh_draws():
     fresh = memorisation(mix.sample(200, g)[0], train, held)
     assert fresh["samples_exact_copies"] < 0.1
     assert abs(fresh["samples_mean"] - fresh["held_out_mean"]) < 1.0
+
+
+def test_class_margins_are_the_brute_force_margins_and_see_blends():
+    g = torch.Generator().manual_seed(0)
+    train, labels = torch.randint(0, 3, (40, 12), generator=g), torch.randint(0, 4, (40,), generator=g)
+    states = torch.randint(0, 3, (25, 12), generator=g)
+    distance = (states[:, None, :] != train[None, :, :]).sum(-1)
+    per_class = torch.stack([distance[:, labels == c].min(1).values for c in range(4)], 1).sort(1).values
+    assert torch.equal(class_margins(states, train, labels), per_class[:, 1] - per_class[:, 0])
+    # two classes of 6 noisy copies of two prototypes 24 coordinates apart
+    mix = BernoulliMixture(
+        torch.stack([torch.full((24,), 0.05), torch.full((24,), 0.95)]).to(torch.float64),
+        torch.tensor([0.5, 0.5], dtype=torch.float64),
+    )
+    train, labels = mix.sample(200, g)
+    held, component = mix.sample(100, g)
+    zeros, ones = held[component == 0][:30], held[component == 1][:30]
+    blends = torch.cat([zeros[:, :12], ones[:, 12:]], 1)  # half of one class's image, half of the other's
+    inside, between = class_margin(held, train, labels, held), class_margin(blends, train, labels, held)
+    assert inside["samples_mean"] == inside["held_out_mean"] > 15
+    assert between["samples_mean"] < 4 and inside["held_out_tied"] == 0
+    with pytest.raises(ValueError, match="train_labels"):
+        class_margins(states, train, torch.zeros(200, dtype=torch.int64))

@@ -73,8 +73,10 @@ def test_smallest_run_writes_rows_and_resumes(tmp_path, monkeypatch, one_thread)
             assert expected <= set(r["metrics"]["samples"]) and expected <= set(r["metrics"]["floor"])
             if r["task"].startswith("digits"):
                 assert "samples_mean" in r["metrics"]["memorisation"]
+                assert r["metrics"]["class_margin"]["held_out_mean"] > 0
     markdown = (tmp_path / "test_highdim.md").read_text()
     assert "## bernoulli-mixture-8" in markdown and "## digits-64-binary" in markdown
+    assert "| class margin |" in markdown
     journal = (tmp_path / "test_highdim_runs.jsonl").read_text().splitlines()
     assert len(journal) == 6  # one ECD2G and two DFM units per task
 

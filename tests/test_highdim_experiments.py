@@ -144,6 +144,9 @@ def test_digits_metrics_of_held_out_images_sit_near_the_floor(tmp_path):
     assert metrics["memorisation_samples_mean"] == pytest.approx(
         metrics["memorisation_held_out_mean"], rel=0.2
     )
+    assert metrics["class_margin_samples_mean"] == pytest.approx(
+        metrics["class_margin_held_out_mean"], rel=0.2
+    )
     assert (folder / "samples.png").is_file() and (folder / "marginals.png").is_file()
 
 

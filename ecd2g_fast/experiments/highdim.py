@@ -27,6 +27,8 @@ draws (or held-out data) of the same size, which is what a perfect sampler would
 
 :func:`memorisation` compares the distances from samples to their nearest training image with
 those from held-out images: a generator that copies its training set sits closer.
+:func:`class_margin` compares how far the nearest training image of a second class is, beyond the
+nearest image: a generator that blends the classes' images leaves samples between classes.
 
 :class:`HighDimTarget` is the target of a high-dimensional ``ecd2g`` experiment
 (:data:`HIGHDIM_TARGETS`): its training data, and the reference and floor its samples are judged
@@ -47,6 +49,7 @@ __all__ = [
     "CrossFittedLabels",
     "DigitClassifier",
     "HighDimTarget",
+    "class_margin",
     "load_digits",
     "memorisation",
     "sample_metrics",
@@ -293,6 +296,41 @@ def memorisation(samples: torch.Tensor, train: torch.Tensor, held_out: torch.Ten
         "held_out_mean": float(h.double().mean()),
         "samples_exact_copies": float((s == 0).double().mean()),
         "held_out_exact_copies": float((h == 0).double().mean()),
+    }
+
+
+def class_margins(states: torch.Tensor, train: torch.Tensor, train_labels: torch.Tensor) -> torch.Tensor:
+    """``(n,)`` int64 class margin of each of ``(n, D)`` ``states``: the Hamming distance to the nearest
+    row of ``train`` whose label (``train_labels``, ``(m,)`` int64) differs from the nearest row's,
+    minus the distance to the nearest row. 0 for a state as near to images of two classes (a tie);
+    large for a state well inside one class's images. Needs at least two classes in ``train_labels``.
+    """
+    classes = torch.unique(train_labels)
+    if classes.numel() < 2:
+        raise ValueError(f"train_labels must hold at least two classes, got {classes.tolist()}")
+    per_class = torch.stack([nearest_distances(states, train[train_labels == c]) for c in classes], 1)
+    nearest_two = per_class.topk(2, dim=1, largest=False).values
+    return nearest_two[:, 1] - nearest_two[:, 0]
+
+
+def class_margin(
+    samples: torch.Tensor, train: torch.Tensor, train_labels: torch.Tensor, held_out: torch.Tensor
+) -> dict[str, float]:
+    """:func:`class_margins` of ``samples`` and of ``held_out`` images, against the labelled ``train``
+    images: whether samples sit inside one class as real images do, or between classes.
+
+    Returns:
+        ``{"samples_mean", "held_out_mean"}``: mean margin (coordinates); ``"samples_tied"``,
+        ``"held_out_tied"``: fraction at margin 0 (as near to two classes).
+    """
+    train, train_labels = train.cpu(), train_labels.cpu()
+    s = class_margins(samples.cpu(), train, train_labels)
+    h = class_margins(held_out.cpu(), train, train_labels)
+    return {
+        "samples_mean": float(s.double().mean()),
+        "held_out_mean": float(h.double().mean()),
+        "samples_tied": float((s == 0).double().mean()),
+        "held_out_tied": float((h == 0).double().mean()),
     }
 
 

@@ -26,8 +26,9 @@ every metric ``m``, ``m`` of the samples and ``m_floor`` of a perfect sampler of
   :class:`~ecd2g_fast.experiments.highdim.DigitClassifier` trained on the training split; its
   held-out accuracy is ``classifier_accuracy``), ``label_tv_crossfit`` (against the out-of-fold
   labels of all the images, :class:`~ecd2g_fast.experiments.highdim.CrossFittedLabels`; a
-  simulated floor; their accuracy is ``crossfit_accuracy``), and the nearest-training-image distances of
-  :func:`~ecd2g_fast.experiments.highdim.memorisation` (``memorisation_*``).
+  simulated floor; their accuracy is ``crossfit_accuracy``), the nearest-training-image distances of
+  :func:`~ecd2g_fast.experiments.highdim.memorisation` (``memorisation_*``) and the class margins
+  of :func:`~ecd2g_fast.experiments.highdim.class_margin` (``class_margin_*``).
 
 **Figures**: ``samples.png`` (64 generated states drawn as images next to 64 real ones),
 ``marginals.png`` (per-coordinate means of the samples against the data's), and the training
@@ -50,7 +51,7 @@ from ..fields import Field
 from .configs import HIGHDIM_DEFAULT_WALKERS
 from .evaluation import Log, load_plots, load_samples, stderr_log
 from .folder import SAMPLES, SOURCE_SAMPLES, TRAIN_METRICS, atomic_write
-from .highdim import memorisation, sample_metrics
+from .highdim import class_margin, memorisation, sample_metrics
 
 if TYPE_CHECKING:
     from .runner import Run
@@ -200,6 +201,8 @@ def evaluate_stage(
             values["crossfit_accuracy"] = cross_fitted.accuracy
             copies = memorisation(states, target.train_states, target.held_out_states)
             values.update({f"memorisation_{k}": v for k, v in copies.items()})
+            margins = class_margin(states, target.train_states, target.train_labels, target.held_out_states)
+            values.update({f"class_margin_{k}": v for k, v in margins.items()})
 
     steps = [("metrics", metrics), ("figures", lambda: figures_stage(run, None, samples, log=log))]
     bar = tqdm(steps, desc="evaluate", disable=not progress, dynamic_ncols=True)

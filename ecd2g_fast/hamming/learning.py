@@ -236,8 +236,9 @@ class BregmanLogLoss:
         ``pi_L``), so given ``z`` the label is 1 with probability ``r(z) = q(z) Ã_0(0) / rho_L(z)``
         (the posterior of :func:`smoothed_data_pairs`), and the cross-entropy's minimiser is
         ``sigmoid(logit) = r(z)``: the exact sink (:data:`~.model.SINKS`). The edge weights of
-        :class:`KernelQueries` do not change the law of ``z``; ``walk_fraction`` would, and is
-        refused for these networks (:func:`check_sink_training`).
+        :class:`KernelQueries` do not change the law of ``z``, and its ``walk_fraction`` leaves
+        the queries of layer ``L`` to ``pi_L``; walk queries would change it, and are refused for
+        these networks (:func:`check_sink_training`).
 
         **Contrast.** The anchors follow ``q`` and the queries ``pi_L = rho_L / (M alpha*_0)``, so a
         classifier of the pair's two members, with logit ``g``, is minimised by the cross-entropy at
@@ -460,7 +461,8 @@ class KernelQueries:
     ``l`` (:func:`point_occupancy`), and the query's edges carry the importance weight
     ``pi_l(h) / ((1 - a) pi_l(h) + a w_l(h)) <= 1 / (1 - a)``. Given ``z``, the weighted ratio term
     is the posterior one times a factor of ``z`` alone, so its minimiser is still the exact ratio
-    (docs/hamming.md §8).
+    (docs/hamming.md §8). At layer ``L`` the queries keep ``pi_L`` (weight 1), so a learned sink
+    learns from them (:meth:`BregmanLogLoss.sink_terms`).
 
     ``slot`` ``(n, E)`` are neighbour slots of ``z`` and ``forward`` ``(n, E)`` bool their
     direction: to layer ``l + 1`` or ``l - 1``, forced to the existing one at layers 0 and ``L``;
@@ -524,6 +526,7 @@ class KernelQueries:
         if walk_fraction > 0:
             kernel_law = smoothed_distance_laws(self.tables, circuit.num_categories).cpu()
             walk_law = visits / visits.sum(1, keepdim=True).clamp_min(1e-300)
+            walk_law[-1] = kernel_law[-1]  # layer L keeps pi_L: a learned sink's labels need it
             self.distance_law = (1 - walk_fraction) * kernel_law + walk_fraction * walk_law
             self.weights = kernel_law / self.distance_law.clamp_min(1e-300)
 
@@ -589,19 +592,15 @@ class KernelQueries:
         return slot, ((1 / N) / density).to(torch.float64)
 
 
-def check_sink_training(sink: str, queries: str, query_kwargs: dict) -> None:
+def check_sink_training(sink: str, queries: str) -> None:
     """Raise ``ValueError`` unless a network with ``sink`` (:data:`~.model.SINKS`) can learn from
-    ``queries`` (:data:`~ecd2g_fast.training.config.QUERIES`) with ``query_kwargs``: the learned
+    ``queries`` (:data:`~ecd2g_fast.training.config.QUERIES`): the learned
     sink's labels (:meth:`BregmanLogLoss.sink_terms`, either :data:`SINK_LABELS`) need kernel
-    queries whose states follow ``pi_L``, so no ``walk_fraction`` (``"kernel-walk"`` sets 0.5)."""
-    if sink != "learned":
-        return
-    walk_fraction = query_kwargs.get("walk_fraction", 0.5 if queries == "kernel-walk" else 0.0)
-    if queries not in ("kernel", "kernel-walk") or walk_fraction:
+    queries, whose states follow ``pi_L`` at layer ``L`` (with or without ``walk_fraction``)."""
+    if sink == "learned" and queries not in ("kernel", "kernel-walk"):
         raise ValueError(
-            "a network with sink='learned' needs queries='kernel' without walk_fraction (its labels "
-            f"need query states drawn from the smoothed data), got queries={queries!r}, "
-            f"query_kwargs={query_kwargs!r}"
+            "a network with sink='learned' needs queries='kernel' or 'kernel-walk' (its labels need "
+            f"query states drawn from the smoothed data at layer L), got queries={queries!r}"
         )
 
 

@@ -384,5 +384,5 @@ class TrainConfig(Settings):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.seed)
             net = MODELS[self.model](circuit, **kwargs)
-        check_sink_training(getattr(net, "sink", "inflow"), self.queries, self.query_kwargs)
+        check_sink_training(getattr(net, "sink", "inflow"), self.queries)
         return net
