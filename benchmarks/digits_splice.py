@@ -24,7 +24,8 @@ the training images (each twice) with ``K`` random coordinates of each changed
 at those layers, how much the log-field rises from each of the run's own samples (its first 1000)
 to its nearest training image, per coordinate between them (``rises``: :func:`rises`), for the
 network and for the training images' field, and from each held-out image to its nearest training
-image: how sharp the learned field's peaks at the images are.
+image: how sharp the learned field's peaks at the images are (drawn by ``--summary`` in
+``digits_splice_rises.png``).
 
 Each walk is scored like the run itself (:func:`~ecd2g_fast.experiments.highdim.sample_metrics`
 against the held-out images, with the cross-fitted label reference), plus its label histogram,
@@ -48,6 +49,7 @@ import torch
 
 import ecd2g_fast as E
 from ecd2g_fast.experiments import runner
+from ecd2g_fast.experiments.evaluation import load_plots
 from ecd2g_fast.experiments.folder import RunFolder
 from ecd2g_fast.experiments.highdim import class_margin, memorisation, sample_metrics
 from ecd2g_fast.hamming import DataLogField, HammingNetField, LogField
@@ -57,6 +59,7 @@ from .highdim_learning import SplicedField
 
 RESULTS = Path(__file__).parent / "results" / "digits_splice.jsonl"
 SUMMARY = RESULTS.with_suffix(".md")
+RISES_FIGURE = RESULTS.with_name("digits_splice_rises.png")
 
 
 def score(states: torch.Tensor, target, classifier, cross_fitted) -> dict:
@@ -213,8 +216,35 @@ def run(args: argparse.Namespace) -> dict:
     return row
 
 
+def plot_rises(rows: list[dict], path: Path) -> bool:
+    """Draw the ``--rises`` of every row that has them: the network's rise per layer (solid) and
+    the training images' field's (dashed), per coordinate. False (nothing drawn) without
+    matplotlib or without such rows."""
+    plots = load_plots(lambda message: None)
+    measured = [r for r in rows if r.get("rises")]
+    if plots is None or not measured:
+        return False
+    fig, ax = plots._pyplot().subplots(figsize=(6.4, 4.2))
+    for index, r in enumerate(measured):
+        layers = sorted(int(layer) for layer in r["rises"])
+        color = f"C{index % 10}"
+        for kind, style in (("network", "-"), ("training_images_field", "--")):
+            values = [r["rises"][str(layer)][kind]["rise_per_coordinate"] for layer in layers]
+            label = r["tag"] if kind == "network" else None
+            ax.plot(layers, values, style, color=color, marker="o", markersize=3, label=label)
+    ax.set_yscale("log")
+    ax.set_xlabel("layer")
+    ax.set_ylabel("rise of S_l per coordinate (nats)")
+    ax.set_title(
+        "sample -> its nearest training image: network (solid), training images' field (dashed)", fontsize=9
+    )
+    ax.legend(fontsize=7)
+    plots._save(fig, path, dpi=110, bbox_inches="tight")
+    return True
+
+
 def summary() -> str:
-    """``digits_splice.md``: one line per walk of every row."""
+    """``digits_splice.md``: one line per walk of every row; ``digits_splice_rises.png``."""
     rows = [json.loads(line) for line in RESULTS.read_text().splitlines() if line.strip()]
     headers = [
         "tag",
@@ -325,6 +355,7 @@ def summary() -> str:
         ]
     )
     SUMMARY.write_text(text)
+    plot_rises(rows, RISES_FIGURE)
     return text
 
 

@@ -41,6 +41,7 @@ def test_splice_walks_below_a_layer_end_on_training_images(tmp_path, monkeypatch
     assert cli.main(["run", "binary-digits-64", "--out", str(out), *TINY_DIGITS]) == 0
     monkeypatch.setattr(digits_splice, "RESULTS", tmp_path / "splice.jsonl")
     monkeypatch.setattr(digits_splice, "SUMMARY", tmp_path / "splice.md")
+    monkeypatch.setattr(digits_splice, "RISES_FIGURE", tmp_path / "rises.png")
     argv = [str(out), "tiny", "--splice", "2", "--inflow", "--walkers", "12", "--noise-flips", "0", "5"]
     row = digits_splice.main(
         [*argv, "--sharpen", "1.5", "--sharpen-from", "3", "--rises", "2", "4", "--quiet"]
@@ -67,7 +68,7 @@ def test_splice_walks_below_a_layer_end_on_training_images(tmp_path, monkeypatch
     assert json.loads((tmp_path / "splice.jsonl").read_text())["tag"] == "tiny"
     table = (tmp_path / "splice.md").read_text()
     assert "learned below 2, training images' field above" in table and "left by its inflow" in table
-    assert "| tiny | 4 |" in table  # the rises table
+    assert "| tiny | 4 |" in table and (tmp_path / "rises.png").stat().st_size > 0  # the rises
     with pytest.raises(ValueError, match="--splice"):
         digits_splice.main([str(out), "bad", "--splice", "5", "--quiet"])
     assert (
