@@ -51,11 +51,11 @@ import ecd2g_fast as E
 from ecd2g_fast.experiments import runner
 from ecd2g_fast.experiments.evaluation import load_plots
 from ecd2g_fast.experiments.folder import RunFolder
-from ecd2g_fast.experiments.highdim import class_margin, memorisation, sample_metrics
+from ecd2g_fast.experiments.highdim import class_margin, memorisation, nearest_distances, sample_metrics
 from ecd2g_fast.hamming import DataLogField, HammingNetField, LogField
 
 from . import harness
-from .highdim_learning import SplicedField
+from .highdim_learning import DiagnosticField, SplicedField
 
 RESULTS = Path(__file__).parent / "results" / "digits_splice.jsonl"
 SUMMARY = RESULTS.with_suffix(".md")
@@ -83,16 +83,13 @@ def score(states: torch.Tensor, target, classifier, cross_fitted) -> dict:
     }
 
 
-class SharpenedField(LogField):
+class SharpenedField(DiagnosticField):
     """A :class:`~ecd2g_fast.hamming.HammingNetField`'s log-field with the network's output ``f``
     times ``factor`` from ``layer`` on; its own sink (learned or inflow) at layer ``L``."""
 
-    bridge_dead_ends = True
-    acyclic = False
-
     def __init__(self, field: HammingNetField, factor: float, layer: int) -> None:
-        super().__init__(field.circuit, field.device)
-        self.field, self.factor, self.layer = field, factor, layer
+        super().__init__(field)
+        self.factor, self.layer = factor, layer
 
     def log_field(self, layer: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         norm = self.tables.log_norm[layer]
@@ -129,7 +126,7 @@ def rises(field: LogField, layer: int, start: torch.Tensor, end: torch.Tensor) -
 
 def nearest_rows(states: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
     """``(n, D)``: the nearest row of ``points`` (Hamming distance) to each of ``(n, D)`` ``states``."""
-    return points[torch.stack([(row != points).sum(1).argmin() for row in states])]
+    return points[nearest_distances(states, points, return_indices=True)[1]]
 
 
 def run(args: argparse.Namespace) -> dict:

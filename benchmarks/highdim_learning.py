@@ -364,16 +364,25 @@ def trace_walk(
     }
 
 
-class SplicedField(LogField):
-    """``below`` at the layers under ``layer`` and ``above`` from ``layer`` on (two log-fields of
-    one circuit): which layers' errors a walk suffers from. Walkers leave by ``above``'s sink
-    (a network's learned sink head, if it has one). Not exact, so dead ends are bridged."""
+class DiagnosticField(LogField):
+    """A log-field derived from ``field`` (on its circuit and device) for a diagnostic walk: not
+    exact, so its dead ends are bridged and its walks capped."""
 
     bridge_dead_ends = True
     acyclic = False
 
+    def __init__(self, field: LogField) -> None:
+        super().__init__(field.circuit, field.device)
+        self.field = field
+
+
+class SplicedField(DiagnosticField):
+    """``below`` at the layers under ``layer`` and ``above`` from ``layer`` on (two log-fields of
+    one circuit): which layers' errors a walk suffers from. Walkers leave by ``above``'s sink
+    (a network's learned sink head, if it has one)."""
+
     def __init__(self, below: LogField, above: LogField, layer: int) -> None:
-        super().__init__(below.circuit, below.device)
+        super().__init__(above)
         self.below, self.above, self.layer = below, above, layer
 
     def log_field(self, layer: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
@@ -389,18 +398,15 @@ class SplicedField(LogField):
         return self.above.sink_over_rho(z, backward)  # layer L is never below the splice
 
 
-class ExactSinkField(LogField):
+class ExactSinkField(DiagnosticField):
     """``field`` with the exact sink at layer ``L``: the walk of a learned field whose walkers leave
     where the exact field's would (what its own sink costs). The exact sink current is ``q(z)``
     (``log_q``: ``(n, D)`` states -> ``(n,)`` float64 log-probabilities of the target), given over
     ``field``'s own ``rho_L(z)`` as every current of a vertex."""
 
-    bridge_dead_ends = True
-    acyclic = False
-
     def __init__(self, field: LogField, log_q) -> None:
-        super().__init__(field.circuit, field.device)
-        self.field, self.log_q = field, log_q
+        super().__init__(field)
+        self.log_q = log_q
 
     def log_field(self, layer: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         return self.field.log_field(layer, z)
@@ -413,16 +419,14 @@ class ExactSinkField(LogField):
         return torch.exp(self.log_q(z) - self.field.log_field(top, z))
 
 
-class FlattenedField(LogField):
+class FlattenedField(DiagnosticField):
     """The exact field with ``S_l`` pulled towards a centre ``m_l``, from layer ``layer`` on:
     ``m_l + slope (S_l - m_l)`` (a field with the learned fields' :func:`field_slopes` and no
     other error). ``m_l`` is the mean of ``S_l`` over one set of :data:`PROBE_STATES` states, the
     same at every layer (distances to a sample of ``data`` drawn from the walk's occupancy pooled
     over layers ``layer..L``): with a fresh set per layer the centres' sampling noise (about 0.3
-    nats at layer ``L``) would change every layer step, ten times the exact steps there."""
-
-    bridge_dead_ends = True
-    acyclic = False
+    nats at layer ``L``) would change every layer step, ten times the exact steps there. Walkers
+    leave by its own inflow."""
 
     def __init__(
         self,
@@ -432,8 +436,8 @@ class FlattenedField(LogField):
         data: torch.Tensor,
         generator: torch.Generator,
     ) -> None:
-        super().__init__(exact.circuit, exact.device)
-        self.exact, self.slope, self.layer = exact, slope, layer
+        super().__init__(exact)
+        self.slope, self.layer = slope, layer
         L = exact.circuit.num_layers
         z, _ = walk_states(walk_laws(exact)[layer:].mean(0), data, PROBE_STATES, generator)
         self.means = torch.zeros(L + 1, dtype=torch.float64)
@@ -441,7 +445,7 @@ class FlattenedField(LogField):
             self.means[l] = exact.log_field(torch.full((PROBE_STATES,), l), z).mean()
 
     def log_field(self, layer: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-        s, m = self.exact.log_field(layer, z), self.means.to(z.device)[layer]
+        s, m = self.field.log_field(layer, z), self.means.to(z.device)[layer]
         return torch.where(layer >= self.layer, m + self.slope * (s - m), s)
 
 

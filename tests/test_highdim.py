@@ -73,6 +73,16 @@ def test_nearest_distances():
     queries = torch.tensor([[0, 0, 1], [1, 1, 1]])
     assert nearest_distances(queries, points).tolist() == [1, 0]
     assert nearest_distances(points, points, exclude_self=True).tolist() == [1, 2, 1]
+    distance, index = nearest_distances(queries, points, return_indices=True)
+    assert distance.tolist() == [1, 0]
+    assert torch.equal((queries != points[index]).sum(1), distance)
+    g = torch.Generator().manual_seed(0)
+    many, cloud = torch.randint(0, 3, (300, 9), generator=g), torch.randint(0, 3, (50, 9), generator=g)
+    distance, index = nearest_distances(many, cloud, return_indices=True)
+    brute = (many[:, None] != cloud[None]).sum(-1)
+    assert torch.equal(distance, brute.min(1).values) and torch.equal(
+        brute.gather(1, index[:, None])[:, 0], distance
+    )
 
 
 @pytest.mark.skipif(importlib.util.find_spec("sklearn") is None, reason="scikit-learn is not installed")

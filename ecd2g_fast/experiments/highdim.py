@@ -405,13 +405,16 @@ def sample_metrics(
 
 
 def nearest_distances(
-    queries: torch.Tensor, points: torch.Tensor, exclude_self: bool = False
-) -> torch.Tensor:
+    queries: torch.Tensor, points: torch.Tensor, exclude_self: bool = False, return_indices: bool = False
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """``(n,)`` int64 Hamming distance from each of ``(n, D)`` ``queries`` to its nearest row of ``points``.
 
     ``exclude_self``: ``queries`` is ``points`` itself; the zero distance of a row to itself is skipped.
+    ``return_indices``: also return the ``(n,)`` int64 index of that row in ``points`` (the first
+    of equally near rows).
     """
     out = torch.empty(queries.shape[0], dtype=torch.int64)
+    index = torch.empty(queries.shape[0], dtype=torch.int64)
     step = max(1, 2**22 // max(points.shape[0] * queries.shape[1], 1))
     for start in range(0, queries.shape[0], step):
         block = queries[start : start + step]
@@ -419,8 +422,10 @@ def nearest_distances(
         if exclude_self:
             rows = torch.arange(block.shape[0])
             distance[rows, start + rows] = math.inf if distance.is_floating_point() else queries.shape[1] + 1
-        out[start : start + block.shape[0]] = distance.min(1).values
-    return out
+        nearest = distance.min(1)
+        out[start : start + block.shape[0]] = nearest.values
+        index[start : start + block.shape[0]] = nearest.indices
+    return (out, index) if return_indices else out
 
 
 # ---------------------------------------------------------------------------- experiment targets
