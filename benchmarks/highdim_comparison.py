@@ -53,9 +53,10 @@ The methods:
 Cost reported for every row: training wall time; sampling wall time and finished (scored)
 samples per second; network calls per sample and rows per sample, both *counted* by a hook on the
 network body during sampling: ECD2G evaluates the body once per move per walker, on the walker
-and its ``2N`` neighbours (``N = 1 + D (K-1)``), i.e. ``2N + 1`` rows per call (one more call than
-moves: the walker's last evaluation leaves through the sink); DFM evaluates once per solver step
-on one row per sample. Calls and rows are averaged over all walkers, finished or not. Forward
+and its ``2N`` neighbours (``N = 1 + D (K-1)``), i.e. ``2N + 1`` rows per call, or, with the ratio
+head (:data:`~ecd2g_fast.hamming.model.HEADS`), on the walker alone (one row per call; its heads
+give every outlet); one more call than moves: the walker's last evaluation leaves through the
+sink. DFM evaluates once per solver step on one row per sample. Calls and rows are averaged over all walkers, finished or not. Forward
 FLOPs per sample are estimated as ``2 x (weights of the Linear layers evaluated per row) x rows``
 (embeddings are table look-ups and sums and are not counted; ECD2G's neighbour inputs cost
 ``O(width)`` each on top).
@@ -361,9 +362,18 @@ def ecd2g_unit(args, key: str, task: Task, lr: float | None, ctx: dict) -> list[
         (samples, moves), sample_seconds = harness.timed(sample, device)
     finished = moves >= 0
     n, n_finished = x0.shape[0], int(finished.sum())
-    rows_per_call = 2 * circuit.num_neighbours + 1
+    rows_per_call, flops_per_row = (
+        2 * circuit.num_neighbours + 1,
+        2 * linear_weights(net.blocks) + 2 * linear_weights(net.head),
+    )
+    if getattr(net, "head_kind", "scalar") == "ratios":  # one row per walker: its heads give every outlet
+        rows_per_call = 1
+        flops_per_row += sum(
+            2 * linear_weights(getattr(net, name))
+            for name in ("ratio_head", "sink_head")
+            if hasattr(net, name)
+        )
     rows_per_sample = counter.rows / n
-    flops_per_row = 2 * linear_weights(net.blocks) + 2 * linear_weights(net.head)
     row = {
         "key": key,
         "task": task.name,
@@ -669,7 +679,8 @@ def render_markdown(meta: dict, rows: list[dict]) -> str:
             "label_tv_crossfit: simulated, CrossFittedLabels.floor). "
             "Unscored: unfinished ECD2G walkers or DFM samples holding a mask token. Samples/s counts scored "
             "samples. Calls and rows per sample are counted during sampling (ECD2G: one body call per move "
-            "on the walker and its 2N neighbours, 2N+1 rows; DFM: one row per solver step). GFLOP/sample: "
+            "on the walker and its 2N neighbours, 2N+1 rows, or with the ratio head on the walker alone, "
+            "1 row; DFM: one row per solver step). GFLOP/sample: "
             "2 x Linear weights x rows (forward)."
         ),
     ]

@@ -42,12 +42,74 @@ def test_outlet_values_are_the_networks_values_at_the_neighbours(K, D, L, output
         torch.testing.assert_close(behind.reshape(-1), net(down, heads), rtol=0, atol=1e-5)
 
 
+def ratio_net(circuit: HammingCircuit, network: str, seed: int = 0) -> torch.nn.Module:
+    """A network with a ratio head and non-trivial outputs (the heads start at zero)."""
+    torch.manual_seed(seed)
+    if network == "HammingNet":
+        net = HammingNet(circuit, width=32, depth=2, head="ratios", sink="learned")
+    else:
+        net = HammingMixer(circuit, width=16, token_hidden=8, channel_hidden=32, depth=2, head="ratios")
+    with torch.no_grad():
+        for name, parameter in net.named_parameters():
+            if "head" in name:
+                parameter.normal_(0, 0.5)
+    return net.eval()
+
+
 @pytest.mark.parametrize("network", ["HammingNet", "HammingMixer"])
+@pytest.mark.parametrize("K,D,L", [(2, 5, 3), (3, 4, 2)])
+def test_ratio_head_outlet_values_are_its_log_ratios_in_slot_order(network, K, D, L):
+    """With head="ratios" one row per walker gives f there and f + g at its outlets, g read off the
+    (direction, coordinate, new value) grid of the head (per token for the mixer) at each slot's
+    change: checked against the neighbour states built explicitly."""
+    c = HammingCircuit(K, D, L)
+    net = ratio_net(c, network)
+    g = torch.Generator().manual_seed(0)
+    z = torch.randint(0, K, (9, D), generator=g)
+    layer = torch.randint(0, L + 1, (9,), generator=g)
+    with torch.no_grad():
+        here, ahead, behind = net.outlet_values(layer, z)
+        torch.testing.assert_close(here, net(layer, z), rtol=0, atol=1e-6)
+        if network == "HammingNet":
+            raw = net.ratio_head(net.hidden(net.embed_states(z) + net.embed_layers(layer)))
+            stay, grid = raw[:, :2], raw[:, 2:].view(9, 2, D, K)
+        else:
+            x = net.state_embedding[z + net.offsets] + net.embed_layers(layer)[:, None, :]
+            for block in net.blocks:
+                x = block(x)
+            x = net.norm(x)
+            stay, grid = net.ratio_head(x.mean(1)), net.token_ratio_head(x).view(9, D, 2, K).transpose(1, 2)
+    states = c.neighbour_vectors(z, 0, c.num_neighbours)
+    for b in range(9):
+        torch.testing.assert_close(ahead[b, 0] - here[b], stay[b, 0], rtol=0, atol=1e-5)
+        torch.testing.assert_close(behind[b, 0] - here[b], stay[b, 1], rtol=0, atol=1e-5)
+        for slot in range(1, c.num_neighbours):
+            (coordinate,) = (states[b, slot] != z[b]).nonzero()[0].tolist()
+            value = int(states[b, slot, coordinate])
+            torch.testing.assert_close(
+                ahead[b, slot] - here[b], grid[b, 0, coordinate, value], rtol=0, atol=1e-5
+            )
+            torch.testing.assert_close(
+                behind[b, slot] - here[b], grid[b, 1, coordinate, value], rtol=0, atol=1e-5
+            )
+    assert net.config()["head"] == "ratios"
+    with pytest.raises(ValueError, match="head must be one of 'scalar', 'ratios'"):
+        HammingNet(c, head="neighbours")
+    with pytest.raises(ValueError, match="ratios needs a network built with head='ratios'"):
+        HammingNet(c, width=8, depth=1)(layer, z, ratios=True)
+
+
+@pytest.mark.parametrize(
+    "network", ["HammingNet", "HammingMixer", "HammingNet-ratios", "HammingMixer-ratios"]
+)
 def test_network_field_one_call_moves_match_the_flat_contract(network):
     """outlet_currents (one outlet_values call per move) gives the flat methods' currents, for
-    both log-field networks."""
+    both log-field networks, with the scalar head and with the ratio head (whose flat methods read
+    the vertex's own ratios)."""
     c = HammingCircuit(2, 4, 3)
-    if network == "HammingNet":
+    if network.endswith("-ratios"):
+        net = ratio_net(c, network.split("-")[0])
+    elif network == "HammingNet":
         net = random_net(c)
     else:
         torch.manual_seed(0)
@@ -130,14 +192,21 @@ def test_walk_queries_change_the_drawn_number_of_coordinates():
     assert means[0] > means[1]
 
 
-def test_short_training_beats_the_untrained_field():
-    """300 steps on a 2-component mixture at D = 6 bring the exact output law closer to q."""
-    torch.manual_seed(0)
+def two_mode_target() -> tuple[HammingCircuit, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(circuit, states, q, p)`` at ``K = 2, D = 6, L = 6``: ``q`` a 2-component mixture around
+    all-zeros and all-ones, ``p`` uniform; ``states`` all ``M`` states in flat order."""
     c = HammingCircuit(2, 6, 6)
     states = c.unflatten(torch.arange(c.num_states))
     q = torch.exp(-2.0 * torch.minimum(states.sum(1), 6 - states.sum(1)).double())
     q /= q.sum()
     p = torch.full((c.num_states,), 1.0 / c.num_states, dtype=torch.float64)
+    return c, states, q, p
+
+
+def test_short_training_beats_the_untrained_field():
+    """300 steps on a 2-component mixture at D = 6 bring the exact output law closer to q."""
+    torch.manual_seed(0)
+    c, states, q, p = two_mode_target()
     net = HammingNet(c, width=64, depth=2)
     untrained = total_variation(E.exact_output_distribution(net.field(), p).pmf, q)
     loss_fn, queries = BregmanLogLoss(c), WalkQueries(c)
@@ -184,7 +253,8 @@ def test_train_picks_the_hamming_model_checkpoints_and_resumes_exactly(tmp_path)
     x = torch.randint(0, 2, (500, 5), generator=g)
     settings = dict(steps=40, batch_size=64, num_queries=64, progress=False, checkpoint_every=20)
     straight = E.train(c, x, y, **settings)
-    assert straight.config.model == "hamming" and straight.config.queries == "kernel"
+    assert straight.config.model == "hamming" and straight.config.queries == "kernel-walk"
+    assert straight.model.head_kind == "ratios"
     assert isinstance(straight.model, HammingNet)
     ck = tmp_path / "ck.pt"
     # an interrupted run: 20 of its 40 steps, then a checkpoint
@@ -206,7 +276,15 @@ def test_train_picks_the_hamming_model_checkpoints_and_resumes_exactly(tmp_path)
     torch.save(old, tmp_path / "old.pt")
     again = E.train(c, x, y, **settings, checkpoint_path=tmp_path / "old.pt", resume=True)
     assert torch.equal(again.losses, straight.losses)
-    sharp = straight.config.replace(model_kwargs={"layer_encoding": "smooth", "output_scale": "sharpness"})
+    # one written before the ratio head existed had the scalar head: not this run
+    del old["model_config"]["head"]
+    old["checksum"] = checkpoint.tensor_checksum(old)
+    torch.save(old, tmp_path / "scalar.pt")
+    with pytest.raises(ValueError, match="holds a different run .*head"):
+        E.train(c, x, y, **settings, checkpoint_path=tmp_path / "scalar.pt", resume=True)
+    sharp = straight.config.replace(
+        model_kwargs={"layer_encoding": "smooth", "output_scale": "sharpness", "head": "ratios"}
+    )
     with pytest.raises(ValueError, match="holds a different run .*output_scale"):
         E.Trainer(c, x, y, sharp, device="cpu", checkpoint_path=tmp_path / "old.pt", progress=False).run(
             resume=True
@@ -335,6 +413,103 @@ def test_denoising_ratio_targets_average_to_the_exact_ratios(
         )
 
 
+@pytest.mark.parametrize(
+    "K,walk_fraction,scale", [(2, 0.0, "absolute"), (3, 0.5, "absolute"), (3, 0.5, "relative")]
+)
+def test_all_edge_ratio_terms_are_the_sampled_terms_of_every_edge_and_vanish_at_the_exact_ratios(
+    K, walk_fraction, scale
+):
+    """A ratio head trains on every edge of a query: the all-edge term equals the sampled-edge
+    term (:meth:`ratio_terms`, neighbour states built explicitly) averaged over all existing edges;
+    and averaged over the exact posterior of the anchor given z (q(y) Ã_{L-l}(h(z, y)), enumerated),
+    its gradient in the head's log-ratios vanishes at the exact field's ratios and not at a wrong one."""
+    from ecd2g_fast.hamming.learning import KernelQueries
+
+    c = HammingCircuit(K, 4, 3)
+    L, N = c.num_layers, c.num_neighbours
+    g = torch.Generator().manual_seed(0)
+    data = torch.randint(0, K, (6, 4), generator=g)
+    exact, loss = DataLogField(c, data), BregmanLogLoss(c)
+    layer, z, anchor = KernelQueries(c, walk_fraction=walk_fraction)(data, 40, g)[:3]
+    layer[:3] = torch.tensor([0, L, 1])  # both one-sided layers
+    norm = exact.tables.log_norm
+    here, ahead, behind = exact.outlet_log_fields(layer, z)
+    exact_g = torch.stack([ahead - here[:, None], behind - here[:, None]], dim=1)
+    exact_g = (
+        exact_g - torch.stack([norm[(layer + 1).clamp_max(L)], norm[(layer - 1).clamp_min(0)]], 1)[:, :, None]
+    )
+    exact_g = exact_g + norm[layer][:, None, None]
+    log_ratios = exact_g + 0.3 * torch.randn(exact_g.shape, generator=g, dtype=torch.float64)
+    # 1. every edge, explicitly
+    all_terms = loss.all_edge_ratio_terms(layer, z, anchor, log_ratios)
+    f_here = torch.zeros(40, dtype=torch.float64)
+    for q in range(40):
+        terms = []
+        for direction, step in ((0, 1), (1, -1)):
+            if not 0 <= int(layer[q]) + step <= L:
+                continue
+            other = torch.full((1, N), int(layer[q]) + step)
+            w = c.neighbour_vectors(z[q : q + 1], 0, N).reshape(N, -1)
+            terms.append(
+                loss.ratio_terms(
+                    layer[q : q + 1],
+                    z[q : q + 1],
+                    anchor[q : q + 1],
+                    other,
+                    w,
+                    f_here[q : q + 1],
+                    log_ratios[q : q + 1, direction],
+                )
+            )
+        torch.testing.assert_close(all_terms[q], torch.cat(terms).mean(), rtol=1e-12, atol=1e-12)
+    # 2. the posterior mean of the gradient vanishes at the exact ratios
+    posterior = (
+        exact.log_weights[None, :] + exact.tables.log_kernel[layer[:, None], (z[:, None, :] != data).sum(2)]
+    )
+    posterior = torch.softmax(posterior, dim=1)  # (Q, n)
+
+    def posterior_gradient(point):
+        point = point.clone().requires_grad_(True)
+        total = sum(
+            (posterior[:, i] * loss.all_edge_ratio_terms(layer, z, data[i].expand_as(z), point)).sum()
+            for i in range(data.shape[0])
+        )
+        (grad,) = torch.autograd.grad(total, point)
+        return grad
+
+    assert float(posterior_gradient(exact_g).abs().max()) < 1e-12
+    assert float(posterior_gradient(log_ratios).abs().max()) > 1e-3
+    # the weight multiplies a query's term
+    weight = torch.rand(40, generator=g, dtype=torch.float64)
+    torch.testing.assert_close(
+        loss.all_edge_ratio_terms(layer, z, anchor, log_ratios, weight), all_terms * weight
+    )
+
+
+def test_a_ratio_head_trains_through_the_trainer_and_bad_settings_are_named():
+    """``model_kwargs={"head": "ratios"}``: 300 steps of kernel queries bring the exact output law
+    of the ratio head's walk closer to q; walk queries and edge options are refused, naming them."""
+    torch.manual_seed(0)
+    c, states, q, p = two_mode_target()
+    g = torch.Generator().manual_seed(1)
+    data = states[torch.multinomial(q, 4096, replacement=True, generator=g)]
+    settings = dict(
+        model="hamming", queries="kernel", batch_size=256, num_queries=256, lr=3e-3, progress=False,
+        model_kwargs={"width": 64, "depth": 2, "head": "ratios"},
+    )  # fmt: skip
+    untrained = HammingNet(c, width=64, depth=2, head="ratios")
+    trained = E.train(c, lambda n: torch.zeros(n, 6, dtype=torch.int64), data, steps=300, **settings).model
+    tv = [
+        total_variation(E.exact_output_distribution(net.eval().field(), p).pmf, q)
+        for net in (untrained, trained)
+    ]
+    assert tv[1] < 0.5 * tv[0], tv
+    with pytest.raises(ValueError, match="head='ratios' needs queries='kernel' or 'kernel-walk'"):
+        E.train(c, lambda n: n, data, steps=1, **{**settings, "queries": "walk"})
+    with pytest.raises(ValueError, match="query_kwargs 'edges' chooses edges"):
+        E.train(c, lambda n: n, data, steps=1, **settings, query_kwargs={"edges": 4})
+
+
 def test_training_at_seventeen_levels_stays_finite():
     """At K = 17, D = 64 the first targets are ~170 nats above the untrained output: the loss is
     float64 and e^u is continued linearly beyond U_MAX, so the float32 gradients stay finite."""
@@ -388,6 +563,18 @@ def test_the_sharpness_output_scale_multiplies_each_layer_by_its_kernel_cost():
         )
     with pytest.raises(ValueError, match="output_scale must be one of 'none', 'sharpness'"):
         HammingNet(c, output_scale="noise")
+    # a ratio head's log-ratios: each direction times the gain of the layer it leads to
+    nets = []
+    for output_scale in ("none", "sharpness"):
+        torch.manual_seed(3)
+        net = HammingNet(c, width=16, depth=1, head="ratios", output_scale=output_scale)
+        with torch.no_grad():
+            net.ratio_head.weight.normal_(0, 0.5)
+        nets.append(net)
+    with torch.no_grad():
+        plain_g, scaled_g = (net(layer, z, ratios=True)[1] for net in nets)
+    far = torch.stack([(layer + 1).clamp_max(5), (layer - 1).clamp_min(0)], 1)
+    torch.testing.assert_close(scaled_g, plain_g * gain[far][:, :, None].float(), rtol=1e-6, atol=1e-7)
 
 
 def test_bad_layer_encoding_and_walk_fraction_are_named():
@@ -431,8 +618,15 @@ def test_query_kwargs_reach_the_kernel_queries_and_bad_ones_are_named():
         QuerySampler("kernel", "hamming", c, sources, {"correction_fraction": 1.0})
     with pytest.raises(ValueError, match="correction_fraction \\+ stay_fraction must be below 1"):
         QuerySampler("kernel", "hamming", c, sources, {"correction_fraction": 0.5, "stay_fraction": 0.5})
-    # the trainer passes them on
-    config = E.TrainConfig.recipe("default", model="hamming", steps=1, batch_size=16, num_queries=4)
+    # the trainer passes them on (to a scalar head: the recipe's ratio head refuses edge options)
+    config = E.TrainConfig.recipe(
+        "default",
+        model="hamming",
+        steps=1,
+        batch_size=16,
+        num_queries=4,
+        model_kwargs={"layer_encoding": "smooth"},
+    )
     assert config.query_kwargs == {}
     trainer = E.training.Trainer(c, data, data, config.replace(query_kwargs={"edges": 5}), progress=False)
     assert trainer.queries.walk.edges == 5

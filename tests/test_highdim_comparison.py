@@ -57,8 +57,8 @@ def test_smallest_run_writes_rows_and_resumes(tmp_path, monkeypatch, one_thread)
         assert r["num_samples"] == 20 and r["train_seconds"] > 0 and r["parameters"] > 0
         if r["method"] == "ECD2G":
             assert {"unfinished_fraction", "bridged_dead_ends", "mean_moves", "config"} <= set(r)
-            D = 8 if r["task"].startswith("bernoulli") else 64
-            assert r["rows_per_call"] == 2 * (1 + D) + 1  # K = 2: N = 1 + D
+            # the recipe's ratio head: one row per walker and move (the scalar head: 2 (1 + D) + 1 at K = 2)
+            assert r["rows_per_call"] == 1 and r["calls_per_sample"] == r["rows_per_sample"]
             assert r["calls_per_sample"] >= 4  # at least one call per layer of L = 4
         else:
             assert {"source", "nfe", "masked_fraction"} <= set(r)

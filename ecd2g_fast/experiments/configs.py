@@ -291,21 +291,20 @@ EXPERIMENTS["noise-to-swissroll-2d"] = EXPERIMENTS["moons-to-swissroll-2d"].repl
     notes="uniform noise over the 32 x 32 grid -> swiss roll; as moons-to-swissroll-2d otherwise",
 )
 
-#: Walkers of a high-dimensional run without ``num_samples``: one walker costs one network body
-#: evaluation of ``2 (1 + D (K-1)) + 1`` rows per move (a few ms at ``K = 2``, ``D = 64`` on a CPU).
+#: Walkers of a high-dimensional run without ``num_samples``: with the recipe's ratio head one
+#: walker costs one network row per move (``2 (1 + D (K-1)) + 1`` rows with the scalar head).
 HIGHDIM_DEFAULT_WALKERS = 1000
 
 #: The quick budget of the high-dimensional presets, in one place: training steps, walkers and the
-#: walkers' move cap, sized so that a whole ``ecd2g run`` takes about 10-15 minutes on the project's
-#: 2-core CPU with one thread. Measured there (width 256, depth 3, L = 64; other jobs running):
-#: a training step takes 0.10-0.15 s at D = 64 (K = 2) and 0.16 s at D = 256; a walker move
-#: 3-4 ms at K = 2, D = 64, 14 ms at D = 256 and 80 ms at K = 17, D = 64 (1025 neighbours);
-#: walks take about L + 20 moves. Longer runs: ``--steps``, ``--num-samples``.
+#: walkers' move cap, sized so that a whole ``ecd2g run`` takes at most 15 minutes on the project's
+#: 2-core CPU with one thread. With the recipe's ratio head training dominates (about 0.09 s per
+#: step at D = 64 with two jobs sharing the cores) and 2000 walkers take seconds (walks take about
+#: L + 15 moves). Longer runs: ``--steps``, ``--num-samples``.
 HIGHDIM_BUDGETS: dict[str, dict] = {
-    "bernoulli-mixture-64": dict(steps=3000, num_samples=1000, max_moves=500),
-    "digits-64": dict(steps=3000, num_samples=64, max_moves=300),
-    "binary-digits-64": dict(steps=3000, num_samples=1000, max_moves=500),
-    "bernoulli-mixture-256": dict(steps=2000, num_samples=256, max_moves=400),
+    "bernoulli-mixture-64": dict(steps=3000, num_samples=2000, max_moves=500),
+    "digits-64": dict(steps=3000, num_samples=2000, max_moves=500),
+    "binary-digits-64": dict(steps=3000, num_samples=2000, max_moves=500),
+    "bernoulli-mixture-256": dict(steps=3000, num_samples=2000, max_moves=500),
 }
 
 

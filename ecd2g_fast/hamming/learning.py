@@ -47,6 +47,7 @@ __all__ = [
     "KernelQueries",
     "WalkQueries",
     "change_coordinates",
+    "check_ratio_training",
     "check_sink_training",
     "layer_mean_ratios",
     "log_targets",
@@ -78,6 +79,15 @@ KERNEL_QUERY_OPTIONS = (
     "edges",
     "last_layer_fraction",
 )
+
+
+def edge_terms(d: torch.Tensor, log_tau: torch.Tensor) -> torch.Tensor:
+    """``e^d - tau d + tau (log tau - 1) >= 0`` elementwise (float64): the denoising ratio term of
+    a model log-ratio ``d`` against an anchor's ratio ``tau = e^log_tau``, minimised in expectation
+    at ``d = log E[tau]``; ``e^d`` is continued linearly beyond :data:`U_MAX`, as the scalar term's."""
+    tau = torch.exp(log_tau)
+    capped = d.clamp_max(U_MAX)
+    return torch.exp(capped) * (1 + d - capped) - tau * d + tau * (log_tau - 1)
 
 
 def log_targets(
@@ -160,10 +170,39 @@ class BregmanLogLoss:
         kernel, norm = self.tables.log_kernel, self.tables.log_norm
         log_tau = kernel[other, h_there] - kernel[layer, h_here][:, None]
         d = norm[other] - norm[layer][:, None] + f_there - f_here[:, None]
-        tau = torch.exp(log_tau)
-        capped = d.clamp_max(U_MAX)  # e^d continued linearly, as the scalar term's e^u
-        terms = torch.exp(capped) * (1 + d - capped) - tau * d + tau * (log_tau - 1)
+        terms = edge_terms(d, log_tau)
         return (terms if weight is None else terms * weight).mean(1)
+
+    def all_edge_ratio_terms(
+        self,
+        layer: torch.Tensor,
+        z: torch.Tensor,
+        anchor: torch.Tensor,
+        log_ratios: torch.Tensor,
+        weight: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """The ratio term of :meth:`ratio_terms` over *every* edge of each query, for a network
+        with a ratio head (:data:`~.model.HEADS`): ``(Q,)`` float64, the mean over the query's
+        existing edges (``2 N``, ``N`` at layers 0 and ``L``), times its ``(Q,)`` ``weight`` if given.
+
+        ``log_ratios`` ``(Q, 2, N)`` are the head's forward and backward ``g`` in slot order; the
+        model's log-ratio is ``d = log alpha*_{L-l'} - log alpha*_{L-l} + g``. The anchor's distance
+        to a neighbour in slot ``(c, v)`` is ``h(z, anchor) + [anchor_c = z_c] - [anchor_c = v]``. The
+        mean over all edges is the expectation the sampled edges of :meth:`ratio_terms` estimate
+        (uniform slots and directions), so the minimiser is again the exact ratio."""
+        L, N = self.circuit.num_layers, self.circuit.num_neighbours
+        h_here = (z != anchor).sum(1)
+        coordinate, value = self.circuit.slot_changes(z, 1, N)
+        a = anchor[:, coordinate]
+        delta = (a == z[:, coordinate]).long() - (a == value).long()
+        h_there = torch.cat([h_here[:, None], h_here[:, None] + delta], dim=1)  # (Q, N)
+        kernel, norm = self.tables.log_kernel, self.tables.log_norm
+        other = torch.stack([(layer + 1).clamp_max(L), (layer - 1).clamp_min(0)], dim=1)  # (Q, 2)
+        log_tau = kernel[other[:, :, None], h_there[:, None, :]] - kernel[layer, h_here][:, None, None]
+        d = (norm[other] - norm[layer][:, None])[:, :, None] + log_ratios.to(torch.float64)
+        exists = torch.stack([layer < L, layer > 0], dim=1).to(torch.float64)  # (Q, 2)
+        terms = (edge_terms(d, log_tau) * exists[:, :, None]).sum((1, 2)) / (N * exists.sum(1))
+        return terms if weight is None else terms * weight
 
     def __call__(
         self,
@@ -183,30 +222,41 @@ class BregmanLogLoss:
         the minimiser only where the network is more than ``U_MAX`` nats below a target, which
         happens before it has reached the targets' scale."""
         layer, z = queries[:2]
-        learned_sink = getattr(getattr(net, "module", net), "sink", "inflow") == "learned"  # DDP or not
+        base = getattr(net, "module", net)  # DDP or not
+        learned_sink = getattr(base, "sink", "inflow") == "learned"
+        ratio_head = getattr(base, "head_kind", "scalar") == "ratios"
         if len(queries) == 2:
-            if learned_sink:
-                raise ValueError("a network with sink='learned' trains on kernel queries (anchors)")
+            if learned_sink or ratio_head:
+                which = "sink='learned'" if learned_sink else "head='ratios'"
+                raise ValueError(f"a network with {which} trains on kernel queries (anchors)")
             f_here = net(layer, z).to(torch.float64)
             ratio = None
         else:
             anchor, slot, forward = queries[2:5]
-            other, w = self.edge_states(layer, z, slot, forward)
-            rows = torch.cat([layer, other.reshape(-1)]), torch.cat([z, w])
+            weight = queries[5] if len(queries) == 6 else None
+            n = layer.shape[0]
+            if ratio_head:  # every edge from the head at the query: no rows for the other ends
+                rows, m = (layer, z), 0
+            else:
+                other, w = self.edge_states(layer, z, slot, forward)
+                rows, m = (torch.cat([layer, other.reshape(-1)]), torch.cat([z, w])), other.numel()
             clean = None
             if learned_sink and self.sink_labels == "contrast":  # the layer-L queries' anchors
                 clean = anchor[layer == self.circuit.num_layers]
                 last_layer = layer.new_full((clean.shape[0],), self.circuit.num_layers)
                 rows = torch.cat([rows[0], last_layer]), torch.cat([rows[1], clean])
-            if learned_sink:
-                f, logit = net(*rows, sink_logit=True)
+            flags = {"sink_logit": True} if learned_sink else {}
+            out = net(*rows, **flags, **({"ratios": True} if ratio_head else {}))
+            f = (out[0] if isinstance(out, tuple) else out).to(torch.float64)
+            logit = out[1] if learned_sink else None
+            f_here = f[:n]
+            if ratio_head:
+                # the walk-fraction weight is one per query (the trainer refuses edge options)
+                query_weight = None if weight is None else weight[:, 0]
+                ratio = self.all_edge_ratio_terms(layer, z, anchor, out[-1][:n], query_weight)
             else:
-                f = net(*rows)
-            f = f.to(torch.float64)
-            n, m = layer.shape[0], other.numel()
-            f_here, f_there = f[:n], f[n : n + m].view(other.shape)
-            weight = queries[5] if len(queries) == 6 else None
-            ratio = self.ratio_terms(layer, z, anchor, other, w, f_here, f_there, weight)
+                f_there = f[n : n + m].view(other.shape)
+                ratio = self.ratio_terms(layer, z, anchor, other, w, f_here, f_there, weight)
         u = self.targets(layer, z, y) - f_here
         # e^u continued linearly beyond U_MAX: the gradient 1 - e^u stays finite in float32 while
         # the untrained network is still far below the targets (u = 174 at K = 17, D = 64)
@@ -601,6 +651,30 @@ def check_sink_training(sink: str, queries: str) -> None:
         raise ValueError(
             "a network with sink='learned' needs queries='kernel' or 'kernel-walk' (its labels need "
             f"query states drawn from the smoothed data at layer L), got queries={queries!r}"
+        )
+
+
+#: Kernel-query options that choose the sampled edges, which a ratio head does not use (it trains
+#: on every edge of each query, :meth:`BregmanLogLoss.all_edge_ratio_terms`).
+EDGE_QUERY_OPTIONS = ("correction_fraction", "stay_fraction", "edges")
+
+
+def check_ratio_training(head: str, queries: str, query_kwargs: dict) -> None:
+    """Raise ``ValueError`` unless a network with ``head`` (:data:`~.model.HEADS`) can learn from
+    ``queries`` with ``query_kwargs``: a ratio head needs kernel queries (its terms need their
+    anchors) and takes none of :data:`EDGE_QUERY_OPTIONS` (it trains on every edge)."""
+    if head != "ratios":
+        return
+    if queries not in ("kernel", "kernel-walk"):
+        raise ValueError(
+            f"a network with head='ratios' needs queries='kernel' or 'kernel-walk' (its ratio terms "
+            f"need the queries' anchors), got queries={queries!r}"
+        )
+    chosen = sorted(set(query_kwargs) & set(EDGE_QUERY_OPTIONS))
+    if chosen:
+        raise ValueError(
+            f"query_kwargs {chosen[0]!r} chooses edges, but a network with head='ratios' trains on "
+            "every edge of each query: leave it out"
         )
 
 

@@ -25,6 +25,10 @@ one ``outlet_values`` call for 16 walkers at ``D = 64`` takes about 4 s against 
 walkers at ``D = 256`` about 14 s against 37 ms, and a training step of the recipe at ``D = 64``
 30 s against 0.2 s.
 
+With ``head="ratios"`` (:data:`~.model.HEADS`) the mixer reads each coordinate's changes off
+that coordinate's token (``2 K`` outputs per token, the two stay edges from the token mean), so a
+move costs one ``(D, width)`` row per walker, as a training query does.
+
 Choose ``HammingNet`` by default, and whenever walks must be cheap: it is the measured model of the
 ``D = 64`` and ``D = 256`` experiments. Choose the mixer for large ``D`` (images, ``D = 784``) when
 a sum of per-coordinate embeddings lacks the capacity to express the interactions between the
@@ -86,10 +90,12 @@ class HammingMixer(LayerEncoding, nn.Module):
         layer_encoding: how the layer enters (:data:`~.model.LAYER_ENCODINGS`).
         output_scale: the output's gain per layer (:data:`~.model.OUTPUT_SCALES`).
         sink: where walkers leave at layer ``L`` (:data:`~.model.SINKS`).
+        head: how the walk reads the field at the neighbours (:data:`~.model.HEADS`); the ratio
+            head reads each coordinate's changes off that coordinate's token.
 
     Raises:
         TypeError: ``circuit`` is not a HammingCircuit, or a size is not an int.
-        ValueError: a size below 1, an unknown ``layer_encoding``, ``output_scale`` or ``sink``.
+        ValueError: a size below 1, an unknown ``layer_encoding``, ``output_scale``, ``sink`` or ``head``.
     """
 
     def __init__(
@@ -102,6 +108,7 @@ class HammingMixer(LayerEncoding, nn.Module):
         layer_encoding: str = "smooth",
         output_scale: str = "none",
         sink: str = "inflow",
+        head: str = "scalar",
     ) -> None:
         super().__init__()
         self.circuit = check_hamming_circuit(circuit)
@@ -118,6 +125,7 @@ class HammingMixer(LayerEncoding, nn.Module):
         self.norm, self.head = output_head(width)
         self.register_buffer("offsets", torch.arange(D) * K, persistent=False)
         self.init_sink(width, sink)
+        self.init_ratio_head(width, head, per_token=True)
 
     def config(self) -> dict:
         """The constructor's arguments besides the circuit (checkpoints record them)."""
@@ -129,13 +137,15 @@ class HammingMixer(LayerEncoding, nn.Module):
             "layer_encoding": self.layer_encoding,
             "output_scale": self.output_scale,
             "sink": self.sink,
+            "head": self.head_kind,
         }
 
     def forward(
-        self, layer: torch.Tensor, z: torch.Tensor, sink_logit: bool = False
-    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        self, layer: torch.Tensor, z: torch.Tensor, sink_logit: bool = False, ratios: bool = False
+    ) -> torch.Tensor | tuple[torch.Tensor, ...]:
         """``(n,)`` float32 ``f(layer, z)`` from ``(n,)`` int64 layers in ``[0, L]`` and ``(n, D)`` int64
-        states; with ``sink_logit`` also the logit of ``r(z)``, as :meth:`~.model.HammingNet.forward`.
+        states; with ``sink_logit`` also the logit of ``r(z)`` and with ``ratios`` the log-ratios of
+        every outlet, as :meth:`~.model.HammingNet.forward`.
 
         Memory: a few ``(n, D, max(width, channel_hidden))`` float32 activations (and those of
         the backward pass when gradients are on); callers bound ``n``.
@@ -143,7 +153,8 @@ class HammingMixer(LayerEncoding, nn.Module):
         x = self.state_embedding[z + self.offsets] + self.embed_layers(layer)[:, None, :]
         for block in self.blocks:
             x = block(x)
-        return self.outputs(self.norm(x).mean(1), layer, sink_logit)
+        x = self.norm(x)
+        return self.outputs(x.mean(1), layer, z, sink_logit, ratios, tokens=x)
 
     def rows_per_block(self) -> int:
         """Rows (states) per body evaluation in :meth:`outlet_values` (:data:`_MAX_ACTIVATIONS`)."""
@@ -170,6 +181,8 @@ class HammingMixer(LayerEncoding, nn.Module):
         Returns:
             Three float32 tensors on ``z``'s device.
         """
+        if self.head_kind == "ratios":
+            return self.ratio_outlet_values(layer, z, self.ratio_rows())
         L, N, D = self.circuit.num_layers, self.circuit.num_neighbours, self.circuit.dim
         B = z.shape[0]
         here = torch.empty(B, device=z.device)

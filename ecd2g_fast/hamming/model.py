@@ -57,6 +57,17 @@ OUTPUT_SCALES = ("none", "sharpness")
 #: (:meth:`HammingNetField.learned_sink`); :class:`~.learning.BregmanLogLoss` trains the head.
 SINKS = ("inflow", "learned")
 
+#: How a Hamming network gives the walk the field at a vertex's neighbours. ``"scalar"``: the one
+#: output ``f`` evaluated again at each of the ``2 N`` neighbour states (consistent: both ends of
+#: an edge see one value). ``"ratios"``: a second linear head on the body's last hidden state at
+#: ``(l, z)`` outputs the log-ratio ``S_{l+-1}(w) - S_l(z)`` (less its closed-form layer part) of
+#: every outlet ``w`` at once, a ``(2, D, K)`` grid of coordinate changes plus the two stay edges:
+#: one network row per walker and move instead of ``2 N + 1``, and the steep rises of the field
+#: near the data (several nats per coordinate at layer ``L``) are read off directly instead of
+#: as differences of a scalar function (:class:`~.learning.BregmanLogLoss` trains the head on
+#: every edge of each query). The two ends of an edge no longer share one value.
+HEADS = ("scalar", "ratios")
+
 
 def layer_sharpness(circuit: HammingCircuit) -> torch.Tensor:
     """``(L+1,)`` float64 ``lambda_l = log Ã_{L-l}(0) - log Ã_{L-l}(1)``: how much one changed
@@ -131,6 +142,57 @@ class LayerEncoding:
             self.register_buffer("layer_features", features, persistent=False)
             self.layer_input = nn.Linear(features.shape[1], width)
 
+    def init_ratio_head(self, width: int, head: str, per_token: bool = False) -> None:
+        """Check ``head`` (:data:`HEADS`) and, for ``"ratios"``, register the zero-initialised
+        ``ratio_head`` (the untrained log-ratios are those of the uniform field of the layer mean):
+        ``width -> 2 (1 + D K)`` on the last hidden state; with ``per_token`` (a body with one
+        hidden state per coordinate) ``width -> 2`` for the stay edges and ``token_ratio_head``,
+        ``width -> 2 K`` on each coordinate's state. Called after :meth:`init_sink`, for the same
+        reason."""
+        self.head_kind = check_choice("head", head, HEADS)
+        if head != "ratios":
+            return
+        D, K = self.circuit.dim, self.circuit.num_categories
+        self.ratio_head = nn.Linear(width, 2 if per_token else 2 * (1 + D * K))
+        heads = [self.ratio_head]
+        if per_token:
+            self.token_ratio_head = nn.Linear(width, 2 * K)
+            heads.append(self.token_ratio_head)
+        for linear in heads:
+            nn.init.zeros_(linear.weight)
+            nn.init.zeros_(linear.bias)
+
+    def slot_log_ratios(
+        self, hidden: torch.Tensor, layer: torch.Tensor, z: torch.Tensor, tokens: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """``(n, 2, N)`` float32 learned log-ratios ``g`` of the forward (``[:, 0]``) and backward
+        (``[:, 1]``) outlets of ``(n, D)`` states ``z`` at ``(n,)`` layers in slot order, from their
+        ``(n, width)`` last hidden states (and, for a per-token head, the ``(n, D, width)`` token
+        states): the model's ``S_{l+-1}(w) - S_l(z)`` is ``log alpha*_{L-l'} - log alpha*_{L-l} + g``
+        (:data:`HEADS`). With ``output_scale="sharpness"`` each direction's head output is
+        multiplied by the gain of the layer it leads to (:data:`OUTPUT_SCALES`): one changed
+        coordinate's ratio is then of order one in the head's units at every layer."""
+        D, K, N, L = (
+            self.circuit.dim,
+            self.circuit.num_categories,
+            self.circuit.num_neighbours,
+            self.circuit.num_layers,
+        )
+        n = z.shape[0]
+        raw = self.ratio_head(hidden)
+        if tokens is None:
+            stay, grid = raw[:, :2], raw[:, 2:].view(n, 2, D * K)
+        else:  # (n, D, 2, K) -> (n, 2, D K)
+            stay = raw
+            grid = self.token_ratio_head(tokens).view(n, D, 2, K).transpose(1, 2).reshape(n, 2, D * K)
+        coordinate, value = self.circuit.slot_changes(z, 1, N)
+        index = (coordinate * K + value)[:, None, :].expand(n, 2, N - 1)
+        g = torch.cat([stay[:, :, None], grid.gather(2, index)], dim=2)
+        if self.output_scale == "none":
+            return g
+        far = torch.stack([(layer + 1).clamp_max(L), (layer - 1).clamp_min(0)], dim=1)
+        return g * self.layer_gain[far][:, :, None]
+
     def init_sink(self, width: int, sink: str) -> None:
         """Check ``sink`` (:data:`SINKS`) and, for ``"learned"``, register the zero-initialised
         ``sink_head`` (``width -> 1``: the untrained ``r`` is 1/2). Called last in a constructor, so
@@ -142,17 +204,63 @@ class LayerEncoding:
             nn.init.zeros_(self.sink_head.bias)
 
     def outputs(
-        self, hidden: torch.Tensor, layer: torch.Tensor, sink_logit: bool
-    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-        """``f`` ``(n,)`` from the ``(n, width)`` last hidden states of rows at ``(n,)`` layers; with
-        ``sink_logit`` also the sink head's logit of ``r`` at every row (meaningful at the rows of
-        layer ``L``)."""
+        self,
+        hidden: torch.Tensor,
+        layer: torch.Tensor,
+        z: torch.Tensor,
+        sink_logit: bool = False,
+        ratios: bool = False,
+        tokens: torch.Tensor | None = None,
+    ) -> torch.Tensor | tuple[torch.Tensor, ...]:
+        """``f`` ``(n,)`` from the ``(n, width)`` last hidden states of rows ``(n,)`` layers,
+        ``(n, D)`` states; with ``sink_logit`` also the sink head's logit of ``r`` at every row
+        (meaningful at the rows of layer ``L``), and with ``ratios`` last the ``(n, 2, N)``
+        log-ratios of the ratio head (:meth:`slot_log_ratios`; ``tokens`` for a per-token head)."""
         f = self.head(hidden).squeeze(-1) * self.layer_gain[layer]
-        if not sink_logit:
+        if not (sink_logit or ratios):
             return f
-        if self.sink != "learned":
-            raise ValueError(f"sink_logit needs a network built with sink='learned', not {self.sink!r}")
-        return f, self.sink_head(hidden).squeeze(-1)
+        out = [f]
+        if sink_logit:
+            if self.sink != "learned":
+                raise ValueError(f"sink_logit needs a network built with sink='learned', not {self.sink!r}")
+            out.append(self.sink_head(hidden).squeeze(-1))
+        if ratios:
+            if self.head_kind != "ratios":
+                raise ValueError(f"ratios needs a network built with head='ratios', not {self.head_kind!r}")
+            out.append(self.slot_log_ratios(hidden, layer, z, tokens))
+        return tuple(out)
+
+    def ratio_outlets(
+        self, layer: torch.Tensor, z: torch.Tensor, rows: int
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """What a move needs from a ``head="ratios"`` network, one row per walker (``rows`` walkers
+        per call): ``f`` ``(B,)``, the log-ratios ``(B, 2, N)`` of its outlets
+        (:meth:`slot_log_ratios`) and, with ``sink="learned"``, the sink head's logit ``(B,)`` at
+        the same rows (the sink of a walker at layer ``L``; None otherwise). float32."""
+        learned = self.sink == "learned"
+        parts = [
+            self(layer[b0 : b0 + rows], z[b0 : b0 + rows], sink_logit=learned, ratios=True)
+            for b0 in range(0, z.shape[0], rows)
+        ]
+        f, g = torch.cat([p[0] for p in parts]), torch.cat([p[-1] for p in parts])
+        return f, g, torch.cat([p[1] for p in parts]) if learned else None
+
+    def ratio_outlet_values(
+        self, layer: torch.Tensor, z: torch.Tensor, rows: int
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``outlet_values`` of a ``head="ratios"`` network (:meth:`ratio_outlets`): ``f`` at the
+        walker and ``f + g`` at its outlets, so that ``S_{l'}(w) - S_l(z)`` is the head's log-ratio.
+        Three float32 tensors ``(B,)``, ``(B, N)``, ``(B, N)``."""
+        f, g, _ = self.ratio_outlets(layer, z, rows)
+        return f, f[:, None] + g[:, 0], f[:, None] + g[:, 1]
+
+    def ratio_rows(self) -> int:
+        """Walkers per network call of :meth:`ratio_outlets` (64 MiB of activations)."""
+        N = self.circuit.num_neighbours
+        rows_per_block = getattr(self, "rows_per_block", None)
+        if rows_per_block is not None:  # a body whose rows are (D, width) token tensors
+            return rows_per_block()
+        return max(1, _MAX_ACTIVATIONS // max(self.width, 2 * N))
 
     def embed_layers(self, layer: torch.Tensor) -> torch.Tensor:
         """``(..., width)`` float32 input part of ``(...)`` int64 layers in ``[0, L]``."""
@@ -169,12 +277,14 @@ class HammingNet(LayerEncoding, nn.Module):
         width: embedding and residual width.
         depth: residual blocks.
         layer_encoding: how the layer enters (:data:`LAYER_ENCODINGS`).
-        output_scale: the output's gain per layer (:data:`OUTPUT_SCALES`).
+        output_scale: the output's gain per layer (:data:`OUTPUT_SCALES`; with the ratio head,
+            also its log-ratios, by the gain of the layer each edge leads to).
         sink: where walkers leave at layer ``L`` (:data:`SINKS`).
+        head: how the walk reads the field at the neighbours (:data:`HEADS`).
 
     Raises:
         TypeError: ``circuit`` is not a HammingCircuit, or a size is not an int.
-        ValueError: a size below 1, an unknown ``layer_encoding``, ``output_scale`` or ``sink``.
+        ValueError: a size below 1, an unknown ``layer_encoding``, ``output_scale``, ``sink`` or ``head``.
     """
 
     def __init__(
@@ -185,6 +295,7 @@ class HammingNet(LayerEncoding, nn.Module):
         layer_encoding: str = "embedding",
         output_scale: str = "none",
         sink: str = "inflow",
+        head: str = "scalar",
     ) -> None:
         super().__init__()
         self.circuit = check_hamming_circuit(circuit)
@@ -200,6 +311,7 @@ class HammingNet(LayerEncoding, nn.Module):
         self.norm, self.head = output_head(width)
         self.register_buffer("offsets", torch.arange(D) * K, persistent=False)
         self.init_sink(width, sink)
+        self.init_ratio_head(width, head)
 
     def config(self) -> dict:
         """The constructor's arguments besides the circuit (checkpoints record them)."""
@@ -209,6 +321,7 @@ class HammingNet(LayerEncoding, nn.Module):
             "layer_encoding": self.layer_encoding,
             "output_scale": self.output_scale,
             "sink": self.sink,
+            "head": self.head_kind,
         }
 
     def embed_states(self, z: torch.Tensor) -> torch.Tensor:
@@ -226,13 +339,14 @@ class HammingNet(LayerEncoding, nn.Module):
         return self.head(self.hidden(x)).squeeze(-1)
 
     def forward(
-        self, layer: torch.Tensor, z: torch.Tensor, sink_logit: bool = False
-    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        self, layer: torch.Tensor, z: torch.Tensor, sink_logit: bool = False, ratios: bool = False
+    ) -> torch.Tensor | tuple[torch.Tensor, ...]:
         """``(n,)`` float32 ``f(layer, z)`` from ``(n,)`` int64 layers in ``[0, L]`` and ``(n, D)`` int64
         states; with ``sink_logit`` (``sink="learned"`` only) also the ``(n,)`` logit of ``r(z)``
-        (:data:`SINKS`), meaningful at the rows of layer ``L``."""
+        (:data:`SINKS`), meaningful at the rows of layer ``L``; with ``ratios`` (``head="ratios"``
+        only) last the ``(n, 2, N)`` log-ratios of every outlet (:meth:`slot_log_ratios`)."""
         hidden = self.hidden(self.embed_states(z) + self.embed_layers(layer))
-        return self.outputs(hidden, layer, sink_logit)
+        return self.outputs(hidden, layer, z, sink_logit, ratios)
 
     def slot_changes(self, z: torch.Tensor) -> torch.Tensor:
         """``(B, N, width)``: the input change from ``z`` to each of its ``N`` neighbour slots."""
@@ -257,6 +371,8 @@ class HammingNet(LayerEncoding, nn.Module):
             Three float32 tensors on ``z``'s device.
         """
         L, N = self.circuit.num_layers, self.circuit.num_neighbours
+        if self.head_kind == "ratios":
+            return self.ratio_outlet_values(layer, z, self.ratio_rows())
         B = z.shape[0]
         here = torch.empty(B, device=z.device)
         ahead = torch.empty(B, N, device=z.device)
@@ -326,6 +442,7 @@ class HammingNetField(LogField):
         self.sink = check_choice("sink", own if sink is None else sink, SINKS)
         if self.sink == "learned" and own != "learned":
             raise ValueError("sink='learned' needs a network built with sink='learned' (a sink head)")
+        self._row_logits: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def learned_sink(self, z: torch.Tensor) -> torch.Tensor:
         """``(B,)`` float64 sink currents over ``rho_L(z)`` of ``(B, D)`` states at layer ``L``:
@@ -339,19 +456,43 @@ class HammingNetField(LogField):
 
     def sink_over_rho(self, z: torch.Tensor, backward: torch.Tensor) -> torch.Tensor:
         # a move asks it for every walker's row (no host sync to pick those at layer L): one more
-        # network row per 2N + 1
+        # network row per 2N + 1; a ratio head's move already evaluated each walker's own row, which
+        # is the sink's row for the walkers at layer L (outlet_log_fields kept its logit)
         if self.sink == "learned":
+            kept, self._row_logits = self._row_logits, None
+            if kept is not None and kept[0] is z:
+                return torch.exp(nn.functional.logsigmoid(kept[1]) - self.tables.log_kernel[-1, 0])
             return self.learned_sink(z)
         return super().sink_over_rho(z, backward)
 
     def log_field(self, layer: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         return self.tables.log_norm[layer] + self.net(layer, z).to(torch.float64)
 
+    # A ratio head's neighbour values exist only as seen from the vertex (HEADS): the flat methods
+    # read them from outlet_log_fields instead of evaluating the neighbours.
+    def currents_to_next(self, layer: torch.Tensor, z: torch.Tensor, start: int, stop: int) -> torch.Tensor:
+        if getattr(self.net, "head_kind", "scalar") != "ratios":
+            return super().currents_to_next(layer, z, start, stop)
+        here, ahead, _ = self.outlet_log_fields(layer, self._states(z))
+        return self._forward(layer, here, ahead[:, start:stop], self.conductance[start:stop])
+
+    def currents_from_prev(self, layer: torch.Tensor, z: torch.Tensor, start: int, stop: int) -> torch.Tensor:
+        if getattr(self.net, "head_kind", "scalar") != "ratios":
+            return super().currents_from_prev(layer, z, start, stop)
+        here, _, behind = self.outlet_log_fields(layer, self._states(z))
+        return -self._backward(layer, here, behind[:, start:stop], self.conductance[start:stop])
+
     def outlet_log_fields(
         self, layer: torch.Tensor, z: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         L = self.circuit.num_layers
-        here, ahead, behind = (v.to(torch.float64) for v in self.net.outlet_values(layer, z))
+        if getattr(self.net, "head_kind", "scalar") == "ratios":
+            f, g, logit = self.net.ratio_outlets(layer, z, self.net.ratio_rows())
+            self._row_logits = None if logit is None else (z, logit.to(torch.float64))
+            f, g = f.to(torch.float64), g.to(torch.float64)
+            here, ahead, behind = f, f[:, None] + g[:, 0], f[:, None] + g[:, 1]
+        else:
+            here, ahead, behind = (v.to(torch.float64) for v in self.net.outlet_values(layer, z))
         norm = self.tables.log_norm
         return (
             norm[layer] + here,

@@ -38,7 +38,7 @@ from torch import nn
 from .. import backends
 from ..circuit import Circuit
 from ..hamming import HammingCircuit, HammingMixer, HammingNet
-from ..hamming.learning import SINK_LABELS, check_sink_training
+from ..hamming.learning import SINK_LABELS, check_ratio_training, check_sink_training
 from ..models import CurrentNet, PotentialNet
 from ..settings import Settings, choice, flag, integer, mapping, optional, real, setting
 
@@ -136,22 +136,24 @@ def _paper(model: str) -> dict:
 #: and budget with its current network (scaled coordinates, SGD 0.01, 5000 steps of batch 256,
 #: uniform queries, the last iterate).
 #: The Hamming log-field's recipe (docs/hamming.md §8), chosen by the D = 64 measurements of
-#: ``benchmarks/results/highdim_learning.md`` (against the exact field): Adam 2e-3 cosine after 300
-#: warm-up steps, gradient norm clipped (without warm-up and clipping the network collapses to a
-#: constant), smooth layer features (no dead ends), kernel queries with the denoising ratio term
-#: weighted 4, 1024 data samples and 1024 queries per step, EMA. Drawing half of the ratio edges
-#: among the corrections (``query_kwargs={"correction_fraction": 0.5}``) measured no better over
-#: seeds (README), so the recipe leaves it out; so did, over two seeds walked twice each, a learning
-#: rate of 1e-3, 30 % stay edges, the per-layer output scale and clipping at 10. The sink is
-#: learned (``model_kwargs`` ``"sink": "learned"``) from contrast labels (``sink_labels``): over
-#: four seeds (walked twice each), the mean gap at 3000 steps fell from 2.8 (the recipe with the
-#: field's own inflow) to 1.1, and the same networks walked by their inflow did worse in all four. The
-#: posterior labels' sink had helped by less than the training seed moves the gap.
+#: ``benchmarks/results/highdim_learning.md`` (against the exact field) and of the README: Adam 2e-3
+#: cosine after 300 warm-up steps, gradient norm clipped (without warm-up and clipping the network
+#: collapses to a constant), smooth layer features (no dead ends), 1024 data samples and 1024
+#: queries per step, EMA. The sink is learned (``model_kwargs`` ``"sink": "learned"``) from contrast
+#: labels (``sink_labels``): over four seeds (walked twice each), the mean gap at 3000 steps fell
+#: from 2.8 (the field's own inflow) to 1.1. The walk reads the field through a ratio head
+#: (``"head": "ratios"``: one network row per walker and move instead of ``2 (1 + D (K-1)) + 1``),
+#: trained on every edge of ``kernel-walk`` queries with the ratio term weighted 256: on binary
+#: digits the label TV against all images fell from 0.120-0.124 (the scalar head, ratio weight 4)
+#: to 0.035-0.045 over two seeds (0.19-0.21 with the ratio head at weight 4: the noisy scalar term
+#: then shapes the shared body; 0.05 with ``kernel`` queries, 0.052 at weight 1024). Measured no
+#: better and left out: half of the ratio edges among the corrections, a learning rate of 1e-3,
+#: 30 % stay edges, the per-layer output scale and clipping at 10 (scalar head).
 _HAMMING = dict(
-    model="hamming", steps=10_000, batch_size=1024, num_queries=1024, queries="kernel", optimizer="adam", lr=2e-3,
-    lr_schedule="cosine", warmup_steps=300, momentum=0.9, weight_decay=0.0, grad_clip=1.0, ema_decay=0.999,
-    model_kwargs={"layer_encoding": "smooth", "sink": "learned"}, ratio_weight=4.0, query_kwargs={},
-    sink_labels="contrast",
+    model="hamming", steps=10_000, batch_size=1024, num_queries=1024, queries="kernel-walk", optimizer="adam",
+    lr=2e-3, lr_schedule="cosine", warmup_steps=300, momentum=0.9, weight_decay=0.0, grad_clip=1.0, ema_decay=0.999,
+    model_kwargs={"layer_encoding": "smooth", "sink": "learned", "head": "ratios"}, ratio_weight=256.0,
+    query_kwargs={}, sink_labels="contrast",
 )  # fmt: skip
 
 RECIPES: dict[str, Recipe] = {
@@ -373,7 +375,8 @@ class TrainConfig(Settings):
         Raises:
             TypeError, ValueError: bad :attr:`model_kwargs` (the model's own checks); a model
                 that does not fit the circuit's family; a learned sink with queries it cannot
-                learn from (:func:`~ecd2g_fast.hamming.learning.check_sink_training`).
+                learn from (:func:`~ecd2g_fast.hamming.learning.check_sink_training`); a ratio head
+                with queries or query options it cannot use (:func:`~ecd2g_fast.hamming.learning.check_ratio_training`).
         """
         check_model_for_circuit(self.model, circuit)
         kwargs = (
@@ -385,4 +388,5 @@ class TrainConfig(Settings):
             torch.manual_seed(self.seed)
             net = MODELS[self.model](circuit, **kwargs)
         check_sink_training(getattr(net, "sink", "inflow"), self.queries)
+        check_ratio_training(getattr(net, "head_kind", "scalar"), self.queries, self.query_kwargs)
         return net
