@@ -27,6 +27,10 @@ network and for the training images' field, and from each held-out image to its 
 image: how sharp the learned field's peaks at the images are (drawn by ``--summary`` in
 ``digits_splice_rises.png``).
 
+The splices, the sharpened walks and ``--rises`` evaluate the network at chosen states, which a
+network with a ratio head (``head="ratios"``) does not walk by: for such a run they are refused
+(``--inflow`` and the run's own samples are still scored).
+
 Each walk is scored like the run itself (:func:`~ecd2g_fast.experiments.highdim.sample_metrics`
 against the held-out images, with the cross-fitted label reference), plus its label histogram,
 the nearest-training-image distances and the class margins
@@ -55,7 +59,7 @@ from ecd2g_fast.experiments.highdim import class_margin, memorisation, nearest_d
 from ecd2g_fast.hamming import DataLogField, HammingNetField, LogField
 
 from . import harness
-from .highdim_learning import DiagnosticField, SplicedField
+from .highdim_learning import DiagnosticField, SplicedField, has_ratio_head
 
 RESULTS = Path(__file__).parent / "results" / "digits_splice.jsonl"
 SUMMARY = RESULTS.with_suffix(".md")
@@ -147,6 +151,11 @@ def run(args: argparse.Namespace) -> dict:
     ):
         if not all(low <= layer <= circuit.num_layers for layer in layers):
             raise ValueError(f"{name} layers must be in {low}..{circuit.num_layers}, got {layers}")
+    if args.rises and has_ratio_head(network):
+        raise ValueError(
+            "--rises compares the network's values at states, which a network with head='ratios' does "
+            "not walk by (its walk reads the ratio head): use a run with head='scalar'"
+        )
     images = DataLogField(circuit, target.train_states)
     classifier, cross_fitted = target.classifier(), target.cross_fitted_labels()
     x0 = torch.randint(

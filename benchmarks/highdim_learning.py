@@ -364,15 +364,31 @@ def trace_walk(
     }
 
 
+def has_ratio_head(field: LogField) -> bool:
+    """Whether ``field`` is a network's whose walk reads a ratio head
+    (:data:`~ecd2g_fast.hamming.model.HEADS`), not its values at the neighbour states."""
+    return getattr(getattr(field, "net", None), "head_kind", "scalar") == "ratios"
+
+
 class DiagnosticField(LogField):
     """A log-field derived from ``field`` (on its circuit and device) for a diagnostic walk: not
-    exact, so its dead ends are bridged and its walks capped."""
+    exact, so its dead ends are bridged and its walks capped.
+
+    A subclass that evaluates its fields at neighbour states (:attr:`reads_neighbours`) refuses a
+    network with a ratio head: there the walk does not read those values, so the diagnostic
+    would walk another field than the network's."""
 
     bridge_dead_ends = True
     acyclic = False
+    reads_neighbours = True
 
-    def __init__(self, field: LogField) -> None:
+    def __init__(self, field: LogField, *others: LogField) -> None:
         super().__init__(field.circuit, field.device)
+        if self.reads_neighbours and any(has_ratio_head(f) for f in (field, *others)):
+            raise ValueError(
+                f"{type(self).__name__} evaluates the field at neighbour states, which a network with "
+                "head='ratios' does not walk by: use a network with head='scalar'"
+            )
         self.field = field
 
 
@@ -382,7 +398,7 @@ class SplicedField(DiagnosticField):
     (a network's learned sink head, if it has one)."""
 
     def __init__(self, below: LogField, above: LogField, layer: int) -> None:
-        super().__init__(above)
+        super().__init__(above, below)
         self.below, self.above, self.layer = below, above, layer
 
     def log_field(self, layer: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
@@ -403,6 +419,8 @@ class ExactSinkField(DiagnosticField):
     where the exact field's would (what its own sink costs). The exact sink current is ``q(z)``
     (``log_q``: ``(n, D)`` states -> ``(n,)`` float64 log-probabilities of the target), given over
     ``field``'s own ``rho_L(z)`` as every current of a vertex."""
+
+    reads_neighbours = False  # the field's own outlets
 
     def __init__(self, field: LogField, log_q) -> None:
         super().__init__(field)

@@ -124,3 +124,28 @@ def test_rises_are_the_mean_log_field_differences():
     assert out["distance"] == pytest.approx(float(distance.double().mean()))
     apart = distance > 0
     assert out["rise_per_coordinate"] == pytest.approx(float((rise[apart] / distance[apart]).mean()))
+
+
+def test_walks_that_read_neighbour_values_refuse_a_ratio_head(tmp_path, monkeypatch):
+    """A ratio head's walk does not read the network's values at neighbour states, so the splices,
+    the sharpened walks and ``--rises`` refuse such a run, naming the head; its own samples and
+    its inflow walk are still scored."""
+    out = tmp_path / "digits"
+    model = TINY_DIGITS.index("--model-kwargs") + 1
+    ratios = [
+        *TINY_DIGITS[:model],
+        TINY_DIGITS[model].replace("}", ', "head": "ratios"}'),
+        *TINY_DIGITS[model + 1 :],
+    ]
+    assert cli.main(["run", "binary-digits-64", "--out", str(out), *ratios]) == 0
+    monkeypatch.setattr(digits_splice, "RESULTS", tmp_path / "splice.jsonl")
+    monkeypatch.setattr(digits_splice, "SUMMARY", tmp_path / "splice.md")
+    for extra in (
+        ["--splice", "2"],
+        ["--splice", "--sharpen", "2", "--sharpen-from", "3"],
+        ["--splice", "--rises", "2"],
+    ):
+        with pytest.raises(ValueError, match="head='ratios'"):
+            digits_splice.main([str(out), "bad", *extra, "--walkers", "4", "--quiet"])
+    row = digits_splice.main([str(out), "ok", "--splice", "--inflow", "--walkers", "4", "--quiet"])
+    assert row["inflow_walk"]["num_samples"] == 4 and row["network_samples"]["num_samples"] == 20

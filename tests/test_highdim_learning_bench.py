@@ -4,6 +4,7 @@ and noisy samples are caught."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 import ecd2g_fast as E
@@ -158,3 +159,18 @@ def test_component_errors_are_zero_for_the_exact_field_and_see_a_field_that_favo
     errors = bench.component_errors(heavy, exact, mixture, torch.Generator().manual_seed(6))
     assert abs(errors["0"]["field_slope"] - 0.5) < 0.02
     assert errors["0"]["sink_slope"] != 0.0  # the inflow sink moves with the field
+
+
+def test_diagnostic_fields_that_read_neighbour_values_refuse_a_ratio_head():
+    """SplicedField (on either side) reads a network's values at neighbour states, which a ratio
+    head's walk does not: refused, naming the head; ExactSinkField walks the network's own outlets."""
+    from ecd2g_fast.hamming import HammingNet
+
+    mixture, exact = _mixture_and_field()
+    ratio = HammingNet(exact.circuit, width=8, depth=1, head="ratios").field()
+    scalar = HammingNet(exact.circuit, width=8, depth=1).field()
+    for below, above in ((exact, ratio), (ratio, exact)):
+        with pytest.raises(ValueError, match="head='ratios'"):
+            bench.SplicedField(below, above, 4)
+    bench.SplicedField(exact, scalar, 4)
+    assert bench.ExactSinkField(ratio, mixture.log_likelihood).field is ratio
