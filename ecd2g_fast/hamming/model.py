@@ -13,6 +13,10 @@ differs by ``E[c, v] - E[c, z_c]``, so the inputs of a walker and of its ``2 (1 
 neighbours in the two adjacent layers cost ``O(width)`` each, and one batched body evaluation per
 move gives every value the walk needs (:meth:`HammingNet.outlet_values`), with the same value for a
 state whichever walker asks: both ends of an edge see one current.
+
+**The ratio head** (``head="ratios"``, :data:`HEADS`; the recipe's) reads the log-ratios of all a
+vertex's edges off a second linear head at the vertex itself: one row per walker and move, the
+steep ratios near the data as direct outputs, at the price of that consistency.
 """
 
 from __future__ import annotations
