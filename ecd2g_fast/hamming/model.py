@@ -455,8 +455,11 @@ class HammingNetField(LogField):
         and ``r / Ã_0(0)`` is the exact sink ``q(z)`` over ``rho_L(z)``."""
         L = self.circuit.num_layers
         layer = torch.full((z.shape[0],), L, dtype=torch.int64, device=z.device)
-        logit = self.net(layer, z, sink_logit=True)[1].to(torch.float64)
-        return torch.exp(nn.functional.logsigmoid(logit) - self.tables.log_kernel[L, 0])
+        return self._sink_of_logit(self.net(layer, z, sink_logit=True)[1])
+
+    def _sink_of_logit(self, logit: torch.Tensor) -> torch.Tensor:
+        """``r / Ã_0(0)`` in float64 from the sink head's ``(B,)`` logit of ``r``."""
+        return torch.exp(nn.functional.logsigmoid(logit.to(torch.float64)) - self.tables.log_kernel[-1, 0])
 
     def sink_over_rho(self, z: torch.Tensor, backward: torch.Tensor) -> torch.Tensor:
         # a move asks it for every walker's row (no host sync to pick those at layer L): one more
@@ -465,7 +468,7 @@ class HammingNetField(LogField):
         if self.sink == "learned":
             kept, self._row_logits = self._row_logits, None
             if kept is not None and kept[0] is z:
-                return torch.exp(nn.functional.logsigmoid(kept[1]) - self.tables.log_kernel[-1, 0])
+                return self._sink_of_logit(kept[1])
             return self.learned_sink(z)
         return super().sink_over_rho(z, backward)
 
@@ -492,7 +495,7 @@ class HammingNetField(LogField):
         L = self.circuit.num_layers
         if getattr(self.net, "head_kind", "scalar") == "ratios":
             f, g, logit = self.net.ratio_outlets(layer, z, self.net.ratio_rows())
-            self._row_logits = None if logit is None else (z, logit.to(torch.float64))
+            self._row_logits = None if logit is None else (z, logit)
             f, g = f.to(torch.float64), g.to(torch.float64)
             here, ahead, behind = f, f[:, None] + g[:, 0], f[:, None] + g[:, 1]
         else:
