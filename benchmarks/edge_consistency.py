@@ -32,13 +32,11 @@ RESULTS = Path(__file__).parent / "results" / "edge_consistency.jsonl"
 BANDS = ((0, 32), (32, 48), (48, 56), (56, 64))
 
 
-def reverse_slot(circuit, z: torch.Tensor, w: torch.Tensor, slot: torch.Tensor) -> torch.Tensor:
-    """``(n,)`` int64: the slot of ``w`` that leads back to ``z`` (``w`` = ``z`` in ``slot``)."""
-    K, rows = circuit.num_categories, torch.arange(z.shape[0], device=z.device)
-    coordinate = torch.div((slot - 1).clamp_min(0), K - 1, rounding_mode="floor")
-    old, new = z[rows, coordinate], w[rows, coordinate]
-    lateral = 1 + coordinate * (K - 1) + old - (old > new).long()
-    return torch.where(slot > 0, lateral, torch.zeros_like(slot))
+def reverse_slot(circuit, z: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """``(n,)`` int64: the slot of ``(n, D)`` states ``w`` that leads back to ``z`` (each ``w[b]`` one
+    slot of ``z[b]`` away)."""
+    coordinate = (z != w).long().argmax(1)  # the changed coordinate (any, for the stay slot)
+    return circuit.slot_of(w, coordinate, z.gather(1, coordinate[:, None]).squeeze(1))
 
 
 @torch.no_grad()
@@ -51,7 +49,7 @@ def edge_disagreement(field: HammingNetField, layer: torch.Tensor, z: torch.Tens
     here, ahead, _ = field.outlet_log_fields(layer, z)
     there, _, behind = field.outlet_log_fields(layer + 1, w)
     forward = ahead[rows, slot] - here
-    return forward, forward + behind[rows, reverse_slot(field.circuit, z, w, slot)] - there
+    return forward, forward + behind[rows, reverse_slot(field.circuit, z, w)] - there
 
 
 def run(args: argparse.Namespace) -> dict:

@@ -112,6 +112,24 @@ def test_neighbour_at_inverts_itself_through_the_symmetric_slot():
     assert torch.equal(c.neighbour_at(torch.tensor([5]), torch.tensor([0])), torch.tensor([5]))
 
 
+def test_slot_of_inverts_apply_slot_for_every_slot():
+    """slot_of(z, coordinate, value) is the slot apply_slot reads back, for every slot of random
+    states (K = 3 and 2), and the stay slot where the value is already there."""
+    for K in (3, 2):
+        c = HammingCircuit(K, 4, 2)
+        N = c.num_neighbours
+        z = torch.randint(0, K, (N, 4), generator=torch.Generator().manual_seed(K))
+        slot = torch.arange(N)
+        w = c.apply_slot(z, slot)
+        coordinate = torch.where(slot == 0, 0, (slot - 1) // (K - 1))
+        value = w.gather(1, coordinate[:, None]).squeeze(1)
+        assert torch.equal(c.slot_of(z, coordinate, value), slot)
+        # (n, E) coordinates, as the kernel queries ask
+        both = torch.stack([coordinate, torch.zeros_like(coordinate)], 1)
+        values = torch.stack([value, z[:, 0]], 1)
+        assert torch.equal(c.slot_of(z, both, values), torch.stack([slot, torch.zeros_like(slot)], 1))
+
+
 def start_states(c: HammingCircuit, p: torch.Tensor, B: int, seed: int = 0) -> torch.Tensor:
     g = torch.Generator(p.device).manual_seed(seed)
     return c.index_state(torch.multinomial(p, B, replacement=True, generator=g))

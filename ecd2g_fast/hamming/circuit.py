@@ -183,6 +183,22 @@ class HammingCircuit(CircuitBase):
         out[rows, coordinate] = torch.where(slot == 0, current, other + (other >= current).long())
         return out
 
+    def slot_of(self, z: torch.Tensor, coordinate: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+        """The slot of each state vector ``z[b]`` that sets ``coordinate[b]`` to ``value[b]``: the
+        inverse of :meth:`apply_slot`; 0 (the stay slot) where ``value[b]`` is already there.
+
+        Args:
+            z: ``(n, D)`` int64 states in ``[0, K)``; ``coordinate``: ``(n, ...)`` int64 in ``[0, D)``;
+                ``value``: int64 in ``[0, K)``, shaped like ``coordinate``. Unchecked.
+
+        Returns:
+            int64 slots in ``[0, N)``, shaped like ``coordinate``.
+        """
+        K = self.num_categories
+        current = z.gather(1, coordinate.reshape(z.shape[0], -1)).view(coordinate.shape)
+        lateral = 1 + coordinate * (K - 1) + value - (value > current).long()
+        return torch.where(value == current, 0, lateral)
+
     def neighbour_vectors(self, z: torch.Tensor, start: int, stop: int) -> torch.Tensor:
         """``(B, S, D)`` int64: the states in slots ``start..stop-1`` of each ``(B, D)`` state ``z``.
 

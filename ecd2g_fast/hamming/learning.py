@@ -617,9 +617,8 @@ class KernelQueries:
         """``slot`` ``(n, E)`` with each entry replaced, with probability ``s``, by the stay slot and,
         with probability ``b``, by a correction of ``z`` towards ``anchor``; and the ``(n, E)``
         float64 importance weights (class docstring)."""
-        (n, E), K, N, b, s = (
+        (n, E), N, b, s = (
             slot.shape,
-            self.circuit.num_categories,
             self.circuit.num_neighbours,
             self.correction_fraction,
             self.stay_fraction,
@@ -630,8 +629,7 @@ class KernelQueries:
         # a uniform differing coordinate per edge: the largest of uniform keys over the differing ones
         keys = torch.rand(n, E, z.shape[1], generator=generator, device=device) * differs[:, None, :]
         coordinate = keys.argmax(2)
-        old, new = z.gather(1, coordinate), anchor.gather(1, coordinate)
-        correction = 1 + coordinate * (K - 1) + new - (new > old).long()
+        correction = self.circuit.slot_of(z, coordinate, anchor.gather(1, coordinate))
         kind = torch.rand(n, E, generator=generator, device=device)
         slot = torch.where((kind >= s) & (kind < s + b) & (h > 0), correction, slot)
         slot = torch.where(kind < s, 0, slot)

@@ -73,6 +73,15 @@ SINKS = ("inflow", "learned")
 HEADS = ("scalar", "ratios")
 
 
+def outlet_values_of_ratios(
+    f: torch.Tensor, g: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(f, f + g_forward, f + g_backward)``: the ``outlet_values`` form ``(B,)``, ``(B, N)``,
+    ``(B, N)`` of a ratio head's ``(B,)`` output ``f`` and ``(B, 2, N)`` log-ratios ``g``, so that the
+    difference of a neighbour's value and the vertex's is the head's log-ratio."""
+    return f, f[:, None] + g[:, 0], f[:, None] + g[:, 1]
+
+
 def layer_sharpness(circuit: HammingCircuit) -> torch.Tensor:
     """``(L+1,)`` float64 ``lambda_l = log Ã_{L-l}(0) - log Ã_{L-l}(1)``: how much one changed
     coordinate costs at layer ``l`` (increasing in ``l``, fastest near layer ``L``)."""
@@ -256,7 +265,7 @@ class LayerEncoding:
         walker and ``f + g`` at its outlets, so that ``S_{l'}(w) - S_l(z)`` is the head's log-ratio.
         Three float32 tensors ``(B,)``, ``(B, N)``, ``(B, N)``."""
         f, g, _ = self.ratio_outlets(layer, z, rows)
-        return f, f[:, None] + g[:, 0], f[:, None] + g[:, 1]
+        return outlet_values_of_ratios(f, g)
 
     def ratio_rows(self) -> int:
         """Walkers per network call of :meth:`ratio_outlets` (64 MiB of activations)."""
@@ -496,8 +505,7 @@ class HammingNetField(LogField):
         if getattr(self.net, "head_kind", "scalar") == "ratios":
             f, g, logit = self.net.ratio_outlets(layer, z, self.net.ratio_rows())
             self._row_logits = None if logit is None else (z, logit)
-            f, g = f.to(torch.float64), g.to(torch.float64)
-            here, ahead, behind = f, f[:, None] + g[:, 0], f[:, None] + g[:, 1]
+            here, ahead, behind = outlet_values_of_ratios(f.to(torch.float64), g.to(torch.float64))
         else:
             here, ahead, behind = (v.to(torch.float64) for v in self.net.outlet_values(layer, z))
         norm = self.tables.log_norm
