@@ -39,6 +39,20 @@ def distributed_cases() -> dict:
             y,
             dict(model="potential", queries="uniform", **common),
         ),
+        # the Hamming ratio head with its consistency term (two network calls per step)
+        "hamming-ratios": (
+            E.HammingCircuit(2, 6, 4),
+            torch.zeros(400, 6, dtype=torch.int64),
+            torch.randint(0, 2, (400, 6), generator=g),
+            dict(
+                model="hamming",
+                queries="kernel",
+                model_kwargs={"width": 16, "depth": 1, "head": "ratios", "sink": "learned"},
+                sink_labels="contrast",
+                consistency_weight=4.0,
+                **common,
+            ),
+        ),
     }
 
 

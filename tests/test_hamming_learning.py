@@ -42,13 +42,18 @@ def test_outlet_values_are_the_networks_values_at_the_neighbours(K, D, L, output
         torch.testing.assert_close(behind.reshape(-1), net(down, heads), rtol=0, atol=1e-5)
 
 
-def ratio_net(circuit: HammingCircuit, network: str, seed: int = 0) -> torch.nn.Module:
+def ratio_net(
+    circuit: HammingCircuit, network: str, seed: int = 0, output_scale: str = "none"
+) -> torch.nn.Module:
     """A network with a ratio head and non-trivial outputs (the heads start at zero)."""
     torch.manual_seed(seed)
     if network == "HammingNet":
-        net = HammingNet(circuit, width=32, depth=2, head="ratios", sink="learned")
+        net = HammingNet(circuit, width=32, depth=2, head="ratios", sink="learned", output_scale=output_scale)
     else:
-        net = HammingMixer(circuit, width=16, token_hidden=8, channel_hidden=32, depth=2, head="ratios")
+        net = HammingMixer(
+            circuit, width=16, token_hidden=8, channel_hidden=32, depth=2, head="ratios",
+            output_scale=output_scale,
+        )  # fmt: skip
     with torch.no_grad():
         for name, parameter in net.named_parameters():
             if "head" in name:
@@ -413,11 +418,9 @@ def test_denoising_ratio_targets_average_to_the_exact_ratios(
         )
 
 
-@pytest.mark.parametrize(
-    "K,walk_fraction,scale", [(2, 0.0, "absolute"), (3, 0.5, "absolute"), (3, 0.5, "relative")]
-)
+@pytest.mark.parametrize("K,walk_fraction", [(2, 0.0), (3, 0.5)])
 def test_all_edge_ratio_terms_are_the_sampled_terms_of_every_edge_and_vanish_at_the_exact_ratios(
-    K, walk_fraction, scale
+    K, walk_fraction
 ):
     """A ratio head trains on every edge of a query: the all-edge term equals the sampled-edge
     term (:meth:`ratio_terms`, neighbour states built explicitly) averaged over all existing edges;
@@ -484,6 +487,137 @@ def test_all_edge_ratio_terms_are_the_sampled_terms_of_every_edge_and_vanish_at_
     torch.testing.assert_close(
         loss.all_edge_ratio_terms(layer, z, anchor, log_ratios, weight), all_terms * weight
     )
+
+
+@pytest.mark.parametrize("network", ["HammingNet", "HammingMixer"])
+@pytest.mark.parametrize("output_scale", ["none", "sharpness"])
+def test_edge_log_ratio_is_one_outlet_of_the_ratio_head(network, output_scale):
+    """``edge=(direction, slot)`` gives ``f`` and each row's one entry of the full ``(n, 2, N)``
+    log-ratios (stay and lateral slots, both directions, layers 0 and L), with gradients; asking for
+    both, or for an edge of a scalar head, is refused by name."""
+    c = HammingCircuit(3, 4, 3)
+    net = ratio_net(c, network, output_scale=output_scale)
+    g = torch.Generator().manual_seed(2)
+    n = 40
+    z = torch.randint(0, 3, (n, 4), generator=g)
+    layer = torch.randint(0, 4, (n,), generator=g)
+    direction = torch.randint(0, 2, (n,), generator=g)
+    slot = torch.randint(0, c.num_neighbours, (n,), generator=g)
+    slot[:5] = 0
+    f_all, g_all = net(layer, z, ratios=True)
+    f_one, g_one = net(layer, z, edge=(direction, slot))
+    torch.testing.assert_close(f_one, f_all, rtol=0, atol=1e-6)
+    torch.testing.assert_close(g_one, g_all[torch.arange(n), direction, slot], rtol=0, atol=1e-5)
+    g_one.sum().backward()
+    assert float(net.ratio_head.weight.grad.abs().sum()) > 0
+    with pytest.raises(ValueError, match="give ratios or edge, not both"):
+        net(layer, z, ratios=True, edge=(direction, slot))
+    with pytest.raises(ValueError, match="edge needs a network built with head='ratios'"):
+        HammingNet(c, width=8, depth=1)(layer, z, edge=(direction, slot))
+
+
+class PotentialRatioNet(torch.nn.Module):
+    """A ratio-head stand-in whose log-ratios derive from one potential, the exact log-field of
+    ``data``: its two edge ends agree."""
+
+    head_kind, sink = "ratios", "inflow"
+
+    def __init__(self, circuit: HammingCircuit, data: torch.Tensor) -> None:
+        super().__init__()
+        self.exact = DataLogField(circuit, data)
+
+    def forward(self, layer, z, sink_logit=False, ratios=False, edge=None):
+        norm, L = self.exact.tables.log_norm, self.exact.circuit.num_layers
+        here, ahead, behind = self.exact.outlet_log_fields(layer, z)
+        far = torch.stack([norm[(layer + 1).clamp_max(L)], norm[(layer - 1).clamp_min(0)]], 1)
+        g = (
+            torch.stack([ahead, behind], 1)
+            - here[:, None, None]
+            - far[:, :, None]
+            + norm[layer][:, None, None]
+        )
+        f = here - norm[layer]
+        if edge is not None:
+            return f, g[torch.arange(z.shape[0]), edge[0], edge[1]]
+        return (f, g) if ratios else f
+
+
+def test_consistency_terms_read_both_ends_of_a_walk_drawn_edge_and_vanish_for_a_potential():
+    """The edge-consistency term of a ratio head is ``(g(z -> w) + g(w -> z))^2`` over one outlet
+    of each query, drawn at the given uniform by inverse CDF over the positive out-currents the
+    network's own field walks by (``HammingNetField.outlet_currents``, bidirectional; so never an
+    edge that does not exist, at layers 0 and L), the far end read at ``w`` by its outlet back to
+    ``z`` (checked by rebuilding both ends in full), and 0 where no out-current is positive; it is 0
+    for log-ratios that derive from a potential (the exact field) and gives gradients to both ends."""
+    from ecd2g_fast.hamming.learning import KernelQueries
+
+    c = HammingCircuit(3, 4, 3)
+    L, N = c.num_layers, c.num_neighbours
+    g = torch.Generator().manual_seed(3)
+    data = torch.randint(0, 3, (6, 4), generator=g)
+    loss = BregmanLogLoss(c, ratio_weight=1.0, consistency_weight=2.0)
+    layer, z = KernelQueries(c, walk_fraction=0.5)(data, 40, g)[:2]
+    layer[:2] = torch.tensor([0, L])
+    uniform = torch.rand(40, generator=g, dtype=torch.float64)
+    exact = PotentialRatioNet(c, data)
+    terms = loss.consistency_terms(exact, layer, z, *exact(layer, z, ratios=True), uniform)
+    assert float(terms.abs().max()) < 1e-20
+    net = ratio_net(c, "HammingNet")
+    f, log_ratios = net(layer, z, ratios=True)
+    terms = loss.consistency_terms(net, layer, z, f, log_ratios, uniform)
+    with torch.no_grad():
+        walk = net.field().outlet_currents(layer, z, "bidirectional")[:, : 2 * N].clamp_min(0)
+    for q in range(40):
+        cumulative = walk[q].cumsum(0)
+        if cumulative[-1] == 0:  # every edge flows in: nothing to tie
+            assert terms[q] == 0
+            continue
+        drawn = int((cumulative < uniform[q] * cumulative[-1]).sum())
+        direction, slot = divmod(drawn, N)
+        assert walk[q, drawn] > 0
+        there = int(layer[q]) + (1 if direction == 0 else -1)
+        w = c.apply_slot(z[q : q + 1], torch.tensor([slot]))
+        far = net(torch.tensor([there]), w, ratios=True)[1][0, 1 - direction]
+        back = [s for s in range(N) if torch.equal(c.apply_slot(w, torch.tensor([s])), z[q : q + 1])]
+        assert len(back) == 1
+        want = (log_ratios[q, direction, slot] + far[back[0]]).double() ** 2
+        torch.testing.assert_close(terms[q], want, rtol=1e-5, atol=1e-9)
+    # gradients reach both ends: the head's rows at z (through log_ratios) and at w
+    (grad,) = torch.autograd.grad(terms.sum(), log_ratios, retain_graph=True)
+    assert int((grad != 0).flatten(1).sum(1).eq(1).sum()) == int((terms > 0).sum())
+    net.zero_grad()
+    loss.consistency_terms(net, layer, z, f.detach(), log_ratios.detach(), uniform).sum().backward()
+    assert float(net.ratio_head.weight.grad.abs().sum()) > 0
+
+
+@pytest.mark.slow
+def test_the_consistency_term_brings_the_edge_ends_together_in_training():
+    """300 steps with ``consistency_weight`` leave the two ends of the edges the walk takes closer
+    than the same run without it; a scalar head refuses the setting by name."""
+    c, states, q, _ = two_mode_target()
+    g = torch.Generator().manual_seed(1)
+    data = states[torch.multinomial(q, 4096, replacement=True, generator=g)]
+    settings = dict(
+        model="hamming", queries="kernel", batch_size=256, num_queries=256, lr=3e-3, progress=False,
+        steps=300, model_kwargs={"width": 64, "depth": 2, "head": "ratios"},
+    )  # fmt: skip
+    source = lambda n: torch.zeros(n, 6, dtype=torch.int64)  # noqa: E731
+    probe = BregmanLogLoss(c)
+    from ecd2g_fast.hamming.learning import KernelQueries
+
+    layer, z = KernelQueries(c)(data, 2000, torch.Generator().manual_seed(5))[:2]
+    mismatch = {}
+    for weight in (0.0, 256.0):
+        net = E.train(c, source, data, consistency_weight=weight, **settings).model.eval()
+        with torch.no_grad():
+            uniform = torch.rand(2000, generator=torch.Generator().manual_seed(6), dtype=torch.float64)
+            mismatch[weight] = float(
+                probe.consistency_terms(net, layer, z, *net(layer, z, ratios=True), uniform).mean()
+            )
+    print(mismatch)
+    assert mismatch[256.0] < 0.2 * mismatch[0.0], mismatch
+    with pytest.raises(ValueError, match="consistency_weight=1.0 ties the two ends .* head='scalar'"):
+        E.train(c, source, data, **{**settings, "model_kwargs": {"width": 8}, "consistency_weight": 1.0})
 
 
 def test_a_ratio_head_trains_through_the_trainer_and_bad_settings_are_named():

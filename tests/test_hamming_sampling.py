@@ -114,7 +114,8 @@ def test_neighbour_at_inverts_itself_through_the_symmetric_slot():
 
 def test_slot_of_inverts_apply_slot_for_every_slot():
     """slot_of(z, coordinate, value) is the slot apply_slot reads back, for every slot of random
-    states (K = 3 and 2), and the stay slot where the value is already there."""
+    states (K = 3 and 2), and the stay slot where the value is already there; reverse_slot leads
+    back."""
     for K in (3, 2):
         c = HammingCircuit(K, 4, 2)
         N = c.num_neighbours
@@ -128,6 +129,10 @@ def test_slot_of_inverts_apply_slot_for_every_slot():
         both = torch.stack([coordinate, torch.zeros_like(coordinate)], 1)
         values = torch.stack([value, z[:, 0]], 1)
         assert torch.equal(c.slot_of(z, both, values), torch.stack([slot, torch.zeros_like(slot)], 1))
+        # reverse_slot leads back from every neighbour (the stay slot to itself)
+        back = c.reverse_slot(z, w)
+        assert torch.equal(c.apply_slot(w, back), z)
+        assert torch.equal(back == 0, slot == 0)
 
 
 def start_states(c: HammingCircuit, p: torch.Tensor, B: int, seed: int = 0) -> torch.Tensor:

@@ -199,6 +199,16 @@ class HammingCircuit(CircuitBase):
         lateral = 1 + coordinate * (K - 1) + value - (value > current).long()
         return torch.where(value == current, 0, lateral)
 
+    def reverse_slot(self, z: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        """``(n,)`` int64: the slot of each state vector ``w[b]`` that leads back to ``z[b]``
+        (``w[b]`` one slot of ``z[b]`` away, unchecked; the stay slot 0 where they are equal).
+
+        Args:
+            z, w: ``(n, D)`` int64 states in ``[0, K)``.
+        """
+        coordinate = (z != w).long().argmax(1)  # the changed coordinate (any, for the stay slot)
+        return self.slot_of(w, coordinate, z.gather(1, coordinate[:, None]).squeeze(1))
+
     def neighbour_vectors(self, z: torch.Tensor, start: int, stop: int) -> torch.Tensor:
         """``(B, S, D)`` int64: the states in slots ``start..stop-1`` of each ``(B, D)`` state ``z``.
 

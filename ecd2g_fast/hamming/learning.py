@@ -37,6 +37,7 @@ import torch
 from .._validation import check_choice, check_int
 from .circuit import HammingCircuit
 from .log_field import LogField, LogFieldTables
+from .model import outlet_values_of_ratios
 from .targets import distance_histograms
 
 __all__ = [
@@ -114,6 +115,8 @@ class BregmanLogLoss:
         device: where the tables live.
         ratio_weight: weight of the denoising ratio term (kernel queries only).
         sink_labels: how a learned sink's head is trained (:data:`SINK_LABELS`).
+        consistency_weight: weight of the edge-consistency term of a ratio head
+            (:meth:`consistency_terms`); 0: none.
     """
 
     def __init__(
@@ -122,10 +125,12 @@ class BregmanLogLoss:
         device: torch.device | str = "cpu",
         ratio_weight: float = 1.0,
         sink_labels: str = "posterior",
+        consistency_weight: float = 0.0,
     ) -> None:
         self.circuit = circuit
         self.tables = LogFieldTables(circuit, device)
         self.ratio_weight = ratio_weight
+        self.consistency_weight = consistency_weight
         self.sink_labels = check_choice("sink_labels", sink_labels, SINK_LABELS)
         # log pi_L(0): the share of layer-L kernel queries that sit on their anchor
         self.log_stay = math.log(smoothed_distance_laws(self.tables, circuit.num_categories)[-1, 0].item())
@@ -204,6 +209,65 @@ class BregmanLogLoss:
         terms = (edge_terms(d, log_tau) * exists[:, :, None]).sum((1, 2)) / (N * exists.sum(1))
         return terms if weight is None else terms * weight
 
+    @torch.no_grad()
+    def model_edge_currents(
+        self, layer: torch.Tensor, z: torch.Tensor, f: torch.Tensor, log_ratios: torch.Tensor
+    ) -> torch.Tensor:
+        """``(Q, 2N)`` float64: the positive parts of the out-currents (over ``rho_l(z)``,
+        bidirectional, forward slots first; :meth:`~.log_field.LogFieldTables.edge_currents`) that
+        the walk at each query would draw its move from, given a ratio head's ``f`` ``(Q,)`` and
+        ``log_ratios`` ``(Q, 2, N)`` there. No gradient."""
+        c, norm = self.circuit, self.tables.log_norm
+        L, N = c.num_layers, c.num_neighbours
+        here, ahead, behind = outlet_values_of_ratios(f.to(torch.float64), log_ratios.to(torch.float64))
+        return self.tables.edge_currents(
+            layer,
+            norm[layer] + here,
+            norm[(layer + 1).clamp_max(L)][:, None] + ahead,
+            norm[(layer - 1).clamp_min(0)][:, None] + behind,
+            c.slot_conductances(z, 0, N),
+        ).clamp_min(0)
+
+    def consistency_terms(
+        self,
+        net: torch.nn.Module,
+        layer: torch.Tensor,
+        z: torch.Tensor,
+        f: torch.Tensor,
+        log_ratios: torch.Tensor,
+        uniform: torch.Tensor,
+    ) -> torch.Tensor:
+        """``(Q,)`` float64 ``(d(z -> w) + d(w -> z))^2`` for a ratio head: the two ends' log-ratios
+        across one edge of each query, 0 for every potential (and so for the exact field).
+
+        The edge is drawn as the walk at ``z`` would take it: by inverse CDF at ``uniform`` ``(Q,)``
+        in ``[0, 1)`` over the positive parts of the model's out-currents
+        (:meth:`model_edge_currents`, from the head's ``f`` ``(Q,)`` and ``log_ratios``
+        ``(Q, 2, N)`` at the queries; without gradient). The walk picks the largest
+        of many noisy log-ratios, so where a vertex has many edges (``K = 17``) the ratios it takes
+        are biased upwards against those the far ends give back. ``d(z -> w)`` is read from
+        ``log_ratios`` (the layer normalisers cancel in the sum) and ``d(w -> z)`` from one more
+        network row per query, at ``w`` (its one outlet back to ``z``,
+        :meth:`~.model.LayerEncoding.edge_log_ratio`). 0 at a vertex without a positive
+        out-current."""
+        c = self.circuit
+        L, N = c.num_layers, c.num_neighbours
+        with torch.no_grad():
+            cumulative = self.model_edge_currents(layer, z, f, log_ratios).cumsum(1)
+            target = uniform.to(torch.float64)[:, None] * cumulative[:, -1:]
+            drawn = torch.searchsorted(cumulative, target).squeeze(1).clamp_max(2 * N - 1)
+        direction, slot = drawn // N, drawn % N
+        there = torch.where(direction == 0, layer + 1, layer - 1).clamp(0, L)
+        w = c.apply_slot(z, slot)
+        # the module itself, not a DistributedDataParallel wrapper: one forward per step there;
+        # both rows' gradients reach each parameter in the same backward
+        far_end = getattr(net, "module", net)(there, w, edge=(1 - direction, c.reverse_slot(z, w)))[1]
+        rows = torch.arange(z.shape[0], device=z.device)
+        mismatch = log_ratios[rows, direction, slot].to(torch.float64) + far_end.to(torch.float64)
+        # a vertex without a positive out-current (at layer L, all flows in: the walker leaves by
+        # the sink) has no edge to tie
+        return torch.where(cumulative[:, -1] > 0, mismatch.square(), 0.0)
+
     def __call__(
         self,
         net: torch.nn.Module,
@@ -222,6 +286,7 @@ class BregmanLogLoss:
         the minimiser only where the network is more than ``U_MAX`` nats below a target, which
         happens before it has reached the targets' scale."""
         layer, z = queries[:2]
+        consistency = None
         base = getattr(net, "module", net)  # DDP or not
         learned_sink = getattr(base, "sink", "inflow") == "learned"
         ratio_head = getattr(base, "head_kind", "scalar") == "ratios"
@@ -254,6 +319,11 @@ class BregmanLogLoss:
                 # the walk-fraction weight is one per query (the trainer refuses edge options)
                 query_weight = None if weight is None else weight[:, 0]
                 ratio = self.all_edge_ratio_terms(layer, z, anchor, out[-1][:n], query_weight)
+                if self.consistency_weight > 0:
+                    # the query's own uniform slot draws, which a ratio head leaves unused
+                    N = self.circuit.num_neighbours
+                    uniform = ((slot[:, 0] * N + slot[:, -1]).to(torch.float64) + 0.5) / N**2
+                    consistency = self.consistency_terms(net, layer, z, f_here, out[-1][:n], uniform)
             else:
                 f_there = f[n : n + m].view(other.shape)
                 ratio = self.ratio_terms(layer, z, anchor, other, w, f_here, f_there, weight)
@@ -264,6 +334,8 @@ class BregmanLogLoss:
         loss = torch.exp(capped) * (1 + u - capped) - u - 1
         if ratio is not None:
             loss = loss + self.ratio_weight * ratio
+        if consistency is not None:
+            loss = loss + self.consistency_weight * consistency
         if learned_sink:
             clean_logit = None if clean is None else logit[n + m :]
             loss = loss + self.sink_terms(layer, z, anchor, logit[:n], clean_logit)
@@ -657,11 +729,19 @@ def check_sink_training(sink: str, queries: str) -> None:
 EDGE_QUERY_OPTIONS = ("correction_fraction", "stay_fraction", "edges")
 
 
-def check_ratio_training(head: str, queries: str, query_kwargs: dict) -> None:
+def check_ratio_training(
+    head: str, queries: str, query_kwargs: dict, consistency_weight: float = 0.0
+) -> None:
     """Raise ``ValueError`` unless a network with ``head`` (:data:`~.model.HEADS`) can learn from
     ``queries`` with ``query_kwargs``: a ratio head needs kernel queries (its terms need their
-    anchors) and takes none of :data:`EDGE_QUERY_OPTIONS` (it trains on every edge)."""
+    anchors) and takes none of :data:`EDGE_QUERY_OPTIONS` (it trains on every edge); a
+    ``consistency_weight`` above 0 (:meth:`BregmanLogLoss.consistency_terms`) needs a ratio head."""
     if head != "ratios":
+        if consistency_weight > 0:
+            raise ValueError(
+                f"consistency_weight={consistency_weight} ties the two ends of a ratio head's edges, "
+                f"but the network has head={head!r} (one value per state): set it to 0"
+            )
         return
     if queries not in ("kernel", "kernel-walk"):
         raise ValueError(

@@ -77,6 +77,42 @@ class LogFieldTables:
         and ``(n,)`` float64 ``log rho``."""
         return self.drift_sign[edge_layer] * torch.exp(self.drift_log[edge_layer] - log_rho)
 
+    def forward_currents(self, layer, here, ahead, conductance):
+        """Forward out-currents over ``rho_l(z)`` (module docstring): ``(B, S)`` float64 from ``(B,)``
+        layers in ``[0, L)``, ``(B,)`` ``S_l(z)``, ``(B, S)`` ``S_{l+1}`` at the slots and their
+        ``(S,)`` conductances."""
+        drift = self.drift_terms(layer, here)
+        return conductance * (torch.expm1(ahead - here[:, None]) + drift[:, None])
+
+    def backward_currents(self, layer, here, behind, conductance):
+        """Backward out-currents over ``rho_l(z)``, as :meth:`forward_currents`; ``layer`` in ``[1, L]``."""
+        drift = self.drift_terms(layer - 1, here)
+        return conductance * (torch.expm1(behind - here[:, None]) - drift[:, None])
+
+    def edge_currents(
+        self,
+        layer: torch.Tensor,
+        here: torch.Tensor,
+        ahead: torch.Tensor,
+        behind: torch.Tensor,
+        conductance: torch.Tensor,
+        bidirectional: bool = True,
+    ) -> torch.Tensor:
+        """``(B, 2N)`` float64 out-currents over ``rho_l(z)`` of every edge of ``(B,)`` vertices at
+        ``layer`` in ``[0, L]``: forward slots ``[:, :N]``, backward ``[:, N:]``, 0 where the edge
+        does not exist (forward at ``L``; backward at 0, or without ``bidirectional``). From the
+        log-fields ``here`` ``(B,)``, ``ahead`` and ``behind`` ``(B, N)`` and the ``(N,)`` slot
+        conductances."""
+        L = self.log_norm.shape[0] - 1
+        forward = self.forward_currents(layer.clamp_max(L - 1), here, ahead, conductance)
+        out = [torch.where((layer < L)[:, None], forward, 0.0)]
+        if bidirectional:
+            backward = self.backward_currents(layer.clamp_min(1), here, behind, conductance)
+            out.append(torch.where((layer > 0)[:, None], backward, 0.0))
+        else:
+            out.append(torch.zeros_like(forward))
+        return torch.cat(out, dim=1)
+
 
 class LogField(Field):
     """A noise-to-data current field on a :class:`HammingCircuit` given by ``S_l(z) = log rho_l(z)``.
@@ -153,16 +189,6 @@ class LogField(Field):
         return here, ahead, behind
 
     # ------------------------------------------------------------------ currents (module docstring)
-    def _forward(self, layer, here, ahead, conductance):
-        """Forward out-currents over ``rho_l(z)``; ``layer`` ``(B,)`` in ``[0, L)``."""
-        drift = self.tables.drift_terms(layer, here)
-        return conductance * (torch.expm1(ahead - here[:, None]) + drift[:, None])
-
-    def _backward(self, layer, here, behind, conductance):
-        """Backward out-currents over ``rho_l(z)``; ``layer`` ``(B,)`` in ``[1, L]``."""
-        drift = self.tables.drift_terms(layer - 1, here)
-        return conductance * (torch.expm1(behind - here[:, None]) - drift[:, None])
-
     def outlet_currents(self, layer: torch.Tensor, z: torch.Tensor, mode: str) -> torch.Tensor:
         """Every out-current of each walker's vertex, over its ``rho_l(z)``, from one evaluation.
 
@@ -182,15 +208,12 @@ class LogField(Field):
         B = layer.shape[0]
         out = torch.zeros(B, 2 * N + 1, dtype=torch.float64, device=layer.device)
         here, ahead, behind = self.outlet_log_fields(layer, z)
-        fwd = layer < L
-        out[:, :N] = torch.where(
-            fwd[:, None], self._forward(layer.clamp_max(L - 1), here, ahead, self.conductance), 0.0
+        bidirectional = mode == "bidirectional"
+        out[:, : 2 * N] = self.tables.edge_currents(
+            layer, here, ahead, behind, self.conductance, bidirectional
         )
-        if mode == "bidirectional":
-            back = layer > 0
-            backward = self._backward(layer.clamp_min(1), here, behind, self.conductance)
-            out[:, N : 2 * N] = torch.where(back[:, None], backward, 0.0)
-            out[:, 2 * N] = torch.where(layer == L, self.sink_over_rho(z, backward), 0.0)
+        if bidirectional:
+            out[:, 2 * N] = torch.where(layer == L, self.sink_over_rho(z, out[:, N : 2 * N]), 0.0)
         if self.bridge_dead_ends:
             # no host sync: the count stays on the device
             stuck = (out.clamp_min(0).sum(1) <= 0) & (layer < L)
@@ -206,13 +229,13 @@ class LogField(Field):
         states = self._states(z)
         here = self.log_field(layer, states)
         ahead = self.slot_log_fields(layer + 1, states, start, stop)
-        return self._forward(layer, here, ahead, self.conductance[start:stop])
+        return self.tables.forward_currents(layer, here, ahead, self.conductance[start:stop])
 
     def currents_from_prev(self, layer: torch.Tensor, z: torch.Tensor, start: int, stop: int) -> torch.Tensor:
         states = self._states(z)
         here = self.log_field(layer, states)
         behind = self.slot_log_fields(layer - 1, states, start, stop)
-        return -self._backward(layer, here, behind, self.conductance[start:stop])
+        return -self.tables.backward_currents(layer, here, behind, self.conductance[start:stop])
 
     def sink_over_rho(self, z: torch.Tensor, backward: torch.Tensor) -> torch.Tensor:
         """The sink currents over ``rho_L(z)`` of ``(B, D)`` states at layer ``L``, given their

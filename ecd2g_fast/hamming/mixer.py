@@ -140,12 +140,10 @@ class HammingMixer(LayerEncoding, nn.Module):
             "head": self.head_kind,
         }
 
-    def forward(
-        self, layer: torch.Tensor, z: torch.Tensor, sink_logit: bool = False, ratios: bool = False
-    ) -> torch.Tensor | tuple[torch.Tensor, ...]:
-        """``(n,)`` float32 ``f(layer, z)`` from ``(n,)`` int64 layers in ``[0, L]`` and ``(n, D)`` int64
-        states; with ``sink_logit`` also the logit of ``r(z)`` and with ``ratios`` the log-ratios of
-        every outlet, as :meth:`~.model.HammingNet.forward`.
+    def last_hidden_states(self, layer: torch.Tensor, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The ``(n, width)`` token means and the ``(n, D, width)`` token states after the last block
+        (normalised) of rows ``(n,)`` layers, ``(n, D)`` int64 states: what
+        :meth:`~.model.LayerEncoding.forward` reads its heads from.
 
         Memory: a few ``(n, D, max(width, channel_hidden))`` float32 activations (and those of
         the backward pass when gradients are on); callers bound ``n``.
@@ -154,7 +152,7 @@ class HammingMixer(LayerEncoding, nn.Module):
         for block in self.blocks:
             x = block(x)
         x = self.norm(x)
-        return self.outputs(x.mean(1), layer, z, sink_logit, ratios, tokens=x)
+        return x.mean(1), x
 
     def rows_per_block(self) -> int:
         """Rows (states) per body evaluation in :meth:`outlet_values` (:data:`_MAX_ACTIVATIONS`)."""

@@ -206,6 +206,40 @@ class LayerEncoding:
         far = torch.stack([(layer + 1).clamp_max(L), (layer - 1).clamp_min(0)], dim=1)
         return g * self.layer_gain[far][:, :, None]
 
+    def edge_log_ratio(
+        self,
+        hidden: torch.Tensor,
+        layer: torch.Tensor,
+        z: torch.Tensor,
+        direction: torch.Tensor,
+        slot: torch.Tensor,
+        tokens: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """``(n,)`` float32: entry ``[b, direction[b], slot[b]]`` of :meth:`slot_log_ratios`, one
+        outlet per row (``direction`` 0 forward, 1 backward; ``(n,)`` int64 each), reading only the
+        head's weights of that outlet (a loss that needs one edge per row skips the other
+        ``2 N - 1`` outputs)."""
+        D, K, L = self.circuit.dim, self.circuit.num_categories, self.circuit.num_layers
+        rows = torch.arange(z.shape[0], device=z.device)
+        coordinate = self.circuit._decode_slots(slot)[0]
+        value = self.circuit.apply_slot(z, slot)[rows, coordinate]
+        lateral = slot > 0
+        if tokens is None:
+            index = torch.where(lateral, 2 + direction * (D * K) + coordinate * K + value, direction)
+            head, source = self.ratio_head, hidden
+        else:  # stay edges from the pooled state, lateral ones from the coordinate's token
+            index = torch.where(lateral, direction * K + value, direction)
+            head = self.token_ratio_head
+            source = torch.where(lateral[:, None], tokens[rows, coordinate], hidden)
+        g = (head.weight[index] * source).sum(1) + head.bias[index]
+        if tokens is not None:
+            stay = self.ratio_head.weight[direction] * hidden
+            g = torch.where(lateral, g, stay.sum(1) + self.ratio_head.bias[direction])
+        if self.output_scale == "none":
+            return g
+        far = torch.where(direction == 0, (layer + 1).clamp_max(L), (layer - 1).clamp_min(0))
+        return g * self.layer_gain[far]
+
     def init_sink(self, width: int, sink: str) -> None:
         """Check ``sink`` (:data:`SINKS`) and, for ``"learned"``, register the zero-initialised
         ``sink_head`` (``width -> 1``: the untrained ``r`` is 1/2). Called last in a constructor, so
@@ -224,12 +258,21 @@ class LayerEncoding:
         sink_logit: bool = False,
         ratios: bool = False,
         tokens: torch.Tensor | None = None,
+        edge: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> torch.Tensor | tuple[torch.Tensor, ...]:
         """``f`` ``(n,)`` from the ``(n, width)`` last hidden states of rows ``(n,)`` layers,
         ``(n, D)`` states; with ``sink_logit`` also the sink head's logit of ``r`` at every row
         (meaningful at the rows of layer ``L``), and with ``ratios`` last the ``(n, 2, N)``
-        log-ratios of the ratio head (:meth:`slot_log_ratios`; ``tokens`` for a per-token head)."""
+        log-ratios of the ratio head (:meth:`slot_log_ratios`; ``tokens`` for a per-token head),
+        or, given ``edge = (direction, slot)`` instead, the ``(n,)`` log-ratio of that one outlet
+        per row (:meth:`edge_log_ratio`)."""
         f = self.head(hidden).squeeze(-1) * self.layer_gain[layer]
+        if edge is not None:
+            if ratios:
+                raise ValueError("give ratios or edge, not both")
+            if self.head_kind != "ratios":
+                raise ValueError(f"edge needs a network built with head='ratios', not {self.head_kind!r}")
+            return f, self.edge_log_ratio(hidden, layer, z, *edge, tokens)
         if not (sink_logit or ratios):
             return f
         out = [f]
@@ -242,6 +285,24 @@ class LayerEncoding:
                 raise ValueError(f"ratios needs a network built with head='ratios', not {self.head_kind!r}")
             out.append(self.slot_log_ratios(hidden, layer, z, tokens))
         return tuple(out)
+
+    def forward(
+        self,
+        layer: torch.Tensor,
+        z: torch.Tensor,
+        sink_logit: bool = False,
+        ratios: bool = False,
+        edge: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> torch.Tensor | tuple[torch.Tensor, ...]:
+        """``(n,)`` float32 ``f(layer, z)`` from ``(n,)`` int64 layers in ``[0, L]`` and ``(n, D)`` int64
+        states; with ``sink_logit`` (``sink="learned"`` only) also the ``(n,)`` logit of ``r(z)``
+        (:data:`SINKS`), meaningful at the rows of layer ``L``; with ``ratios`` (``head="ratios"``
+        only) last the ``(n, 2, N)`` log-ratios of every outlet (:meth:`slot_log_ratios`); with
+        ``edge = (direction, slot)`` (``head="ratios"``, ``(n,)`` int64 each) ``(f, g)``, ``g`` the
+        ``(n,)`` log-ratio of that one outlet of each row (:meth:`edge_log_ratio`). The body gives
+        its last hidden states (``last_hidden_states``: pooled, and per token or None)."""
+        hidden, tokens = self.last_hidden_states(layer, z)
+        return self.outputs(hidden, layer, z, sink_logit, ratios, tokens, edge)
 
     def ratio_outlets(
         self, layer: torch.Tensor, z: torch.Tensor, rows: int
@@ -351,15 +412,10 @@ class HammingNet(LayerEncoding, nn.Module):
         """``(..., width)`` inputs -> ``(...)`` outputs ``f`` (before the layer gain)."""
         return self.head(self.hidden(x)).squeeze(-1)
 
-    def forward(
-        self, layer: torch.Tensor, z: torch.Tensor, sink_logit: bool = False, ratios: bool = False
-    ) -> torch.Tensor | tuple[torch.Tensor, ...]:
-        """``(n,)`` float32 ``f(layer, z)`` from ``(n,)`` int64 layers in ``[0, L]`` and ``(n, D)`` int64
-        states; with ``sink_logit`` (``sink="learned"`` only) also the ``(n,)`` logit of ``r(z)``
-        (:data:`SINKS`), meaningful at the rows of layer ``L``; with ``ratios`` (``head="ratios"``
-        only) last the ``(n, 2, N)`` log-ratios of every outlet (:meth:`slot_log_ratios`)."""
-        hidden = self.hidden(self.embed_states(z) + self.embed_layers(layer))
-        return self.outputs(hidden, layer, z, sink_logit, ratios)
+    def last_hidden_states(self, layer: torch.Tensor, z: torch.Tensor) -> tuple[torch.Tensor, None]:
+        """The ``(n, width)`` last hidden states of rows ``(n,)`` layers, ``(n, D)`` states (no
+        per-token states: :meth:`~LayerEncoding.forward`)."""
+        return self.hidden(self.embed_states(z) + self.embed_layers(layer)), None
 
     def slot_changes(self, z: torch.Tensor) -> torch.Tensor:
         """``(B, N, width)``: the input change from ``z`` to each of its ``N`` neighbour slots."""
@@ -490,13 +546,15 @@ class HammingNetField(LogField):
         if getattr(self.net, "head_kind", "scalar") != "ratios":
             return super().currents_to_next(layer, z, start, stop)
         here, ahead, _ = self.outlet_log_fields(layer, self._states(z))
-        return self._forward(layer, here, ahead[:, start:stop], self.conductance[start:stop])
+        return self.tables.forward_currents(layer, here, ahead[:, start:stop], self.conductance[start:stop])
 
     def currents_from_prev(self, layer: torch.Tensor, z: torch.Tensor, start: int, stop: int) -> torch.Tensor:
         if getattr(self.net, "head_kind", "scalar") != "ratios":
             return super().currents_from_prev(layer, z, start, stop)
         here, _, behind = self.outlet_log_fields(layer, self._states(z))
-        return -self._backward(layer, here, behind[:, start:stop], self.conductance[start:stop])
+        return -self.tables.backward_currents(
+            layer, here, behind[:, start:stop], self.conductance[start:stop]
+        )
 
     def outlet_log_fields(
         self, layer: torch.Tensor, z: torch.Tensor

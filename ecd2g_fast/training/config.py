@@ -85,7 +85,7 @@ SEED_MAX = 2**63 - 1
 RECIPE_SETTINGS = (
     "model", "steps", "batch_size", "num_queries", "queries", "optimizer", "lr", "lr_schedule",
     "warmup_steps", "momentum", "weight_decay", "grad_clip", "ema_decay", "model_kwargs", "ratio_weight",
-    "query_kwargs", "sink_labels",
+    "query_kwargs", "sink_labels", "consistency_weight",
 )  # fmt: skip
 
 
@@ -118,7 +118,7 @@ def _measured(model: str, queries: str, encoding: str = "onehot") -> dict:
         model=model, steps=10_000, batch_size=16_384, num_queries=512, queries=queries, optimizer="adam",
         lr=3e-3, lr_schedule="cosine", warmup_steps=0, momentum=0.9, weight_decay=0.0, grad_clip=None,
         ema_decay=0.999, model_kwargs={"encoding": encoding}, ratio_weight=1.0, query_kwargs={},
-        sink_labels="posterior",
+        sink_labels="posterior", consistency_weight=0.0,
     )  # fmt: skip
 
 
@@ -127,7 +127,7 @@ def _paper(model: str) -> dict:
         model=model, steps=5000, batch_size=256, num_queries=None, queries="uniform", optimizer="sgd",
         lr=0.01, lr_schedule="constant", warmup_steps=0, momentum=0.9, weight_decay=0.0, grad_clip=None, ema_decay=None,
         model_kwargs={"encoding": "scaled"}, ratio_weight=1.0, query_kwargs={},
-        sink_labels="posterior",
+        sink_labels="posterior", consistency_weight=0.0,
     )  # fmt: skip
 
 
@@ -153,7 +153,7 @@ _HAMMING = dict(
     model="hamming", steps=10_000, batch_size=1024, num_queries=1024, queries="kernel-walk", optimizer="adam",
     lr=2e-3, lr_schedule="cosine", warmup_steps=300, momentum=0.9, weight_decay=0.0, grad_clip=1.0, ema_decay=0.999,
     model_kwargs={"layer_encoding": "smooth", "sink": "learned", "head": "ratios"}, ratio_weight=256.0,
-    query_kwargs={}, sink_labels="contrast",
+    query_kwargs={}, sink_labels="contrast", consistency_weight=0.0,
 )  # fmt: skip
 
 RECIPES: dict[str, Recipe] = {
@@ -246,6 +246,9 @@ class TrainConfig(Settings):
             ``"sink": "learned"``): ``"posterior"`` or ``"contrast"``
             (:data:`~ecd2g_fast.hamming.learning.SINK_LABELS`); unused without a learned sink.
             *resume*
+        consistency_weight: weight of the Hamming model's edge-consistency term (a ratio head,
+            ``model_kwargs`` ``"head": "ratios"``, only;
+            :meth:`~ecd2g_fast.hamming.BregmanLogLoss.consistency_terms`); 0: none. *resume*
         seed: model initialisation and the trainer's generator (data and queries). *resume*
         amp: bf16 autocast of the networks' hidden layers; None: on for CUDA, never on the CPU.
         targets_backend: backend of the target pass (``"auto"``, ``"reference"``, ``"torch"``,
@@ -297,6 +300,10 @@ class TrainConfig(Settings):
     sink_labels: str = setting(
         "posterior", "how the Hamming model's loss trains a learned sink (model_kwargs sink=learned)",
         check=choice(SINK_LABELS),
+    )  # fmt: skip
+    consistency_weight: float = setting(
+        0.0, "weight of the Hamming ratio head's edge-consistency term; 0: none",
+        check=real(0.0, inclusive=True, high=FLOAT32_MAX),
     )  # fmt: skip
     seed: int = setting(0, "seed of the initialisation, data draws and queries", check=integer(0, SEED_MAX))
     amp: bool | None = setting(
@@ -388,5 +395,7 @@ class TrainConfig(Settings):
             torch.manual_seed(self.seed)
             net = MODELS[self.model](circuit, **kwargs)
         check_sink_training(getattr(net, "sink", "inflow"), self.queries)
-        check_ratio_training(getattr(net, "head_kind", "scalar"), self.queries, self.query_kwargs)
+        check_ratio_training(
+            getattr(net, "head_kind", "scalar"), self.queries, self.query_kwargs, self.consistency_weight
+        )
         return net

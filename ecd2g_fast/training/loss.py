@@ -70,16 +70,18 @@ def make_loss(
     device: torch.device | str = "cpu",
     ratio_weight: float = 1.0,
     sink_labels: str = "posterior",
+    consistency_weight: float = 0.0,
 ):
     """The loss of ``model``: ``(net, queries, x, y) -> 0-d sum over the queries``.
 
     :class:`TargetRegressionLoss` for the complete circuit's models; for the Hamming circuit's the
     scale-free log-field loss :class:`~ecd2g_fast.hamming.BregmanLogLoss` with its denoising ratio
-    term weighted by ``ratio_weight`` and a learned sink trained on ``sink_labels`` (its targets come from distance histograms;
+    term weighted by ``ratio_weight``, a learned sink trained on ``sink_labels`` and a ratio head's
+    edge-consistency term weighted by ``consistency_weight`` (its targets come from distance histograms;
     ``targets_backend`` and ``amp`` do not apply; its tables live on ``device``).
     """
     if model in CIRCUIT_MODELS[HammingCircuit]:
         from ..hamming import BregmanLogLoss
 
-        return BregmanLogLoss(circuit, device, ratio_weight, sink_labels)
+        return BregmanLogLoss(circuit, device, ratio_weight, sink_labels, consistency_weight)
     return TargetRegressionLoss(circuit, model, targets_backend, amp)

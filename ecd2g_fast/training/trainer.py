@@ -142,6 +142,7 @@ class Trainer:
             dev,
             config.ratio_weight,
             config.sink_labels,
+            config.consistency_weight,
         )
         self.net = config.build_model(circuit).to(dev)
         self.ema_net = None
