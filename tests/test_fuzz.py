@@ -995,6 +995,9 @@ INVALID_SETTING_VALUES = {
         st.just(math.nan),
     ),
     "ratio_weight": st.one_of(NOT_REAL, st.floats(max_value=-1e-300), st.sampled_from([math.nan, math.inf])),
+    "consistency_weight": st.one_of(
+        NOT_REAL, st.floats(max_value=-1e-300), st.sampled_from([math.nan, math.inf])
+    ),
     "model_kwargs": st.one_of(
         ANY_VALUE.filter(lambda v: not isinstance(v, dict)),
         st.dictionaries(st.integers(), st.integers(), min_size=1, max_size=2),
