@@ -221,8 +221,9 @@ class LayerEncoding:
         ``2 N - 1`` outputs)."""
         D, K, L = self.circuit.dim, self.circuit.num_categories, self.circuit.num_layers
         rows = torch.arange(z.shape[0], device=z.device)
-        coordinate = self.circuit._decode_slots(slot)[0]
-        value = self.circuit.apply_slot(z, slot)[rows, coordinate]
+        w = self.circuit.apply_slot(z, slot)
+        coordinate = (w != z).long().argmax(1)  # the changed coordinate (any, for the stay slot)
+        value = w[rows, coordinate]
         lateral = slot > 0
         if tokens is None:
             index = torch.where(lateral, 2 + direction * (D * K) + coordinate * K + value, direction)
