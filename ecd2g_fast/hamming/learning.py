@@ -217,16 +217,10 @@ class BregmanLogLoss:
         bidirectional, forward slots first; :meth:`~.log_field.LogFieldTables.edge_currents`) that
         the walk at each query would draw its move from, given a ratio head's ``f`` ``(Q,)`` and
         ``log_ratios`` ``(Q, 2, N)`` there. No gradient."""
-        c, norm = self.circuit, self.tables.log_norm
-        L, N = c.num_layers, c.num_neighbours
-        here, ahead, behind = outlet_values_of_ratios(f.to(torch.float64), log_ratios.to(torch.float64))
-        return self.tables.edge_currents(
-            layer,
-            norm[layer] + here,
-            norm[(layer + 1).clamp_max(L)][:, None] + ahead,
-            norm[(layer - 1).clamp_min(0)][:, None] + behind,
-            c.slot_conductances(z, 0, N),
-        ).clamp_min(0)
+        outlets = outlet_values_of_ratios(f.to(torch.float64), log_ratios.to(torch.float64))
+        log_fields = self.tables.add_layer_norms(layer, *outlets)
+        conductance = self.circuit.slot_conductances(z, 0, self.circuit.num_neighbours)
+        return self.tables.edge_currents(layer, *log_fields, conductance).clamp_min(0)
 
     def consistency_terms(
         self,

@@ -77,14 +77,31 @@ class LogFieldTables:
         and ``(n,)`` float64 ``log rho``."""
         return self.drift_sign[edge_layer] * torch.exp(self.drift_log[edge_layer] - log_rho)
 
-    def forward_currents(self, layer, here, ahead, conductance):
+    def add_layer_norms(
+        self, layer: torch.Tensor, here: torch.Tensor, ahead: torch.Tensor, behind: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """A network's outlet values ``f`` (``(B,)`` at the vertex, ``(B, N)`` in layers ``l +- 1``,
+        float64) turned into log-fields ``S = log alpha*_{L-l} + f`` by adding each layer's
+        normaliser (layers clipped to ``[0, L]``)."""
+        norm, L = self.log_norm, self.log_norm.shape[0] - 1
+        return (
+            norm[layer] + here,
+            norm[(layer + 1).clamp_max(L)][:, None] + ahead,
+            norm[(layer - 1).clamp_min(0)][:, None] + behind,
+        )
+
+    def forward_currents(
+        self, layer: torch.Tensor, here: torch.Tensor, ahead: torch.Tensor, conductance: torch.Tensor
+    ) -> torch.Tensor:
         """Forward out-currents over ``rho_l(z)`` (module docstring): ``(B, S)`` float64 from ``(B,)``
         layers in ``[0, L)``, ``(B,)`` ``S_l(z)``, ``(B, S)`` ``S_{l+1}`` at the slots and their
         ``(S,)`` conductances."""
         drift = self.drift_terms(layer, here)
         return conductance * (torch.expm1(ahead - here[:, None]) + drift[:, None])
 
-    def backward_currents(self, layer, here, behind, conductance):
+    def backward_currents(
+        self, layer: torch.Tensor, here: torch.Tensor, behind: torch.Tensor, conductance: torch.Tensor
+    ) -> torch.Tensor:
         """Backward out-currents over ``rho_l(z)``, as :meth:`forward_currents`; ``layer`` in ``[1, L]``."""
         drift = self.drift_terms(layer - 1, here)
         return conductance * (torch.expm1(behind - here[:, None]) - drift[:, None])
@@ -97,21 +114,22 @@ class LogFieldTables:
         behind: torch.Tensor,
         conductance: torch.Tensor,
         bidirectional: bool = True,
+        out: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """``(B, 2N)`` float64 out-currents over ``rho_l(z)`` of every edge of ``(B,)`` vertices at
         ``layer`` in ``[0, L]``: forward slots ``[:, :N]``, backward ``[:, N:]``, 0 where the edge
         does not exist (forward at ``L``; backward at 0, or without ``bidirectional``). From the
         log-fields ``here`` ``(B,)``, ``ahead`` and ``behind`` ``(B, N)`` and the ``(N,)`` slot
-        conductances."""
-        L = self.log_norm.shape[0] - 1
+        conductances; written into ``out`` (a zeroed ``(B, 2N)`` float64 tensor or view) if given."""
+        L, N = self.log_norm.shape[0] - 1, ahead.shape[1]
+        if out is None:
+            out = torch.zeros(here.shape[0], 2 * N, dtype=torch.float64, device=here.device)
         forward = self.forward_currents(layer.clamp_max(L - 1), here, ahead, conductance)
-        out = [torch.where((layer < L)[:, None], forward, 0.0)]
+        out[:, :N] = torch.where((layer < L)[:, None], forward, 0.0)
         if bidirectional:
             backward = self.backward_currents(layer.clamp_min(1), here, behind, conductance)
-            out.append(torch.where((layer > 0)[:, None], backward, 0.0))
-        else:
-            out.append(torch.zeros_like(forward))
-        return torch.cat(out, dim=1)
+            out[:, N:] = torch.where((layer > 0)[:, None], backward, 0.0)
+        return out
 
 
 class LogField(Field):
@@ -209,8 +227,8 @@ class LogField(Field):
         out = torch.zeros(B, 2 * N + 1, dtype=torch.float64, device=layer.device)
         here, ahead, behind = self.outlet_log_fields(layer, z)
         bidirectional = mode == "bidirectional"
-        out[:, : 2 * N] = self.tables.edge_currents(
-            layer, here, ahead, behind, self.conductance, bidirectional
+        self.tables.edge_currents(
+            layer, here, ahead, behind, self.conductance, bidirectional, out[:, : 2 * N]
         )
         if bidirectional:
             out[:, 2 * N] = torch.where(layer == L, self.sink_over_rho(z, out[:, N : 2 * N]), 0.0)

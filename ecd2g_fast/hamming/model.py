@@ -560,16 +560,10 @@ class HammingNetField(LogField):
     def outlet_log_fields(
         self, layer: torch.Tensor, z: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        L = self.circuit.num_layers
         if getattr(self.net, "head_kind", "scalar") == "ratios":
             f, g, logit = self.net.ratio_outlets(layer, z, self.net.ratio_rows())
             self._row_logits = None if logit is None else (z, logit)
             here, ahead, behind = outlet_values_of_ratios(f.to(torch.float64), g.to(torch.float64))
         else:
             here, ahead, behind = (v.to(torch.float64) for v in self.net.outlet_values(layer, z))
-        norm = self.tables.log_norm
-        return (
-            norm[layer] + here,
-            norm[(layer + 1).clamp_max(L)][:, None] + ahead,
-            norm[(layer - 1).clamp_min(0)][:, None] + behind,
-        )
+        return self.tables.add_layer_norms(layer, here, ahead, behind)
